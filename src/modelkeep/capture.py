@@ -1,0 +1,257 @@
+"""Keras model <-> ``ModelState``: the only code that reaches into models and optimizers.
+
+Example::
+
+    state = capture(model)             # copy every variable to host memory
+    restore(other_model, state)        # same architecture: same variables, exactly
+    model = build_model(state)         # architecture + compile config + variables
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from modelkeep.errors import IncompatibleModelError, UnsupportedModelError
+from modelkeep.state import MODEL, OPTIMIZER, ModelState
+
+FORMAT_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    """The versions of the libraries that wrote a state."""
+    import keras
+    import tensorflow as tf
+
+    from modelkeep import __version__
+
+    return {"modelkeep": __version__, "keras": keras.__version__, "tensorflow": tf.__version__}
+
+
+# --------------------------------------------------------------------------- names
+def _relative_path(layer: Any, variable: Any) -> str:
+    layer_path = getattr(layer, "path", None) or layer.name
+    path = variable.path
+    if path.startswith(layer_path + "/"):
+        return path[len(layer_path) + 1 :]
+    return variable.name
+
+
+def _is_container(layer: Any) -> bool:
+    import keras
+
+    return isinstance(layer, keras.Model) and bool(getattr(layer, "layers", None))
+
+
+def _walk_layer_keys(layers: Iterable[Any], prefix: str, out: dict[int, str]) -> None:
+    index = 0
+    for layer in layers:
+        if not layer.weights:
+            continue
+        layer_prefix = f"{prefix}layer_with_weights-{index}/"
+        index += 1
+        if _is_container(layer):
+            _walk_layer_keys(layer.layers, layer_prefix, out)
+        for variable in layer.weights:
+            out.setdefault(id(variable), layer_prefix + _relative_path(layer, variable))
+
+
+def model_variable_keys(model: Any) -> list[tuple[str, Any]]:
+    """``(structural name, variable)`` for every model variable, in ``model.weights`` order."""
+    by_id: dict[int, str] = {}
+    _walk_layer_keys(getattr(model, "layers", []), "", by_id)
+    return _unique([(by_id.get(id(v), "variables/" + v.name), v) for v in model.weights])
+
+
+def layer_names(model: Any) -> dict[str, str]:
+    """``{"layer_with_weights-0": "dense", ...}`` for the model's top-level layers."""
+    with_weights = [layer for layer in getattr(model, "layers", []) if layer.weights]
+    return {f"layer_with_weights-{i}": layer.name for i, layer in enumerate(with_weights)}
+
+
+def optimizer_variable_keys(model: Any) -> list[tuple[str, Any]]:
+    """``(structural name, variable)`` for every optimizer variable, in optimizer order."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not getattr(optimizer, "built", False):
+        return []
+    model_names = {id(v): k for k, v in model_variable_keys(model)}
+    slot_prefixes = []
+    for trainable in getattr(optimizer, "_trainable_variables", []):
+        if id(trainable) in model_names:
+            slot_prefixes.append((trainable.path.replace("/", "_") + "_", model_names[id(trainable)]))
+    slot_prefixes.sort(key=lambda item: -len(item[0]))
+    keyed = []
+    for variable in optimizer.variables:
+        key = variable.name
+        for var_prefix, model_key in slot_prefixes:
+            if variable.name.startswith(var_prefix):
+                key = f"slots/{model_key}/{variable.name[len(var_prefix):]}"
+                break
+        keyed.append((key, variable))
+    return _unique(keyed)
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    seen: dict[str, int] = {}
+    out = []
+    for key, value in pairs:
+        if key in seen:
+            seen[key] += 1
+            key = f"{key}_{seen[key]}"
+        else:
+            seen[key] = 0
+        out.append((key, value))
+    return out
+
+
+# --------------------------------------------------------------------------- capture
+def _to_numpy(variable: Any) -> np.ndarray:
+    return np.asarray(variable.numpy())
+
+
+def capture(model: Any, *, include_optimizer: bool = True, metadata: dict | None = None) -> ModelState:
+    """Copy a Keras model's variables, config and compile config into a ``ModelState``.
+
+    Example::
+
+        state = capture(model)
+        state.variables["model/layer_with_weights-0/kernel"].shape
+    """
+    variables: dict[str, np.ndarray] = {}
+    for key, variable in model_variable_keys(model):
+        variables[f"{MODEL}/{key}"] = _to_numpy(variable)
+    if include_optimizer:
+        for key, variable in optimizer_variable_keys(model):
+            variables[f"{OPTIMIZER}/{key}"] = _to_numpy(variable)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "created": time.time(),
+        "versions": versions(),
+        "layer_names": layer_names(model),
+    }
+    meta.update(metadata or {})
+    return ModelState(
+        variables=variables,
+        model_config=model_config_of(model),
+        compile_config=compile_config_of(model) if include_optimizer else None,
+        metadata=meta,
+    )
+
+
+def model_config_of(model: Any) -> dict | None:
+    """The serialized architecture, or ``None`` when the model has no config."""
+    import keras
+
+    try:
+        return keras.saving.serialize_keras_object(model)
+    except (NotImplementedError, TypeError, ValueError):
+        return None
+
+
+def compile_config_of(model: Any) -> dict | None:
+    try:
+        return model.get_compile_config()
+    except (AttributeError, NotImplementedError, TypeError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- restore
+def _check_and_assign(
+    pairs: list[tuple[str, Any]], saved: dict[str, np.ndarray], what: str, source: str
+) -> None:
+    if len(pairs) != len(saved):
+        raise IncompatibleModelError(
+            f"load: the model has {len(pairs)} {what} variables but {source} holds {len(saved)}. "
+            "The file was saved from a different architecture; build the model it was saved "
+            "from, or load it whole with modelkeep.load_model."
+        )
+    for (_key, variable), (saved_key, array) in zip(pairs, saved.items()):
+        if tuple(variable.shape) != tuple(array.shape):
+            raise IncompatibleModelError(
+                f"load: variable '{variable.path}' has shape {tuple(variable.shape)} in the model "
+                f"but {tuple(array.shape)} in {source} (saved as '{saved_key}'). "
+                "The file was saved from a different architecture."
+            )
+    for (_, variable), array in zip(pairs, saved.values()):
+        variable.assign(array)
+
+
+def restore(model: Any, state: ModelState, *, source: str = "the file", optimizer: bool = True) -> None:
+    """Assign the state's variables to ``model`` (same architecture), checking every shape.
+
+    Example::
+
+        restore(model, read_state("weights.safetensors"))
+    """
+    _check_and_assign(model_variable_keys(model), state.group(MODEL), "model", source)
+    saved_optimizer = state.group(OPTIMIZER)
+    model_optimizer = getattr(model, "optimizer", None)
+    if not (optimizer and saved_optimizer and model_optimizer is not None):
+        return
+    if not model_optimizer.built:
+        model_optimizer.build(model.trainable_variables)
+    pairs = optimizer_variable_keys(model)
+    if len(pairs) != len(saved_optimizer):
+        warnings.warn(
+            f"load: the optimizer has {len(pairs)} variables but {source} holds "
+            f"{len(saved_optimizer)}; the optimizer state was not restored. Compile the model "
+            "with the optimizer it was saved with to carry its state.",
+            stacklevel=2,
+        )
+        return
+    _check_and_assign(pairs, saved_optimizer, "optimizer", source)
+
+
+def build_model(
+    state: ModelState,
+    *,
+    custom_objects: dict | None = None,
+    compile: bool = True,
+    safe_mode: bool = True,
+    source: str = "the file",
+) -> Any:
+    """Rebuild the Keras model a state was captured from, compiled, with its variables."""
+    import keras
+
+    if state.model_config is None:
+        raise UnsupportedModelError(
+            f"load_model: {source} holds weights but no model config, so the architecture "
+            "cannot be rebuilt. Build the model in code and call modelkeep.load_weights(model, path)."
+        )
+    try:
+        model = keras.saving.deserialize_keras_object(
+            state.model_config, custom_objects=custom_objects, safe_mode=safe_mode
+        )
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedModelError(_explain_deserialize_error(exc, source)) from exc
+    if compile and state.compile_config:
+        try:
+            model.compile_from_config(state.compile_config)
+        except (TypeError, ValueError) as exc:
+            warnings.warn(
+                f"load_model: the compile config in {source} could not be restored ({exc}); "
+                "the model is returned uncompiled. Call model.compile(...) yourself.",
+                stacklevel=2,
+            )
+    restore(model, state, source=source, optimizer=compile)
+    return model
+
+
+def _explain_deserialize_error(exc: Exception, source: str) -> str:
+    text = str(exc)
+    if "Lambda" in text or "lambda" in text or "safe_mode" in text:
+        return (
+            f"load_model: {source} contains a Lambda layer whose Python bytecode modelkeep will "
+            "not run by default. If you trust the file, pass safe_mode=False; otherwise "
+            f"rebuild the model in code and load its weights. Keras said: {text}"
+        )
+    return (
+        f"load_model: the architecture in {source} could not be rebuilt: {text}. If it uses a "
+        "custom layer or model class, register it with @keras.saving.register_keras_serializable() "
+        "or pass custom_objects={'Name': Class}; otherwise build the model in code and call "
+        "modelkeep.load_weights(model, path)."
+    )

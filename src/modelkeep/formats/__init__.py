@@ -1,0 +1,1 @@
+"""On-disk formats, each a reader and a writer of ``ModelState``; ``registry`` picks one."""

@@ -1,0 +1,148 @@
+"""HDF5 (``.h5``, ``.hdf5``) in the Keras 2 layout: weights alone, or the whole model.
+
+Layout (what Keras's legacy H5 loader reads):
+
+* whole model: root attrs ``model_config``, ``training_config``, ``keras_version``,
+  ``backend``; group ``model_weights`` as below; group ``optimizer_weights`` with attr
+  ``weight_names``.
+* weights: attrs ``layer_names`` (layers with weights, in order); one group per layer
+  with attr ``weight_names`` and one dataset per weight.
+
+modelkeep adds root attr ``modelkeep`` (its JSON header: Keras 3 config, compile config,
+metadata, variable order) so its own files round-trip exactly; files without it are
+read the way Keras 2 wrote them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelkeep.errors import CorruptCheckpointError, FormatError
+from modelkeep.formats.base import Format
+from modelkeep.state import MODEL, OPTIMIZER, ModelState
+from modelkeep.storage.commit import atomic_path
+
+HEADER_ATTR = "modelkeep"
+
+
+def _layer_of(key: str) -> tuple[str, str]:
+    """``layer_with_weights-0/kernel`` -> (``layer_with_weights-0``, ``kernel``)."""
+    layer, _, rest = key.partition("/")
+    return layer, rest or layer
+
+
+def _write_weight_groups(group: Any, weights: dict[str, np.ndarray], layer_names: dict[str, str]) -> None:
+    by_layer: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for key, array in weights.items():
+        layer, rest = _layer_of(key)
+        by_layer.setdefault(layer, []).append((rest, array))
+    names = []
+    for structural, items in by_layer.items():
+        name = layer_names.get(structural, structural)
+        names.append(name)
+        layer_group = group.create_group(name)
+        weight_names = [f"{name}/{rest}:0" for rest, _ in items]
+        layer_group.attrs["weight_names"] = [w.encode() for w in weight_names]
+        for weight_name, (_, array) in zip(weight_names, items):
+            layer_group.create_dataset(weight_name, data=array)
+    group.attrs["layer_names"] = [n.encode() for n in names]
+
+
+def _read_weight_groups(group: Any, path: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    index = 0
+    for raw in group.attrs.get("layer_names", []):
+        name = raw.decode() if isinstance(raw, bytes) else str(raw)
+        layer_group = group[name]
+        weight_names = [w.decode() if isinstance(w, bytes) else str(w) for w in layer_group.attrs.get("weight_names", [])]
+        if not weight_names:
+            continue
+        for weight_name in weight_names:
+            relative = weight_name.split("/", 1)[1] if "/" in weight_name else weight_name
+            relative = relative.removesuffix(":0")
+            try:
+                out[f"layer_with_weights-{index}/{relative}"] = np.asarray(layer_group[weight_name])
+            except KeyError as exc:
+                raise CorruptCheckpointError(
+                    f"load: {path} lists weight '{weight_name}' of layer '{name}' but does not hold it."
+                ) from exc
+        index += 1
+    return out
+
+
+def _open(path: Path) -> Any:
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        with open(path, "rb") as handle:
+            magic = handle.read(8)
+        if magic != b"\x89HDF\r\n\x1a\n":
+            raise FormatError(
+                f"load: {path} has an HDF5 extension but is not an HDF5 file (it starts with "
+                f"{magic!r}). Rename it to its real format's extension."
+            ) from exc
+        raise CorruptCheckpointError(
+            f"load: the HDF5 file {path} cannot be opened ({exc}); it is truncated or corrupt."
+        ) from exc
+
+
+class HDF5Format(Format):
+    name = "HDF5"
+    holds = ("weights", "model")
+    keeps_optimizer = True
+
+    def write(self, state: ModelState, path: Path, *, model: Any = None) -> list[Path]:
+        import h5py
+        import keras
+
+        layer_names = state.metadata.get("layer_names", {})
+        whole_model = state.model_config is not None and (state.compile_config is not None or state.has_optimizer)
+        with atomic_path(path) as tmp:
+            with h5py.File(tmp, "w") as f:
+                order = [k for k in state.variables if k.startswith((MODEL + "/", OPTIMIZER + "/"))]
+                f.attrs[HEADER_ATTR] = json.dumps({**json.loads(state.header_json()), "order": order})
+                f.attrs["keras_version"] = keras.__version__
+                f.attrs["backend"] = "tensorflow"
+                if whole_model:
+                    f.attrs["model_config"] = json.dumps(state.model_config)
+                    if state.compile_config:
+                        f.attrs["training_config"] = json.dumps(state.compile_config)
+                    weights_group = f.create_group("model_weights")
+                else:
+                    weights_group = f
+                _write_weight_groups(weights_group, state.group(MODEL), layer_names)
+                optimizer = state.group(OPTIMIZER)
+                if optimizer:
+                    opt_group = f.create_group("optimizer_weights")
+                    names = list(optimizer)
+                    opt_group.attrs["weight_names"] = [n.encode() for n in names]
+                    for name, array in optimizer.items():
+                        opt_group.create_dataset(name, data=array)
+        return [path]
+
+    def read(self, path: Path) -> ModelState:
+        self.require(path)
+        with _open(path) as f:
+            header = f.attrs.get(HEADER_ATTR)
+            weights_group = f["model_weights"] if "model_weights" in f else f
+            weights = _read_weight_groups(weights_group, path)
+            variables = {f"{MODEL}/{k}": v for k, v in weights.items()}
+            if "optimizer_weights" in f:
+                opt = f["optimizer_weights"]
+                for raw in opt.attrs.get("weight_names", []):
+                    name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    variables[f"{OPTIMIZER}/{name}"] = np.asarray(opt[name])
+            if header is None:
+                from modelkeep.formats import legacy
+
+                return legacy.read_keras2_h5(path, f, variables)
+        doc = json.loads(header)
+        order = doc.pop("order", list(variables))
+        by_position = dict(zip(order, variables.values())) if len(order) == len(variables) else variables
+        return ModelState(by_position, doc.get("model_config"), doc.get("compile_config"), doc.get("metadata") or {})

@@ -1,0 +1,101 @@
+"""Keras 3's own files: the ``.keras`` zip (whole model) and ``.weights.h5`` (weights).
+
+These are Keras's formats, so Keras writes and reads them; modelkeep adds the commit
+protocol (Keras writes in place) and clear errors.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from modelkeep.capture import _explain_deserialize_error, build_model, capture
+from modelkeep.errors import CorruptCheckpointError, FormatError, UnsupportedModelError
+from modelkeep.formats.base import Format
+from modelkeep.state import ModelState
+from modelkeep.storage.commit import atomic_path
+
+
+def _model_for(state: ModelState, model: Any) -> Any:
+    return model if model is not None else build_model(state)
+
+
+class KerasZipFormat(Format):
+    name = "Keras zip (.keras)"
+    holds = ("model",)
+    keeps_optimizer = True
+
+    def write(self, state: ModelState, path: Path, *, model: Any = None) -> list[Path]:
+        model = _model_for(state, model)
+        with atomic_path(path, keep_suffix=".keras") as tmp:
+            model.save(tmp, include_optimizer=state.has_optimizer)
+        return [path]
+
+    def save_model(self, model: Any, path: Path, *, include_optimizer: bool = True) -> list[Path]:
+        with atomic_path(path, keep_suffix=".keras") as tmp:
+            model.save(tmp, include_optimizer=include_optimizer)
+        return [path]
+
+    def load_model(self, path: Path, *, custom_objects: dict | None = None, compile: bool = True, safe_mode: bool = True) -> Any:
+        import keras
+
+        self.require(path)
+        if not zipfile.is_zipfile(path):
+            raise _not_a_zip(path)
+        try:
+            return keras.saving.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+        except zipfile.BadZipFile as exc:
+            raise CorruptCheckpointError(f"load_model: {path} is a damaged zip ({exc}); use another copy.") from exc
+        except (TypeError, ValueError) as exc:
+            raise UnsupportedModelError(_explain_deserialize_error(exc, str(path))) from exc
+
+    def read(self, path: Path) -> ModelState:
+        return capture(self.load_model(path, compile=True))
+
+
+def _not_a_zip(path: Path) -> Exception:
+    with open(path, "rb") as handle:
+        magic = handle.read(8)
+    if magic.startswith(b"PK"):
+        return CorruptCheckpointError(
+            f"load_model: {path} starts like a zip but is truncated or corrupt; use another copy."
+        )
+    return FormatError(
+        f"load_model: {path} has the .keras extension but is not a zip archive (it starts with "
+        f"{magic!r}). Rename it to its real format's extension."
+    )
+
+
+class KerasWeightsFormat(Format):
+    name = "Keras weights (.weights.h5)"
+    holds = ("weights",)
+
+    def write(self, state: ModelState, path: Path, *, model: Any = None) -> list[Path]:
+        return self.save_weights(_model_for(state, model), path)
+
+    def save_weights(self, model: Any, path: Path) -> list[Path]:
+        with atomic_path(path, keep_suffix=".weights.h5") as tmp:
+            model.save_weights(tmp)
+        return [path]
+
+    def load_weights(self, model: Any, path: Path) -> None:
+        from modelkeep.formats.hdf5 import _open
+
+        self.require(path)
+        _open(path).close()  # a clear error for a file that is not HDF5
+        try:
+            model.load_weights(path)
+        except ValueError as exc:
+            from modelkeep.errors import IncompatibleModelError
+
+            raise IncompatibleModelError(
+                f"load_weights: {path} does not fit the model: {exc}. The file was saved from "
+                "a different architecture."
+            ) from exc
+
+    def read(self, path: Path) -> ModelState:
+        raise FormatError(
+            f"read: {path} is a Keras 3 weights file, which holds no architecture; load it into a "
+            "model you build with modelkeep.load_weights(model, path)."
+        )

@@ -1,0 +1,137 @@
+"""Path -> format, as TensorFlow 2 did it (DESIGN.md table).
+
+| path            | weights            | whole model        |
+|-----------------|--------------------|--------------------|
+| no extension    | TF checkpoint      | SavedModel dir     |
+| .h5, .hdf5      | HDF5 weights       | one HDF5 file      |
+| .weights.h5     | Keras 3 weights    | —                  |
+| .keras          | —                  | Keras 3 zip        |
+| .safetensors    | safetensors        | —                  |
+
+Example::
+
+    weights_format(Path("saved_modelname")).name   # 'TF checkpoint'
+    model_format(Path("mysavedmodel.h5")).name     # 'HDF5'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelkeep.errors import FormatError
+from modelkeep.formats.base import Format
+from modelkeep.formats.hdf5 import HDF5Format
+from modelkeep.formats.keras_zip import KerasWeightsFormat, KerasZipFormat
+from modelkeep.formats.safetensors import SafetensorsFormat
+from modelkeep.formats.savedmodel import SavedModelFormat
+from modelkeep.formats.tf_checkpoint import INDEX_SUFFIX, TFCheckpointFormat
+
+TF_CHECKPOINT = TFCheckpointFormat()
+SAVED_MODEL = SavedModelFormat()
+HDF5 = HDF5Format()
+KERAS_ZIP = KerasZipFormat()
+KERAS_WEIGHTS = KerasWeightsFormat()
+SAFETENSORS = SafetensorsFormat()
+
+ALL: tuple[Format, ...] = (TF_CHECKPOINT, SAVED_MODEL, HDF5, KERAS_ZIP, KERAS_WEIGHTS, SAFETENSORS)
+
+_KNOWN = ".h5 .hdf5 .weights.h5 .keras .safetensors, or no extension"
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".weights.h5"):
+        return ".weights.h5"
+    for suffix in (".h5", ".hdf5", ".keras", ".safetensors", INDEX_SUFFIX):
+        if name.endswith(suffix):
+            return suffix
+    if path.suffix.lower().startswith(".data-"):
+        return ".data"
+    return path.suffix.lower()
+
+
+def _unknown(path: Path, what: str) -> FormatError:
+    return FormatError(
+        f"{what}: cannot tell the format of {path} from its extension '{path.suffix}'. "
+        f"Expected one of {_KNOWN}. Received: {path}"
+    )
+
+
+def weights_format(path: Path) -> Format:
+    """The format ``save_weights``/``load_weights`` use for ``path``."""
+    suffix = _suffix(path)
+    table = {".weights.h5": KERAS_WEIGHTS, ".h5": HDF5, ".hdf5": HDF5, ".safetensors": SAFETENSORS}
+    if suffix in table:
+        return table[suffix]
+    if suffix == ".keras":
+        raise FormatError(
+            f"save_weights: {path} ends in .keras, which holds a whole model. Use "
+            "modelkeep.save_model for .keras, or a weights path (.weights.h5, .h5, "
+            ".safetensors, or a bare prefix for a TF checkpoint)."
+        )
+    if suffix in ("", ".index", ".data") or _looks_like_prefix(path):
+        return TF_CHECKPOINT
+    raise _unknown(path, "save_weights")
+
+
+def model_format(path: Path) -> Format:
+    """The format ``save_model``/``load_model`` use for ``path``."""
+    suffix = _suffix(path)
+    table = {".keras": KERAS_ZIP, ".h5": HDF5, ".hdf5": HDF5}
+    if suffix in table:
+        return table[suffix]
+    if suffix in (".weights.h5", ".safetensors"):
+        raise FormatError(
+            f"save_model: {path} ends in {suffix}, which holds weights only. Use "
+            "modelkeep.save_weights for it, or a whole-model path (.keras, .h5, or a "
+            "directory name for a SavedModel)."
+        )
+    if suffix == "" or path.is_dir() or _looks_like_prefix(path):
+        return SAVED_MODEL
+    raise _unknown(path, "save_model")
+
+
+def _looks_like_prefix(path: Path) -> bool:
+    # "model.v2" or "ckpt-0010": a dotted prefix is still a prefix if its index exists
+    return Path(str(path) + INDEX_SUFFIX).exists() or not path.suffix[1:].isalpha()
+
+
+def strip_tf_suffix(path: Path) -> Path:
+    """``x.index`` or ``x.data-00000-of-00001`` -> the prefix ``x``."""
+    text = str(path)
+    if text.endswith(INDEX_SUFFIX):
+        return Path(text[: -len(INDEX_SUFFIX)])
+    if ".data-" in path.name:
+        return Path(text[: text.rindex(".data-")])
+    return path
+
+
+def detect(path: Path) -> Format:
+    """The format of something that exists on disk (for reading, listing and the CLI)."""
+    path = strip_tf_suffix(Path(path))
+    if path.is_dir():
+        if (path / "saved_model.pb").exists():
+            return SAVED_MODEL
+        raise FormatError(
+            f"load: {path} is a directory but not a SavedModel (no saved_model.pb). For a "
+            "directory of checkpoints use load_weights(model, directory) or `modelkeep ls`."
+        )
+    if Path(str(path) + INDEX_SUFFIX).exists() or Path(str(path) + ".data-00000-of-00001").exists():
+        return TF_CHECKPOINT
+    suffix = _suffix(path)
+    if suffix == ".h5" and path.exists() and _is_keras3_weights(path):
+        return KERAS_WEIGHTS
+    table = {".weights.h5": KERAS_WEIGHTS, ".h5": HDF5, ".hdf5": HDF5, ".keras": KERAS_ZIP, ".safetensors": SAFETENSORS}
+    if suffix in table:
+        return table[suffix]
+    raise _unknown(path, "load")
+
+
+def _is_keras3_weights(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "layer_names" not in f.attrs and "model_weights" not in f and "layers" in f
+    except OSError:
+        return False

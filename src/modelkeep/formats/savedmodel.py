@@ -1,0 +1,119 @@
+"""SavedModel directories: ``saved_model.pb``, ``variables/``, ``assets/``, plus the Keras part.
+
+TensorFlow's part is written by Keras's own ``model.export`` (a ``serving_default``
+signature, what TensorFlow Serving loads). modelkeep's part, beside it, is what rebuilds
+the full Keras model: ``modelkeep.json`` (config, compile config, metadata, and where each
+model variable sits in ``variables/``) and ``modelkeep_optimizer.safetensors`` (the optimizer
+state). The model's weights are stored once, in ``variables/``.
+
+Example::
+
+    SavedModelFormat().save_model(model, Path("mysavedmodel"))
+    tf.saved_model.load("mysavedmodel").signatures["serving_default"]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelkeep.capture import build_model, capture, model_variable_keys
+from modelkeep.errors import CorruptCheckpointError, UnsupportedModelError
+from modelkeep.formats.base import Format
+from modelkeep.formats.safetensors import SafetensorsFormat
+from modelkeep.state import MODEL, OPTIMIZER, ModelState
+from modelkeep.storage.commit import atomic_path
+
+HEADER_FILE = "modelkeep.json"
+OPTIMIZER_FILE = "modelkeep_optimizer.safetensors"
+LEGACY_METADATA = "keras_metadata.pb"
+
+
+def _export(model: Any, directory: Path) -> None:
+    """TensorFlow's part: a SavedModel whose ``serving_default`` calls the model."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    specs = []
+    for tensor in model.inputs:
+        name = tensor.name.split(":")[0]
+        specs.append(tf.TensorSpec(tuple(tensor.shape), tensor.dtype, name=name))
+
+    def serve(*args: Any) -> Any:
+        return model(list(args) if len(args) > 1 else args[0], training=False)
+
+    archive.add_endpoint("serve", serve, input_signature=specs)
+    archive.write_out(str(directory), verbose=False)
+
+
+class SavedModelFormat(Format):
+    name = "SavedModel"
+    holds = ("model",)
+    keeps_optimizer = True
+
+    def files(self, path: Path) -> list[Path]:
+        return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+    def exists(self, path: Path) -> bool:
+        return (path / "saved_model.pb").exists()
+
+    def write(self, state: ModelState, path: Path, *, model: Any = None) -> list[Path]:
+        if model is None:
+            model = build_model(state)
+        if not getattr(model, "inputs", None):
+            raise UnsupportedModelError(
+                f"save_model: {path} would be a SavedModel, but the model has no known inputs "
+                "(a subclassed model that was never called). Call it on data once, or save "
+                "to a .keras file."
+            )
+        with atomic_path(path, keep_suffix="") as tmp:
+            _export(model, tmp)
+            index = {id(v): i for i, v in enumerate(model.variables)}
+            positions = [index.get(id(v)) for _, v in model_variable_keys(model)]
+            header = json.loads(state.header_json())
+            header["order"] = list(state.group(MODEL))
+            header["variables_index"] = positions
+            (tmp / HEADER_FILE).write_text(json.dumps(header))
+            optimizer = {f"{OPTIMIZER}/{k}": v for k, v in state.group(OPTIMIZER).items()}
+            if optimizer:
+                SafetensorsFormat().write(ModelState(optimizer), tmp / OPTIMIZER_FILE)
+        return self.files(path)
+
+    def save_model(self, model: Any, path: Path, *, include_optimizer: bool = True) -> list[Path]:
+        return self.write(capture(model, include_optimizer=include_optimizer), path, model=model)
+
+    def read(self, path: Path) -> ModelState:
+        import tensorflow as tf
+
+        self.require(path)
+        header_path = path / HEADER_FILE
+        if not header_path.exists():
+            from modelkeep.formats import legacy
+
+            if (path / LEGACY_METADATA).exists():
+                return legacy.read_tf_keras_savedmodel(path)
+            raise UnsupportedModelError(
+                f"load_model: {path} is a SavedModel without a Keras part (no {HEADER_FILE} or "
+                f"{LEGACY_METADATA}), so no Keras model can be rebuilt from it. It can still serve "
+                "predictions: `modelkeep serve`, tf.saved_model.load(path), or "
+                "keras.layers.TFSMLayer(path) for inference inside Keras."
+            )
+        header = json.loads(header_path.read_text())
+        try:
+            reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
+        except (tf.errors.OpError, ValueError) as exc:
+            raise CorruptCheckpointError(
+                f"load_model: the variables of {path} cannot be read ({exc}); the SavedModel is "
+                "truncated or corrupt."
+            ) from exc
+        variables = {}
+        for key, position in zip(header["order"], header["variables_index"]):
+            variables[f"{MODEL}/{key}"] = np.asarray(reader.get_tensor(f"variables/{position}/.ATTRIBUTES/VARIABLE_VALUE"))
+        if (path / OPTIMIZER_FILE).exists():
+            variables.update(SafetensorsFormat().read(path / OPTIMIZER_FILE).variables)
+        return ModelState(variables, header.get("model_config"), header.get("compile_config"), header.get("metadata") or {})

@@ -1,0 +1,209 @@
+"""TF checkpoints: ``P.index`` + ``P.data-00000-of-00001`` and the ``checkpoint`` state file.
+
+Written with TensorFlow's own ``SaveV2`` op and an object graph in the layout TF2-era
+Keras used (``layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE``), so that
+``tf.train.load_checkpoint`` and ``tf.train.latest_checkpoint`` read it. The model
+config and metadata travel in one extra string tensor, ``_MODELKEEP_HEADER``.
+
+Example::
+
+    TFCheckpointFormat().write(state, Path("run/saved_modelname"))
+    tf.train.latest_checkpoint("run")   # 'run/saved_modelname'
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelkeep.errors import CheckpointNotFoundError, CorruptCheckpointError
+from modelkeep.formats.base import Format
+from modelkeep.state import MODEL, OPTIMIZER, ModelState
+from modelkeep.storage.commit import commit_group, temp_sibling, write_bytes, write_error
+
+DATA_SUFFIX = ".data-00000-of-00001"
+INDEX_SUFFIX = ".index"
+STATE_FILE = "checkpoint"
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+HEADER_KEY = "_MODELKEEP_HEADER"
+VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def object_path(state_key: str) -> str:
+    """Where a state variable sits in the object graph."""
+    if state_key.startswith(MODEL + "/"):
+        return state_key[len(MODEL) + 1 :]
+    if state_key.startswith(OPTIMIZER + "/"):
+        return state_key
+    return "_modelkeep/" + state_key
+
+
+def build_object_graph(paths: list[str]) -> bytes:
+    """A serialized ``TrackableObjectGraph`` whose leaves are the given slash paths."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2 as pb
+
+    graph = pb.TrackableObjectGraph()
+    graph.nodes.add()  # the root
+    children: dict[tuple[int, str], int] = {}
+    for path in paths:
+        node_id = 0
+        parts = path.split("/")
+        for depth, part in enumerate(parts):
+            key = (node_id, part)
+            if key not in children:
+                graph.nodes.add()
+                child_id = len(graph.nodes) - 1
+                graph.nodes[node_id].children.add(node_id=child_id, local_name=part)
+                children[key] = child_id
+            node_id = children[key]
+            if depth == len(parts) - 1:
+                graph.nodes[node_id].attributes.add(
+                    name="VARIABLE_VALUE", full_name=path, checkpoint_key=path + VALUE_SUFFIX
+                )
+    return graph.SerializeToString()
+
+
+def save_tensors(prefix: Path, named: dict[str, Any]) -> None:
+    """Write ``{checkpoint key: array or bytes}`` with TensorFlow's SaveV2 op."""
+    import tensorflow as tf
+
+    names = list(named)
+    tensors = [tf.constant(named[name]) for name in names]
+    tf.raw_ops.SaveV2(
+        prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors
+    )
+
+
+def update_state_file(prefix: Path, *, keep: list[Path] | None = None) -> None:
+    """Point the directory's ``checkpoint`` file at ``prefix``, atomically, as TF does."""
+    import tensorflow as tf
+    from google.protobuf import text_format
+
+    directory = prefix.parent
+    previous = _read_state(directory)
+    others = keep if keep is not None else [Path(p) for p in previous if Path(p).name != prefix.name]
+    names = [_relative(p, directory) for p in others if _relative(p, directory) != prefix.name]
+    proto = tf.compat.v1.train.generate_checkpoint_state_proto(
+        str(directory), prefix.name, all_model_checkpoint_paths=names + [prefix.name]
+    )
+    write_bytes(directory / STATE_FILE, text_format.MessageToString(proto).encode())
+
+
+def _relative(path: Path | str, directory: Path) -> str:
+    path = Path(path)
+    return path.name if path.parent in (directory, Path(".")) else str(path)
+
+
+def _read_state(directory: Path) -> list[str]:
+    import tensorflow as tf
+
+    try:
+        state = tf.train.get_checkpoint_state(str(directory))
+    except Exception:  # noqa: BLE001 - a corrupt state file is replaced, not fatal
+        return []
+    return list(state.all_model_checkpoint_paths) if state else []
+
+
+class TFCheckpointFormat(Format):
+    name = "TF checkpoint"
+    holds = ("weights",)
+    keeps_optimizer = True
+
+    def files(self, path: Path) -> list[Path]:
+        return [Path(str(path) + INDEX_SUFFIX), Path(str(path) + DATA_SUFFIX)]
+
+    def exists(self, path: Path) -> bool:
+        return Path(str(path) + INDEX_SUFFIX).exists()
+
+    def require(self, path: Path) -> None:
+        index, data = self.files(path)
+        if not index.exists() and not data.exists():
+            raise CheckpointNotFoundError(
+                f"load: no TF checkpoint at {path} (expected {index.name} and {data.name}). "
+                "Check the prefix, or give the directory to take its latest checkpoint."
+            )
+        if not data.exists():
+            raise CheckpointNotFoundError(
+                f"load: {index} is there but {data.name} is missing: only half of the TF "
+                "checkpoint was copied. Copy the .data file too, or use another checkpoint."
+            )
+        if not index.exists():
+            raise CheckpointNotFoundError(
+                f"load: {data} is there but {index.name} is missing: the TF checkpoint is "
+                "incomplete. Copy the .index file too, or use another checkpoint."
+            )
+
+    def write(self, state: ModelState, path: Path, *, model: Any = None) -> list[Path]:
+        paths = [object_path(k) for k in state.variables]
+        named: dict[str, Any] = {p + VALUE_SUFFIX: v for p, v in zip(paths, state.variables.values())}
+        header = json.loads(state.header_json())
+        header["order"] = list(state.variables)
+        named[HEADER_KEY] = np.array(json.dumps(header).encode(), dtype=object)
+        named[OBJECT_GRAPH_KEY] = np.array(build_object_graph(paths), dtype=object)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_prefix = temp_sibling(path)
+        final = self.files(path)
+        try:
+            save_tensors(tmp_prefix, named)
+            temps = [Path(str(tmp_prefix) + DATA_SUFFIX), Path(str(tmp_prefix) + INDEX_SUFFIX)]
+            commit_group([(temps[0], final[1]), (temps[1], final[0])])
+        except OSError as exc:
+            raise write_error(path, exc) from exc
+        finally:
+            for leftover in path.parent.glob(tmp_prefix.name + "*"):
+                leftover.unlink(missing_ok=True)
+        update_state_file(path)
+        return final
+
+    def read(self, path: Path) -> ModelState:
+        import tensorflow as tf
+
+        self.require(path)
+        try:
+            reader = tf.train.load_checkpoint(str(path))
+            shapes = reader.get_variable_to_shape_map()
+        except (tf.errors.OpError, ValueError) as exc:
+            raise CorruptCheckpointError(
+                f"load: the TF checkpoint {path} cannot be read ({_first_line(exc)}). Its "
+                ".index or .data file is truncated or corrupt; use another checkpoint."
+            ) from exc
+        if HEADER_KEY not in shapes:
+            from modelkeep.formats import legacy
+
+            return legacy.read_tf_keras_checkpoint(path, reader)
+        header = json.loads(_get(reader, HEADER_KEY, path))
+        variables = {}
+        for key in header.pop("order"):
+            variables[key] = _get(reader, object_path(key) + VALUE_SUFFIX, path)
+        return ModelState(variables, header.get("model_config"), header.get("compile_config"), header.get("metadata") or {})
+
+
+def _get(reader: Any, key: str, path: Path) -> Any:
+    import tensorflow as tf
+
+    try:
+        value = reader.get_tensor(key)
+    except (tf.errors.OpError, ValueError) as exc:
+        raise CorruptCheckpointError(
+            f"load: tensor '{key}' of the TF checkpoint {path} cannot be read "
+            f"({_first_line(exc)}); the .data file is corrupt. Use another checkpoint."
+        ) from exc
+    if isinstance(value, bytes):
+        return value.decode()
+    return np.asarray(value)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def latest_in(directory: Path) -> Path | None:
+    """The newest checkpoint named by a directory's ``checkpoint`` state file."""
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(directory))
+    return Path(latest) if latest else None
+

@@ -1,0 +1,1 @@
+"""Atomic commit, checksums and manifests."""
