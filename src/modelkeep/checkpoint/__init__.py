@@ -1,0 +1,1 @@
+"""Checkpoints during training: callbacks, retention, async writer, exact resume."""

@@ -1,0 +1,223 @@
+"""Checkpoints on disk: manifests, listing, verification, and modelkeep's own layout.
+
+Every checkpoint modelkeep writes has a manifest (``storage.checksums``) listing its
+files with sizes and CRC-32s, plus metadata (step, epoch, logs, wall time, versions):
+
+* a checkpoint in a user-chosen format (``saved_modelname``, ``weights.05.h5``,
+  ``model_dir/``): a sidecar ``<name>.manifest.json`` beside it, written after the
+  checkpoint itself is committed;
+* modelkeep's own backup checkpoints: a directory ``ckpt-<step>/`` holding
+  ``state.safetensors`` and ``manifest.json``, committed with one rename.
+
+A checkpoint whose files are there but whose manifest is not is *incomplete* (the save
+was interrupted between the two commits) and is never chosen for resume.
+
+Example::
+
+    info = save_state(directory, state, step=120)      # ckpt-000000120/
+    [c.status for c in list_checkpoints(directory)]    # ['ok', ...], newest first
+    state = load_state(latest_good(directory).path)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelkeep.errors import CheckpointNotFoundError, CorruptCheckpointError, FormatError
+from modelkeep.formats import registry
+from modelkeep.formats.base import Format
+from modelkeep.formats.safetensors import SafetensorsFormat
+from modelkeep.formats.tf_checkpoint import DATA_SUFFIX, INDEX_SUFFIX, STATE_FILE
+from modelkeep.state import ModelState
+from modelkeep.storage.checksums import read_manifest, verify_manifest, write_manifest
+from modelkeep.storage.commit import atomic_path, is_leftover
+
+MANIFEST_SUFFIX = ".manifest.json"
+STORE_PREFIX = "ckpt-"
+STORE_STATE = "state.safetensors"
+STORE_MANIFEST = "manifest.json"
+
+OK, CORRUPT, INCOMPLETE = "ok", "corrupt", "incomplete"
+
+
+@dataclass
+class CheckpointInfo:
+    """What ``list_checkpoints`` tells of one checkpoint."""
+
+    path: Path
+    format: str
+    status: str
+    step: int | None = None
+    epoch: int | None = None
+    logs: dict[str, float] = field(default_factory=dict)
+    wall_time: float | None = None
+    size: int = 0
+    problem: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["path"] = str(self.path)
+        return out
+
+
+# ------------------------------------------------------------------------ manifests
+def manifest_path(target: Path) -> Path:
+    """Where the manifest of the checkpoint at ``target`` lives."""
+    if _is_store_dir(target):
+        return target / STORE_MANIFEST
+    return target.with_name(target.name + MANIFEST_SUFFIX)
+
+
+def write_sidecar_manifest(target: Path, fmt: Format, metadata: dict[str, Any]) -> Path:
+    """Write ``<target>.manifest.json`` for a committed checkpoint in any format."""
+    path = manifest_path(target)
+    write_manifest(path, fmt.files(target), {**metadata, "format": fmt.name, "name": target.name})
+    return path
+
+
+def _is_store_dir(path: Path) -> bool:
+    return path.name.startswith(STORE_PREFIX) and (path.is_dir() or not path.suffix)
+
+
+# ------------------------------------------------------------------------ own layout
+def store_name(step: int) -> str:
+    return f"{STORE_PREFIX}{step:09d}"
+
+
+def save_state(directory: Path | str, state: ModelState, *, step: int, metadata: dict | None = None) -> CheckpointInfo:
+    """Commit ``state`` as ``directory/ckpt-<step>/`` (safetensors + manifest), in one rename."""
+    directory = Path(directory)
+    target = directory / store_name(step)
+    meta = {**state.metadata, **(metadata or {}), "step": step, "wall_time": time.time()}
+    with atomic_path(target, keep_suffix="") as tmp:
+        tmp.mkdir()
+        SafetensorsFormat().write(ModelState(state.variables, state.model_config, state.compile_config, meta), tmp / STORE_STATE)
+        write_manifest(tmp / STORE_MANIFEST, [tmp / STORE_STATE], {**_summary(meta), "format": "modelkeep backup"})
+    return info_for(target, verify=False)
+
+
+def load_state(path: Path | str) -> ModelState:
+    """Verify and read a checkpoint directory of modelkeep's own layout."""
+    path = Path(path)
+    if not (path / STORE_MANIFEST).exists():
+        raise CheckpointNotFoundError(
+            f"load: {path} has no {STORE_MANIFEST}; it is not a complete modelkeep checkpoint."
+        )
+    verify_manifest(path / STORE_MANIFEST)
+    return SafetensorsFormat().read(path / STORE_STATE)
+
+
+def _summary(meta: dict[str, Any]) -> dict[str, Any]:
+    keys = ("step", "epoch", "batch", "logs", "wall_time", "versions", "monitor", "best")
+    return {k: meta[k] for k in keys if k in meta}
+
+
+# ------------------------------------------------------------------------ listing
+def _candidates(directory: Path) -> list[Path]:
+    """Every checkpoint-like entry of a directory (manifests, store dirs, foreign files)."""
+    seen: dict[str, Path] = {}
+    for entry in sorted(directory.iterdir()):
+        name = entry.name
+        if name == STATE_FILE or is_leftover(name):
+            continue
+        if name.endswith(MANIFEST_SUFFIX):
+            seen[name[: -len(MANIFEST_SUFFIX)]] = entry.with_name(name[: -len(MANIFEST_SUFFIX)])
+        elif _is_store_dir(entry):
+            seen[name] = entry
+        elif name.endswith(INDEX_SUFFIX):
+            seen[name[: -len(INDEX_SUFFIX)]] = entry.with_name(name[: -len(INDEX_SUFFIX)])
+        elif name.endswith(DATA_SUFFIX):
+            seen.setdefault(name[: -len(DATA_SUFFIX)], entry.with_name(name[: -len(DATA_SUFFIX)]))
+        elif entry.is_dir() and (entry / "saved_model.pb").exists():
+            seen[name] = entry
+        elif entry.suffix in (".h5", ".hdf5", ".keras", ".safetensors"):
+            seen[name] = entry
+    return list(seen.values())
+
+
+def _format_of(path: Path) -> Format | None:
+    if _is_store_dir(path):
+        return None
+    try:
+        return registry.detect(path)
+    except (FormatError, OSError):
+        return None
+
+
+def info_for(path: Path, *, verify: bool = True) -> CheckpointInfo:
+    """Status and metadata of one checkpoint; with ``verify``, every checksum is checked."""
+    path = Path(path)
+    fmt = _format_of(path)
+    fmt_name = "modelkeep backup" if _is_store_dir(path) else (fmt.name if fmt else "unknown")
+    mpath = manifest_path(path)
+    files = [path / STORE_STATE] if _is_store_dir(path) else (fmt.files(path) if fmt else [path])
+    size = sum(f.stat().st_size for f in files if f.exists())
+    if not mpath.exists():
+        missing = [f.name for f in files if not f.exists()]
+        problem = f"missing {', '.join(missing)}" if missing else "no manifest: the save did not finish"
+        return CheckpointInfo(path, fmt_name, INCOMPLETE, size=size, problem=problem, wall_time=_mtime(path))
+    try:
+        doc = verify_manifest(mpath) if verify else read_manifest(mpath)
+        status, problem = OK, None
+    except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
+        status, problem = CORRUPT, str(exc)
+        try:
+            doc = json.loads(mpath.read_text())
+        except (ValueError, OSError):
+            doc = {}
+    meta = doc.get("metadata", {}) if isinstance(doc, dict) else {}
+    return CheckpointInfo(
+        path,
+        meta.get("format", fmt_name),
+        status,
+        step=meta.get("step"),
+        epoch=meta.get("epoch"),
+        logs=meta.get("logs") or {},
+        wall_time=meta.get("wall_time", _mtime(path)),
+        size=size,
+        problem=problem,
+        metadata=meta,
+    )
+
+
+def _mtime(path: Path) -> float | None:
+    for candidate in (path, Path(str(path) + INDEX_SUFFIX)):
+        if candidate.exists():
+            return candidate.stat().st_mtime
+    return None
+
+
+def list_checkpoints(directory: Path | str, *, verify: bool = True) -> list[CheckpointInfo]:
+    """Every checkpoint in ``directory`` with its metadata and status, newest first.
+
+    Example::
+
+        for c in mk.list_checkpoints("run"):
+            print(c.path.name, c.step, c.status)
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointNotFoundError(f"list_checkpoints: {directory} is not a directory.")
+    infos = [info_for(p, verify=verify) for p in _candidates(directory)]
+    infos.sort(key=lambda c: (c.step if c.step is not None else -1, c.wall_time or 0.0), reverse=True)
+    return infos
+
+
+def latest_good(directory: Path | str, *, warn: bool = True) -> CheckpointInfo | None:
+    """The newest checkpoint that verifies; warns naming each newer one that does not."""
+    for info in list_checkpoints(directory):
+        if info.status == OK:
+            return info
+        if warn:
+            warnings.warn(
+                f"skipping checkpoint {info.path} ({info.status}: {info.problem}); "
+                "falling back to an older one.",
+                stacklevel=2,
+            )
+    return None

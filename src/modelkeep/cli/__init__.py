@@ -1,0 +1,1 @@
+"""The ``modelkeep`` command: thin argument parsing over the library."""
