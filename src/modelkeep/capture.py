@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from modelkeep.errors import IncompatibleModelError, UnsupportedModelError
-from modelkeep.state import MODEL, OPTIMIZER, ModelState
+from modelkeep.state import MODEL, OPTIMIZER, RNG, ModelState
 
 FORMAT_VERSION = 1
 
@@ -65,6 +65,17 @@ def model_variable_keys(model: Any) -> list[tuple[str, Any]]:
     by_id: dict[int, str] = {}
     _walk_layer_keys(getattr(model, "layers", []), "", by_id)
     return _unique([(by_id.get(id(v), "variables/" + v.name), v) for v in model.weights])
+
+
+def rng_variable_keys(model: Any) -> list[tuple[str, Any]]:
+    """``(name, variable)`` for the seed-generator states of the model (Dropout, noise layers).
+
+    These are the variables of ``model.variables`` that are not weights; saving them makes
+    the next training step after a load draw the same random numbers as the original's.
+    """
+    weight_ids = {id(v) for v in model.weights}
+    extra = [v for v in getattr(model, "variables", []) if id(v) not in weight_ids]
+    return _unique([(f"seed_generator-{i}", v) for i, v in enumerate(extra)])
 
 
 def layer_names(model: Any) -> dict[str, str]:
@@ -127,6 +138,8 @@ def capture(model: Any, *, include_optimizer: bool = True, metadata: dict | None
     if include_optimizer:
         for key, variable in optimizer_variable_keys(model):
             variables[f"{OPTIMIZER}/{key}"] = _to_numpy(variable)
+        for key, variable in rng_variable_keys(model):
+            variables[f"{RNG}/{key}"] = _to_numpy(variable)
     meta = {
         "format_version": FORMAT_VERSION,
         "created": time.time(),
@@ -188,6 +201,10 @@ def restore(model: Any, state: ModelState, *, source: str = "the file", optimize
         restore(model, read_state("weights.safetensors"))
     """
     _check_and_assign(model_variable_keys(model), state.group(MODEL), "model", source)
+    saved_rng = state.group(RNG)
+    rng_pairs = rng_variable_keys(model)
+    if optimizer and saved_rng and len(saved_rng) == len(rng_pairs):
+        _check_and_assign(rng_pairs, saved_rng, "seed-generator", source)
     saved_optimizer = state.group(OPTIMIZER)
     model_optimizer = getattr(model, "optimizer", None)
     if not (optimizer and saved_optimizer and model_optimizer is not None):

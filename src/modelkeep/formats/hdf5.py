@@ -23,7 +23,7 @@ import numpy as np
 
 from modelkeep.errors import CorruptCheckpointError, FormatError
 from modelkeep.formats.base import Format
-from modelkeep.state import MODEL, OPTIMIZER, ModelState
+from modelkeep.state import MODEL, OPTIMIZER, RNG, ModelState
 from modelkeep.storage.commit import atomic_path
 
 HEADER_ATTR = "modelkeep"
@@ -105,7 +105,7 @@ class HDF5Format(Format):
         whole_model = state.model_config is not None and (state.compile_config is not None or state.has_optimizer)
         with atomic_path(path) as tmp:
             with h5py.File(tmp, "w") as f:
-                order = [k for k in state.variables if k.startswith((MODEL + "/", OPTIMIZER + "/"))]
+                order = [k for k in state.variables if k.startswith((MODEL + "/", OPTIMIZER + "/", RNG + "/"))]
                 f.attrs[HEADER_ATTR] = json.dumps({**json.loads(state.header_json()), "order": order})
                 f.attrs["keras_version"] = keras.__version__
                 f.attrs["backend"] = "tensorflow"
@@ -124,6 +124,12 @@ class HDF5Format(Format):
                     opt_group.attrs["weight_names"] = [n.encode() for n in names]
                     for name, array in optimizer.items():
                         opt_group.create_dataset(name, data=array)
+                rng = state.group(RNG)
+                if rng:
+                    rng_group = f.create_group("modelkeep_rng")
+                    rng_group.attrs["weight_names"] = [n.encode() for n in rng]
+                    for name, array in rng.items():
+                        rng_group.create_dataset(name, data=array)
         return [path]
 
     def read(self, path: Path) -> ModelState:
@@ -133,11 +139,13 @@ class HDF5Format(Format):
             weights_group = f["model_weights"] if "model_weights" in f else f
             weights = _read_weight_groups(weights_group, path)
             variables = {f"{MODEL}/{k}": v for k, v in weights.items()}
-            if "optimizer_weights" in f:
-                opt = f["optimizer_weights"]
-                for raw in opt.attrs.get("weight_names", []):
+            for group_name, prefix in (("optimizer_weights", OPTIMIZER), ("modelkeep_rng", RNG)):
+                if group_name not in f:
+                    continue
+                group = f[group_name]
+                for raw in group.attrs.get("weight_names", []):
                     name = raw.decode() if isinstance(raw, bytes) else str(raw)
-                    variables[f"{OPTIMIZER}/{name}"] = np.asarray(opt[name])
+                    variables[f"{prefix}/{name}"] = np.asarray(group[name])
             if header is None:
                 from modelkeep.formats import legacy
 

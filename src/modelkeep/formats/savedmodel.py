@@ -4,7 +4,7 @@ TensorFlow's part is written by Keras's own ``model.export`` (a ``serving_defaul
 signature, what TensorFlow Serving loads). modelkeep's part, beside it, is what rebuilds
 the full Keras model: ``modelkeep.json`` (config, compile config, metadata, and where each
 model variable sits in ``variables/``) and ``modelkeep_optimizer.safetensors`` (the optimizer
-state). The model's weights are stored once, in ``variables/``.
+and seed-generator state). The model's weights are stored once, in ``variables/``.
 
 Example::
 
@@ -24,7 +24,7 @@ from modelkeep.capture import build_model, capture, model_variable_keys
 from modelkeep.errors import CorruptCheckpointError, UnsupportedModelError
 from modelkeep.formats.base import Format
 from modelkeep.formats.safetensors import SafetensorsFormat
-from modelkeep.state import MODEL, OPTIMIZER, ModelState
+from modelkeep.state import MODEL, OPTIMIZER, RNG, ModelState
 from modelkeep.storage.commit import atomic_path
 
 HEADER_FILE = "modelkeep.json"
@@ -79,9 +79,9 @@ class SavedModelFormat(Format):
             header["order"] = list(state.group(MODEL))
             header["variables_index"] = positions
             (tmp / HEADER_FILE).write_text(json.dumps(header))
-            optimizer = {f"{OPTIMIZER}/{k}": v for k, v in state.group(OPTIMIZER).items()}
-            if optimizer:
-                SafetensorsFormat().write(ModelState(optimizer), tmp / OPTIMIZER_FILE)
+            training_state = {k: v for k, v in state.variables.items() if k.startswith((OPTIMIZER + "/", RNG + "/"))}
+            if training_state:
+                SafetensorsFormat().write(ModelState(training_state), tmp / OPTIMIZER_FILE)
         return self.files(path)
 
     def save_model(self, model: Any, path: Path, *, include_optimizer: bool = True) -> list[Path]:
