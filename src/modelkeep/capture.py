@@ -201,10 +201,8 @@ def restore(model: Any, state: ModelState, *, source: str = "the file", optimize
         restore(model, read_state("weights.safetensors"))
     """
     _check_and_assign(model_variable_keys(model), state.group(MODEL), "model", source)
-    saved_rng = state.group(RNG)
-    rng_pairs = rng_variable_keys(model)
-    if optimizer and saved_rng and len(saved_rng) == len(rng_pairs):
-        _check_and_assign(rng_pairs, saved_rng, "seed-generator", source)
+    if optimizer:
+        restore_rng(model, state, source=source)
     saved_optimizer = state.group(OPTIMIZER)
     model_optimizer = getattr(model, "optimizer", None)
     if not (optimizer and saved_optimizer and model_optimizer is not None):
@@ -221,6 +219,14 @@ def restore(model: Any, state: ModelState, *, source: str = "the file", optimize
         )
         return
     _check_and_assign(pairs, saved_optimizer, "optimizer", source)
+
+
+def restore_rng(model: Any, state: ModelState, *, source: str = "the file") -> None:
+    """Assign saved seed-generator states, when the file has them for this model."""
+    saved = state.group(RNG)
+    pairs = rng_variable_keys(model)
+    if saved and len(saved) == len(pairs):
+        _check_and_assign(pairs, saved, "seed-generator", source)
 
 
 def build_model(

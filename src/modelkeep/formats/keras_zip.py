@@ -10,11 +10,16 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from modelkeep.capture import _explain_deserialize_error, build_model, capture
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save as save_tensors
+
+from modelkeep.capture import _explain_deserialize_error, build_model, capture, restore_rng
 from modelkeep.errors import CorruptCheckpointError, FormatError, UnsupportedModelError
 from modelkeep.formats.base import Format
-from modelkeep.state import ModelState
+from modelkeep.state import RNG, ModelState
 from modelkeep.storage.commit import atomic_path
+
+RNG_MEMBER = "modelkeep_rng.safetensors"
 
 
 def _model_for(state: ModelState, model: Any) -> Any:
@@ -30,12 +35,15 @@ class KerasZipFormat(Format):
         model = _model_for(state, model)
         with atomic_path(path, keep_suffix=".keras") as tmp:
             model.save(tmp, include_optimizer=state.has_optimizer)
+            rng = state.group(RNG)
+            if rng and state.has_optimizer:
+                # Keras's zip does not keep seed-generator states; they ride in a member of ours
+                with zipfile.ZipFile(tmp, "a") as archive:
+                    archive.writestr(RNG_MEMBER, save_tensors(rng))
         return [path]
 
     def save_model(self, model: Any, path: Path, *, include_optimizer: bool = True) -> list[Path]:
-        with atomic_path(path, keep_suffix=".keras") as tmp:
-            model.save(tmp, include_optimizer=include_optimizer)
-        return [path]
+        return self.write(capture(model, include_optimizer=include_optimizer), path, model=model)
 
     def load_model(self, path: Path, *, custom_objects: dict | None = None, compile: bool = True, safe_mode: bool = True) -> Any:
         import keras
@@ -44,7 +52,12 @@ class KerasZipFormat(Format):
         if not zipfile.is_zipfile(path):
             raise _not_a_zip(path)
         try:
-            return keras.saving.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+            model = keras.saving.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+            with zipfile.ZipFile(path) as archive:
+                if compile and RNG_MEMBER in archive.namelist():
+                    rng = load_tensors(archive.read(RNG_MEMBER))
+                    restore_rng(model, ModelState({f"{RNG}/{k}": v for k, v in rng.items()}), source=str(path))
+            return model
         except zipfile.BadZipFile as exc:
             raise CorruptCheckpointError(f"load_model: {path} is a damaged zip ({exc}); use another copy.") from exc
         except (TypeError, ValueError) as exc:
