@@ -72,9 +72,17 @@ def save_tensors(prefix: Path, named: dict[str, Any]) -> None:
 
     names = list(named)
     tensors = [tf.constant(named[name]) for name in names]
-    tf.raw_ops.SaveV2(
-        prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors
-    )
+    try:
+        tf.raw_ops.SaveV2(
+            prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors
+        )
+    except tf.errors.OpError as exc:
+        # TensorFlow reports a full disk or a denied write as an OpError; say it as an OSError
+        import errno
+
+        text = str(exc)
+        code = errno.ENOSPC if "space" in text.lower() else errno.EACCES if "ermission" in text else errno.EIO
+        raise OSError(code, text.strip().splitlines()[0] if text.strip() else type(exc).__name__) from exc
 
 
 def update_state_file(prefix: Path, *, keep: list[Path] | None = None) -> None:
@@ -186,7 +194,7 @@ def _get(reader: Any, key: str, path: Path) -> Any:
 
     try:
         value = reader.get_tensor(key)
-    except (tf.errors.OpError, ValueError) as exc:
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as exc:
         raise CorruptCheckpointError(
             f"load: tensor '{key}' of the TF checkpoint {path} cannot be read "
             f"({_first_line(exc)}); the .data file is corrupt. Use another checkpoint."
