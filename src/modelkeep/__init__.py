@@ -10,6 +10,7 @@ Example::
 __version__ = "0.1.0"
 
 from modelkeep.api import load_model, load_weights, save_model, save_weights  # noqa: E402
+from modelkeep.checkpoint.store import list_checkpoints  # noqa: E402
 from modelkeep.errors import (  # noqa: E402
     CheckpointNotFoundError,
     CheckpointWriteError,
@@ -22,6 +23,9 @@ from modelkeep.errors import (  # noqa: E402
 from modelkeep.state import ModelState  # noqa: E402
 
 __all__ = [
+    "BackupAndRestore",
+    "ModelCheckpoint",
+    "list_checkpoints",
     "CheckpointNotFoundError",
     "CheckpointWriteError",
     "CorruptCheckpointError",
@@ -35,3 +39,11 @@ __all__ = [
     "save_model",
     "save_weights",
 ]
+
+
+def __getattr__(name: str):  # the callbacks import Keras; `import modelkeep` stays light
+    if name in ("ModelCheckpoint", "BackupAndRestore"):
+        from modelkeep.checkpoint import callbacks
+
+        return getattr(callbacks, name)
+    raise AttributeError(f"module 'modelkeep' has no attribute {name!r}")

@@ -68,8 +68,47 @@ def load_weights(model: Any, path: PathLike) -> None:
     or a directory holding a ``checkpoint`` state file (its latest checkpoint is taken).
     Example: ``mk.load_weights(model, "saved_modelname")``.
     """
+    path = Path(path)
+    if path.is_dir() and not (path / "saved_model.pb").exists() and _load_newest_good(model, path):
+        return
     fmt, concrete = resolve_weights_path(path)
     fmt.load_weights(model, concrete)
+
+
+def _load_newest_good(model: Any, directory: Path) -> bool:
+    """Load the newest checkpoint of ``directory`` that verifies, warning about newer bad ones.
+
+    Returns False when the directory holds no checkpoint with a modelkeep manifest (a
+    directory written by other tools: the ``checkpoint`` state file decides then).
+    """
+    import warnings
+
+    from modelkeep.capture import restore
+    from modelkeep.checkpoint import store
+
+    infos = [i for i in store.list_checkpoints(directory) if store.manifest_path(i.path).exists() or i.status == store.OK]
+    if not infos:
+        return False
+    for info in infos:
+        if info.status != store.OK:
+            warnings.warn(
+                f"load_weights: skipping checkpoint {info.path} ({info.status}: {info.problem}); "
+                "falling back to an older one.",
+                stacklevel=3,
+            )
+            continue
+        if info.format == "modelkeep backup":
+            restore(model, store.load_state(info.path), source=str(info.path), optimizer=False)
+        else:
+            registry.detect(info.path).load_weights(model, info.path)
+        return True
+    from modelkeep.errors import CorruptCheckpointError
+
+    raise CorruptCheckpointError(
+        f"load_weights: no checkpoint in {directory} verifies: "
+        + "; ".join(f"{i.path.name}: {i.problem}" for i in infos)
+        + ". Restore the files from a copy, or retrain."
+    )
 
 
 def load_model(

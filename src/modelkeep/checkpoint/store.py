@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -34,10 +35,18 @@ from modelkeep.formats.base import Format
 from modelkeep.formats.safetensors import SafetensorsFormat
 from modelkeep.formats.tf_checkpoint import DATA_SUFFIX, INDEX_SUFFIX, STATE_FILE
 from modelkeep.state import ModelState
-from modelkeep.storage.checksums import read_manifest, verify_manifest, write_manifest
-from modelkeep.storage.commit import atomic_path, is_leftover
+from modelkeep.storage.checksums import (
+    MANIFEST_VERSION,
+    describe_files,
+    read_manifest,
+    verify_manifest,
+    write_manifest,
+)
+from modelkeep.storage.commit import atomic_path, commit, fsync_path, is_leftover, temp_sibling, write_bytes
 
 MANIFEST_SUFFIX = ".manifest.json"
+#: the manifest of a checkpoint whose files are being committed under an existing name
+PENDING_SUFFIX = ".manifest.pending.json"
 STORE_PREFIX = "ckpt-"
 STORE_STATE = "state.safetensors"
 STORE_MANIFEST = "manifest.json"
@@ -158,6 +167,9 @@ def info_for(path: Path, *, verify: bool = True) -> CheckpointInfo:
     mpath = manifest_path(path)
     files = [path / STORE_STATE] if _is_store_dir(path) else (fmt.files(path) if fmt else [path])
     size = sum(f.stat().st_size for f in files if f.exists())
+    pending = pending_manifest_path(path)
+    if pending.exists() and _verifies(pending):
+        mpath = pending  # the save finished its files but not the manifest's rename
     if not mpath.exists():
         missing = [f.name for f in files if not f.exists()]
         problem = f"missing {', '.join(missing)}" if missing else "no manifest: the save did not finish"
@@ -221,3 +233,96 @@ def latest_good(directory: Path | str, *, warn: bool = True) -> CheckpointInfo |
                 stacklevel=2,
             )
     return None
+
+
+# ------------------------------------------------------------------------ journaled commit
+def pending_manifest_path(target: Path) -> Path:
+    """The manifest written before a checkpoint's files replace an existing name."""
+    return target.with_name(target.name + PENDING_SUFFIX)
+
+
+def _verifies(manifest: Path) -> bool:
+    try:
+        verify_manifest(manifest)
+    except (CorruptCheckpointError, CheckpointNotFoundError, OSError, KeyError, TypeError):
+        return False
+    return True
+
+
+def temp_target(final: Path) -> Path:
+    """A temporary sibling for a whole checkpoint, keeping the suffix its format needs."""
+    name = final.name.lower()
+    known = (".weights.h5", ".h5", ".hdf5", ".keras", ".safetensors")
+    suffix = next((s for s in known if name.endswith(s)), "")
+    return temp_sibling(final, keep_suffix=suffix)
+
+
+def commit_checkpoint(tmp: Path, final: Path, fmt: Format, metadata: dict[str, Any]) -> CheckpointInfo:
+    """Publish a checkpoint written (and committed by its format) under the temporary ``tmp``.
+
+    The steps keep the newest good checkpoint loadable at every instant, also when
+    ``final`` already holds an older checkpoint (a fixed file name):
+
+    1. the new manifest, with the checksums of the temporary files and the final
+       names, is committed as ``<final>.manifest.pending.json``;
+    2. each file (or directory) is renamed over its final name (a TF checkpoint's
+       ``.data`` before its ``.index``);
+    3. the pending manifest is renamed over ``<final>.manifest.json``.
+
+    A crash before 2 leaves the old checkpoint and its manifest; after 2, the pending
+    manifest matches the files and is accepted (``info_for``) and promoted on the next
+    start (``recover_pending``). Returns the verified ``CheckpointInfo``.
+
+    Example::
+
+        tmp = temp_target(Path("run/best.keras"))
+        registry.KERAS_ZIP.write(state, tmp, model=model)
+        commit_checkpoint(tmp, Path("run/best.keras"), registry.KERAS_ZIP, {"step": 10})
+    """
+    tmp_files = fmt.files(tmp)
+    pairs = [(f, Path(str(f).replace(str(tmp), str(final), 1))) for f in tmp_files]
+    described = describe_files(tmp.parent, tmp_files)
+    files = {
+        str(dst.relative_to(final.parent)): described[str(src.relative_to(tmp.parent))] for src, dst in pairs
+    }
+    doc = {
+        "manifest_version": MANIFEST_VERSION,
+        "files": files,
+        "metadata": {**metadata, "format": fmt.name, "name": final.name},
+    }
+    pending = pending_manifest_path(final)
+    write_bytes(pending, json.dumps(doc, indent=1, default=str).encode())
+    if tmp.is_dir():
+        commit(tmp, final)
+    else:
+        # data files first, the key file (.index) last; each was fsynced by its format
+        for src, dst in sorted(pairs, key=lambda p: p[1].name.endswith(INDEX_SUFFIX)):
+            os.replace(src, dst)
+        fsync_path(final.parent)
+    os.replace(pending, manifest_path(final))
+    fsync_path(final.parent)
+    info = info_for(final, verify=True)
+    if info.status != OK:
+        raise CorruptCheckpointError(
+            f"save: {final} was written but does not verify ({info.problem}). The disk may be "
+            "failing; older checkpoints were kept."
+        )
+    return info
+
+
+def recover_pending(directory: Path | str) -> list[Path]:
+    """Finish or drop the journaled commits a crash interrupted; return the manifests promoted."""
+    directory = Path(directory)
+    promoted: list[Path] = []
+    if not directory.is_dir():
+        return promoted
+    for pending in sorted(directory.glob("*" + PENDING_SUFFIX)):
+        target = pending.with_name(pending.name[: -len(PENDING_SUFFIX)])
+        if _verifies(pending):
+            os.replace(pending, manifest_path(target))
+            promoted.append(target)
+        else:
+            pending.unlink(missing_ok=True)
+    if promoted:
+        fsync_path(directory)
+    return promoted

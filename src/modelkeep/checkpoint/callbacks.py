@@ -1,0 +1,584 @@
+"""Keras callbacks that checkpoint during training and never lose a good checkpoint.
+
+``ModelCheckpoint`` takes every argument of Keras 3's, with the same meaning, and
+writes any format modelkeep knows (chosen from the path as in DESIGN.md), through the
+commit protocol, with a manifest of checksums, and optional retention.
+``BackupAndRestore`` is a drop-in superset of Keras's: its backups are modelkeep
+``ckpt-<step>/`` directories, each committed with one rename, and it restores from the
+newest one that verifies.
+
+A save is two calls, so that a background writer can take the second one:
+
+* ``snapshot(epoch, batch, logs) -> SaveJob | None`` runs on the training thread: it
+  decides whether to save (best tracking), names the file and copies the state to
+  host memory;
+* ``write(job) -> CheckpointInfo | None`` encodes, writes, commits, writes the
+  manifest, verifies and applies retention; errors follow ``on_error``.
+
+Example::
+
+    import modelkeep as mk
+    model.fit(x, y, epochs=10, callbacks=[
+        mk.ModelCheckpoint("run/ckpt-{epoch:02d}", save_weights_only=True, max_to_keep=3),
+        mk.BackupAndRestore("run/backup"),
+    ])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from modelkeep.capture import capture, restore
+from modelkeep.checkpoint import retention, store
+from modelkeep.errors import CheckpointWriteError, CorruptCheckpointError
+from modelkeep.formats import registry
+from modelkeep.formats.base import Format
+from modelkeep.formats.tf_checkpoint import (
+    DATA_SUFFIX,
+    HEADER_KEY,
+    INDEX_SUFFIX,
+    OBJECT_GRAPH_KEY,
+    VALUE_SUFFIX,
+    build_object_graph,
+    object_path,
+    save_tensors,
+    update_state_file,
+)
+from modelkeep.state import ModelState
+from modelkeep.storage.commit import clean_leftovers, fsync_path, write_error
+
+log = logging.getLogger("modelkeep.checkpoint")
+
+#: formats that Keras writes itself from the live model (no host snapshot possible)
+LIVE_MODEL_FORMATS = (registry.KERAS_ZIP, registry.KERAS_WEIGHTS, registry.SAVED_MODEL)
+
+
+@dataclass
+class SaveJob:
+    """Everything the write step needs; made on the training thread by ``snapshot``."""
+
+    path: Path
+    fmt: Format
+    state: ModelState
+    metadata: dict[str, Any]
+    #: the live model, for formats Keras writes itself (``LIVE_MODEL_FORMATS``); else None
+    model: Any = None
+    previous_best: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------ helpers
+def _check_save_freq(save_freq: Any) -> None:
+    if save_freq != "epoch" and not (isinstance(save_freq, int) and not isinstance(save_freq, bool) and save_freq > 0):
+        raise ValueError(
+            f"Unrecognized save_freq: {save_freq!r}. Expected 'epoch' or a positive integer "
+            "(a number of batches)."
+        )
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "warn"):
+        raise ValueError(f"on_error must be 'raise' or 'warn'. Received: on_error={on_error!r}")
+
+
+def _global_step(model: Any, fallback: int) -> int:
+    optimizer = getattr(model, "optimizer", None)
+    iterations = getattr(optimizer, "iterations", None)
+    if iterations is None:
+        return fallback
+    try:
+        return int(np.asarray(iterations.numpy() if hasattr(iterations, "numpy") else iterations))
+    except (TypeError, ValueError):
+        return fallback
+
+
+def _scalar_logs(logs: dict | None) -> dict[str, float]:
+    out = {}
+    for key, value in (logs or {}).items():
+        try:
+            out[key] = float(np.asarray(value))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _as_write_error(path: Path, exc: BaseException) -> CheckpointWriteError:
+    if isinstance(exc, CheckpointWriteError):
+        return exc
+    if isinstance(exc, OSError):
+        return write_error(path, exc)
+    # TensorFlow's SaveV2 reports ENOSPC and EACCES as OpErrors; keep its first line
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    errno_guess = 28 if "space" in message.lower() else (13 if "permission" in message.lower() else 5)
+    return write_error(path, OSError(errno_guess, message))
+
+
+def write_tf_checkpoint(state: ModelState, prefix: Path) -> None:
+    """Write a TF checkpoint under ``prefix`` (a temporary name) without touching ``checkpoint``."""
+    paths = [object_path(k) for k in state.variables]
+    named: dict[str, Any] = {p + VALUE_SUFFIX: v for p, v in zip(paths, state.variables.values())}
+    header = json.loads(state.header_json())
+    header["order"] = list(state.variables)
+    named[HEADER_KEY] = np.array(json.dumps(header).encode(), dtype=object)
+    named[OBJECT_GRAPH_KEY] = np.array(build_object_graph(paths), dtype=object)
+    save_tensors(prefix, named)
+    for suffix in (DATA_SUFFIX, INDEX_SUFFIX):
+        fsync_path(str(prefix) + suffix)
+
+
+def write_job(job: SaveJob) -> store.CheckpointInfo:
+    """Encode, write and commit one checkpoint with its manifest; return its verified info.
+
+    Safe to run on another thread than training for every format outside
+    ``LIVE_MODEL_FORMATS`` (the job then holds only host arrays).
+    """
+    job.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = store.temp_target(job.path)
+    try:
+        if job.fmt is registry.TF_CHECKPOINT:
+            write_tf_checkpoint(job.state, tmp)
+        elif job.model is not None and job.metadata.get("weights_only"):
+            job.fmt.save_weights(job.model, tmp)
+        elif job.model is not None:
+            job.fmt.save_model(job.model, tmp, include_optimizer=True)
+        else:
+            job.fmt.write(job.state, tmp)
+        info = store.commit_checkpoint(tmp, job.path, job.fmt, job.metadata)
+        if job.fmt is registry.TF_CHECKPOINT:
+            update_state_file(job.path.absolute())  # relative dirs give "../name" entries
+        return info
+    finally:
+        _remove_temps(tmp)
+
+
+def _remove_temps(tmp: Path) -> None:
+    for leftover in tmp.parent.glob(tmp.name + "*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+class _SaveFrequency:
+    """Keras's batch counting for an integer ``save_freq`` (steps_per_execution aware)."""
+
+    def __init__(self, save_freq: Any) -> None:
+        self.save_freq = save_freq
+        self.seen_since_save = 0
+        self.last_batch: int | None = None
+
+    def should_save(self, batch: int) -> bool:
+        if self.save_freq == "epoch":
+            return False
+        if self.last_batch is None or batch <= self.last_batch:
+            added = batch + 1
+        else:
+            added = batch - self.last_batch
+        self.seen_since_save += added
+        self.last_batch = batch
+        if self.seen_since_save >= self.save_freq:
+            self.seen_since_save = 0
+            return True
+        return False
+
+
+# ------------------------------------------------------------------------ ModelCheckpoint
+class ModelCheckpoint(keras.callbacks.Callback):
+    """Keras 3's ``ModelCheckpoint`` with every format, atomic saves, manifests and retention.
+
+    Arguments as Keras's (``filepath`` templates with ``{epoch}``, ``{batch}`` and logged
+    metrics; ``monitor``, ``verbose``, ``save_best_only``, ``save_weights_only``, ``mode``,
+    ``save_freq``, ``initial_value_threshold``), plus:
+
+    * ``frequency``: the TF2 tutorial's name for ``save_freq``;
+    * ``max_to_keep`` (newest N), ``keep_best`` (K best by ``monitor``),
+      ``keep_every_n_epochs`` / ``keep_every_n_hours`` (kept for good); rules combine;
+    * ``on_error``: ``"raise"`` (default) a ``CheckpointWriteError`` on a failed save, or
+      ``"warn"``: log it, count it in ``failed_saves`` and keep training.
+
+    The format comes from the path: a bare prefix with ``save_weights_only=True`` writes
+    TF checkpoints (``tf.train.latest_checkpoint(dir)`` names the newest), a bare path
+    without it SavedModel directories; ``.h5``, ``.keras``, ``.weights.h5``,
+    ``.safetensors`` their formats.
+
+    Example::
+
+        mk.ModelCheckpoint("saved_modelname", save_weights_only=True)      # the tutorial
+        mk.ModelCheckpoint("run/w-{epoch:03d}-{val_loss:.3f}.h5", save_weights_only=True,
+                           max_to_keep=3, keep_best=1)
+    """
+
+    def __init__(
+        self,
+        filepath: str | os.PathLike,
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+        save_freq: str | int = "epoch",
+        initial_value_threshold: float | None = None,
+        *,
+        frequency: str | int | None = None,
+        max_to_keep: int | None = None,
+        keep_best: int | None = None,
+        keep_every_n_epochs: int | None = None,
+        keep_every_n_hours: float | None = None,
+        on_error: str = "raise",
+    ) -> None:
+        super().__init__()
+        if frequency is not None:
+            if save_freq != "epoch" and save_freq != frequency:
+                raise ValueError(
+                    f"frequency={frequency!r} and save_freq={save_freq!r} disagree; frequency is "
+                    "the tutorial's name for save_freq, give one of them."
+                )
+            save_freq = frequency
+        _check_save_freq(save_freq)
+        _check_on_error(on_error)
+        if mode not in ("auto", "min", "max"):
+            warnings.warn(f"ModelCheckpoint mode '{mode}' is unknown, fallback to auto mode.", stacklevel=2)
+            mode = "auto"
+        for name, value in (("max_to_keep", max_to_keep), ("keep_best", keep_best)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer or None. Received: {name}={value}")
+        self.filepath = os.fspath(filepath)
+        self.monitor = monitor
+        self.verbose = verbose
+        self.save_best_only = save_best_only
+        self.save_weights_only = save_weights_only
+        self.mode = mode
+        self.save_freq = save_freq
+        self.best = initial_value_threshold
+        self.on_error = on_error
+        self.retention = {
+            "max_to_keep": max_to_keep,
+            "keep_best": keep_best,
+            "keep_every_n_epochs": keep_every_n_epochs,
+            "keep_every_n_hours": keep_every_n_hours,
+        }
+        self.failed_saves = 0
+        self.last_error: CheckpointWriteError | None = None
+        self.saved: list[Path] = []
+        self._direction: str | None = None if mode == "auto" else mode
+        self._frequency = _SaveFrequency(save_freq)
+        self._current_epoch = 0
+        self._batches_total = 0
+        self.format_for(Path(self.filepath))  # a path no format fits fails here, not mid-training
+
+    # ---------------------------------------------------------------- format and names
+    def format_for(self, path: Path) -> Format:
+        """The format this callback writes ``path`` in (DESIGN.md path rules)."""
+        if self.save_weights_only:
+            return registry.weights_format(path)
+        return registry.model_format(path)
+
+    def file_path(self, epoch: int, batch: int | None, logs: dict | None) -> Path:
+        """The filepath template filled as Keras fills it (``epoch`` and ``batch`` 1-based)."""
+        logs = dict(logs or {})
+        try:
+            if batch is None or "batch" in logs:
+                text = self.filepath.format(epoch=epoch + 1, **logs)
+            else:
+                text = self.filepath.format(epoch=epoch + 1, batch=batch + 1, **logs)
+        except KeyError as exc:
+            raise KeyError(
+                f'Failed to format this callback filepath: "{self.filepath}". Reason: {exc}. '
+                "Every {name} in the path must be epoch, batch or a logged metric."
+            ) from exc
+        return Path(text)
+
+    def _directory(self) -> Path | None:
+        parent = Path(self.filepath).parent
+        return None if "{" in str(parent) else parent
+
+    # ---------------------------------------------------------------- Keras hooks
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        directory = self._directory()
+        if directory is not None and directory.is_dir():
+            removed = clean_leftovers(directory)
+            store.recover_pending(directory)
+            if removed and self.verbose:
+                log.info("removed %d leftovers of an interrupted save in %s", len(removed), directory)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._batches_total += 1
+        if self._frequency.should_save(batch):
+            self._save(self._current_epoch, batch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.save_freq == "epoch":
+            self._save(epoch, None, logs)
+
+    def _save(self, epoch: int, batch: int | None, logs: dict | None) -> None:
+        job = self.snapshot(epoch, batch, logs)
+        if job is not None:
+            self.write(job)
+
+    # ---------------------------------------------------------------- the two steps
+    def snapshot(self, epoch: int, batch: int | None, logs: dict | None) -> SaveJob | None:
+        """Training-thread part of a save: decide, name, copy the state. None: no save."""
+        path = self.file_path(epoch, batch, logs)
+        previous_best = self.best
+        if not self._should_save(epoch, path, logs):
+            return None
+        fmt = self.format_for(path)
+        step = _global_step(self.model, self._batches_total)
+        metadata = {
+            "step": step,
+            "epoch": epoch + 1,
+            "batch": None if batch is None else batch + 1,
+            "logs": _scalar_logs(logs),
+            "wall_time": time.time(),
+            "monitor": self.monitor,
+            "mode": self._direction,
+            "best": None if self.best is None else float(self.best),
+            "callback": "ModelCheckpoint",
+            "template": self.filepath,
+            "weights_only": self.save_weights_only,
+        }
+        live = fmt in LIVE_MODEL_FORMATS
+        state = ModelState() if live else capture(self.model, include_optimizer=not self.save_weights_only)
+        if not live:
+            state.metadata.update({k: metadata[k] for k in ("step", "epoch", "batch", "logs")})
+        metadata["versions"] = state.metadata.get("versions")
+        return SaveJob(path, fmt, state, metadata, model=self.model if live else None, previous_best=previous_best)
+
+    def write(self, job: SaveJob) -> store.CheckpointInfo | None:
+        """Write, commit, verify, then apply retention. Errors follow ``on_error``."""
+        try:
+            info = write_job(job)
+        except Exception as exc:  # noqa: BLE001 - every failure of a save is reported the same way
+            if not isinstance(exc, OSError) and type(exc).__module__.split(".")[0] != "tensorflow":
+                raise
+            self.best = job.previous_best  # the checkpoint of that best value does not exist
+            error = exc if isinstance(exc, CorruptCheckpointError) else _as_write_error(job.path, exc)
+            self.last_error = error if isinstance(error, CheckpointWriteError) else None
+            if self.on_error == "raise":
+                if error is exc:
+                    raise
+                raise error from exc
+            self.failed_saves += 1
+            log.warning("%s (failed saves so far: %d; training goes on)", error, self.failed_saves)
+            warnings.warn(f"{error} Training goes on (on_error='warn').", stacklevel=2)
+            return None
+        self.saved.append(job.path)
+        if self.verbose > 0:
+            keras.utils.io_utils.print_msg(f"\nEpoch {job.metadata['epoch']}: finished saving model to {job.path}")
+        self._apply_retention(job.path.parent)
+        return info
+
+    def _apply_retention(self, directory: Path) -> list[Path]:
+        if not any(v is not None for v in self.retention.values()):
+            return []
+        try:
+            return retention.apply_retention(
+                directory,
+                monitor=self.monitor,
+                mode=self._direction or "auto",
+                select=lambda info: info.metadata.get("template") == self.filepath,
+                **self.retention,
+            )
+        except OSError as exc:
+            log.warning("retention in %s failed (%s); nothing more was deleted", directory, exc)
+            return []
+
+    # ---------------------------------------------------------------- best tracking
+    def _resolve_direction(self) -> str:
+        if self._direction is None:
+            self._direction = retention.direction_of(self.monitor, _metric_directions(self.model))
+        return self._direction
+
+    def _is_improvement(self, current: float, reference: float | None) -> bool:
+        if reference is None:
+            return True
+        return current < reference if self._resolve_direction() == "min" else current > reference
+
+    def _should_save(self, epoch: int, path: Path, logs: dict | None) -> bool:
+        if not self.save_best_only:
+            if self.verbose > 0:
+                keras.utils.io_utils.print_msg(f"\nEpoch {epoch + 1}: saving model to {path}")
+            return True
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            warnings.warn(f"Can save best model only with {self.monitor} available.", stacklevel=3)
+            return True
+        current_array = np.asarray(current)
+        if current_array.ndim > 0:
+            warnings.warn(
+                f"Can save best model only when `monitor` is a scalar value. Received: {current}. "
+                "Falling back to `save_best_only=False`.",
+                stacklevel=3,
+            )
+            return True
+        value = float(current_array)
+        best_text = "None" if self.best is None else f"{self.best:.5f}"
+        if not math.isnan(value) and self._is_improvement(value, self.best):
+            if self.verbose > 0:
+                keras.utils.io_utils.print_msg(
+                    f"\nEpoch {epoch + 1}: {self.monitor} improved from {best_text} to {value:.5f}, "
+                    f"saving model to {path}"
+                )
+            self.best = value
+            return True
+        if self.verbose > 0:
+            keras.utils.io_utils.print_msg(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best_text}")
+        return False
+
+
+def _metric_directions(model: Any) -> dict[str, str]:
+    """``{metric name: "min"|"max"}`` from the model's compiled metrics (Keras's ``_direction``)."""
+    out: dict[str, str] = {}
+    stack = list(getattr(model, "metrics", []) or [])
+    while stack:
+        metric = stack.pop()
+        stack.extend(getattr(metric, "metrics", []) or [])
+        direction = getattr(metric, "_direction", None)
+        if direction in ("up", "down"):
+            out[metric.name] = "max" if direction == "up" else "min"
+    return out
+
+
+# ------------------------------------------------------------------------ BackupAndRestore
+class BackupAndRestore(keras.callbacks.Callback):
+    """Keras 3's ``BackupAndRestore``, with atomic, verified backups and fallback on restore.
+
+    At the start of ``fit`` it restores the weights, the optimizer state and the epoch
+    from the newest backup that verifies (warning about each newer one that does not);
+    it backs up every epoch or every ``save_freq`` batches into ``backup_dir/ckpt-<step>/``
+    (safetensors + manifest, one atomic rename), keeps the newest ``max_to_keep``, and
+    deletes the backups when training ends if ``delete_checkpoint``.
+
+    Example::
+
+        model.fit(x, y, epochs=20, callbacks=[mk.BackupAndRestore("run/backup")])
+        # killed? run the same line again: it continues from the last backup's epoch
+    """
+
+    def __init__(
+        self,
+        backup_dir: str | os.PathLike,
+        save_freq: str | int = "epoch",
+        double_checkpoint: bool = False,
+        delete_checkpoint: bool = True,
+        max_to_keep: int = 2,
+        *,
+        on_error: str = "raise",
+    ) -> None:
+        super().__init__()
+        if not backup_dir:
+            raise ValueError("Empty `backup_dir` argument passed")
+        _check_save_freq(save_freq)
+        _check_on_error(on_error)
+        if max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be at least 1. Received: max_to_keep={max_to_keep}")
+        self.backup_dir = Path(backup_dir)
+        self.save_freq = save_freq
+        self.double_checkpoint = double_checkpoint  # kept for Keras compatibility: always >= 2 here
+        self.delete_checkpoint = delete_checkpoint
+        self.max_to_keep = max(max_to_keep, 2 if double_checkpoint else 1)
+        self.on_error = on_error
+        self.failed_saves = 0
+        self.restored_from: Path | None = None
+        self._frequency = _SaveFrequency(save_freq)
+        self._current_epoch = 0
+        self._last_batch_seen = 0
+        self._batches_total = 0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if not self.model.built:
+            raise ValueError(
+                "To use the BackupAndRestore callback, your model must be built before you call "
+                f"`fit()`. Model {self.model} is unbuilt. Build it by calling it on a batch of data."
+            )
+        if not self.backup_dir.is_dir():
+            return
+        clean_leftovers(self.backup_dir)
+        info = self.newest_good_backup()
+        if info is None:
+            return
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        restore(self.model, store.load_state(info.path), source=str(info.path), optimizer=True)
+        epoch = int(info.metadata.get("epoch") or 0)
+        self.model._initial_epoch = epoch  # what Keras's own BackupAndRestore sets; fit starts there
+        self._current_epoch = epoch
+        self.restored_from = info.path
+
+    def newest_good_backup(self) -> store.CheckpointInfo | None:
+        """The newest ``ckpt-<step>/`` that verifies; warns naming each newer bad one."""
+        for info in store.list_checkpoints(self.backup_dir):
+            if info.format != "modelkeep backup":
+                continue
+            if info.status == store.OK:
+                return info
+            warnings.warn(
+                f"BackupAndRestore: skipping backup {info.path} ({info.status}: {info.problem}); "
+                "restoring an older one.",
+                stacklevel=3,
+            )
+        return None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._current_epoch = epoch + 1
+        self._last_batch_seen = 0
+        if self.save_freq == "epoch":
+            self._save(None)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._batches_total += 1
+        self._last_batch_seen = batch + 1
+        if self._frequency.should_save(batch):
+            self._save(batch)
+
+    def snapshot(self, batch: int | None) -> tuple[ModelState, int, dict[str, Any]]:
+        """Training-thread part of a backup: the state copy, its step and metadata."""
+        step = _global_step(self.model, self._batches_total)
+        metadata = {
+            "epoch": self._current_epoch,
+            "batch": self._last_batch_seen if batch is not None else 0,
+            "callback": "BackupAndRestore",
+        }
+        return capture(self.model, include_optimizer=True, metadata=metadata), step, metadata
+
+    def write(self, state: ModelState, step: int, metadata: dict[str, Any]) -> store.CheckpointInfo | None:
+        """Commit one backup and keep the newest ``max_to_keep``; errors follow ``on_error``."""
+        try:
+            info = store.save_state(self.backup_dir, state, step=step, metadata=metadata)
+        except OSError as exc:
+            error = _as_write_error(self.backup_dir / store.store_name(step), exc)
+            if self.on_error == "raise":
+                raise error from exc
+            self.failed_saves += 1
+            warnings.warn(f"{error} Training goes on (on_error='warn').", stacklevel=2)
+            return None
+        retention.apply_retention(
+            self.backup_dir,
+            max_to_keep=self.max_to_keep,
+            select=lambda i: i.format == "modelkeep backup",
+        )
+        return info
+
+    def _save(self, batch: int | None) -> None:
+        self.write(*self.snapshot(batch))
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.model._initial_epoch = None  # a later fit() starts where it is told, as without us
+        if self.delete_checkpoint and self.backup_dir.exists():
+            shutil.rmtree(self.backup_dir)
