@@ -1,0 +1,149 @@
+"""``serve()``: REST (uvicorn) and gRPC (grpc.aio) on one event loop, plus the version poller.
+
+One asyncio loop runs everything: uvicorn's HTTP server, the gRPC server, each version's
+micro-batcher and the poller. Loading runs on a worker thread, so a reload never stalls
+requests beyond the swap of one dict.
+
+Example::
+
+    serve(ServeConfig(path="runs/exp1", name="tutorial", port=8501, grpc_port=8500))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelkeep.errors import ModelkeepError
+from modelkeep.serving.metrics import Metrics
+from modelkeep.serving.versions import ModelSource
+from modelkeep.serving.watcher import Policy, VersionManager
+
+log = logging.getLogger("modelkeep.serve")
+
+DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class ServeConfig:
+    """Every ``modelkeep serve`` option."""
+
+    path: str | Path
+    name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8501
+    grpc_port: int | None = 8500  # None or 0: no gRPC server
+    policy: str = "latest"
+    max_batch_size: int = 64
+    batch_timeout_ms: float = 0.0
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    api_key: str | None = None
+    poll_seconds: float = 2.0
+    allow_non_finite: bool = False
+
+
+@dataclass
+class ServeContext:
+    """What the front ends share."""
+
+    manager: VersionManager
+    metrics: Metrics
+    max_request_bytes: int
+    api_key: str | None
+    allow_non_finite: bool
+
+
+def default_name(path: Path) -> str:
+    """TF Serving's habit: the model is named after its directory (or file stem)."""
+    stem = path.name
+    for suffix in (".keras", ".h5", ".hdf5"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return stem or "model"
+
+
+def read_api_key(path: str | Path) -> str:
+    """The bearer token: the file's content, stripped; an empty file is an error."""
+    token = Path(path).read_text().strip()
+    if not token or any(c.isspace() for c in token):
+        raise ModelkeepError(f"--api-key-file {path}: expected one token without spaces, found {'nothing' if not token else 'whitespace in it'}.")
+    return token
+
+
+def build_context(config: ServeConfig) -> ServeContext:
+    source = ModelSource.detect(config.path)
+    metrics = Metrics()
+    manager = VersionManager(
+        config.name or default_name(Path(config.path)),
+        source,
+        Policy.parse(config.policy),
+        metrics,
+        max_batch_size=config.max_batch_size,
+        batch_timeout_s=config.batch_timeout_ms / 1000.0,
+    )
+    return ServeContext(manager, metrics, config.max_request_bytes, config.api_key, config.allow_non_finite)
+
+
+async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> None:
+    """Run until SIGINT/SIGTERM (uvicorn's handlers), then drain and stop everything."""
+    import uvicorn
+
+    from modelkeep.serving.rest import build_app
+
+    ctx = ctx or build_context(config)
+    stop = asyncio.Event()
+    grpc_server = None
+    if config.grpc_port:
+        import grpc
+
+        from modelkeep.serving.grpc_service import add_services
+
+        grpc_server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", config.max_request_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        add_services(grpc_server, ctx)
+        if grpc_server.add_insecure_port(f"{_grpc_host(config.host)}:{config.grpc_port}") == 0:
+            raise ModelkeepError(f"serve: cannot bind gRPC to {config.host}:{config.grpc_port} (port in use?).")
+        await grpc_server.start()
+    poller = asyncio.get_running_loop().create_task(ctx.manager.run(config.poll_seconds, stop))
+    uv_config = uvicorn.Config(
+        build_app(ctx),
+        host=config.host,
+        port=config.port,
+        loop="none",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=30,
+        backlog=2048,
+    )
+    server = uvicorn.Server(uv_config)
+    log.warning(
+        "serve: model '%s' from %s (%s) on http://%s:%d%s",
+        ctx.manager.name, config.path, ctx.manager.source.kind, config.host, config.port,
+        f" and grpc {config.host}:{config.grpc_port}" if grpc_server else "",
+    )
+    try:
+        await server.serve()
+    finally:
+        stop.set()
+        await poller
+        if grpc_server is not None:
+            await grpc_server.stop(grace=2.0)
+        await ctx.manager.close()
+    if not server.started:
+        raise ModelkeepError(f"serve: cannot bind HTTP to {config.host}:{config.port} (port in use?).")
+
+
+def _grpc_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def serve(config: ServeConfig) -> None:
+    """Blocking entry point used by ``modelkeep serve``."""
+    asyncio.run(serve_async(config))

@@ -1,0 +1,117 @@
+"""Where versions come from: one saved model, a TF Serving base directory, or a training run.
+
+* a model file or SavedModel directory: one version, ``1``;
+* a base directory with numbered subdirectories (``base/1/``, ``base/2/``, TF Serving's
+  layout): the number is the version;
+* a training run's checkpoint directory: every checkpoint ``list_checkpoints`` reports, the
+  version being its ``step``; only status ``ok`` (checksums verified) is ever loaded.
+
+Example::
+
+    source = ModelSource.detect("runs/exp1")
+    for c in source.scan():            # Candidate(version=120, path=..., status='ok', ...)
+        model = source.load(c)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelkeep.checkpoint import store
+from modelkeep.errors import CheckpointNotFoundError
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One version found on disk (not necessarily loadable)."""
+
+    version: int
+    path: Path
+    status: str  # 'ok' | 'corrupt' | 'incomplete'
+    backup: bool = False  # modelkeep's own ckpt-<step>/ layout (state, not a model file)
+    problem: str | None = None
+    stamp: float = 0.0  # mtime: a rewritten path is a new candidate
+
+
+def _stamp(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+class ModelSource:
+    """A served path and the rule that turns it into versions."""
+
+    def __init__(self, path: Path, kind: str):
+        self.path = path
+        self.kind = kind  # 'single' | 'base' | 'run'
+
+    @classmethod
+    def detect(cls, path: str | Path) -> ModelSource:
+        """Decide what ``path`` is; raises ``CheckpointNotFoundError`` when it is not there."""
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointNotFoundError(
+                f"serve: {path} does not exist. Give a saved model (.keras, .h5, SavedModel directory), "
+                "a TF Serving base directory (numbered version subdirectories) or a training run's directory."
+            )
+        if path.is_file() or (path / "saved_model.pb").exists():
+            return cls(path, "single")
+        if any(p.is_dir() and p.name.isdigit() for p in path.iterdir()):
+            return cls(path, "base")
+        return cls(path, "run")
+
+    @property
+    def watches(self) -> bool:
+        """Whether new versions can appear (a single model file is loaded once)."""
+        return self.kind != "single"
+
+    def scan(self) -> list[Candidate]:
+        """Every version on disk now, newest first."""
+        if self.kind == "single":
+            return [Candidate(1, self.path, store.OK, stamp=_stamp(self.path))]
+        if self.kind == "base":
+            return self._scan_base()
+        return self._scan_run()
+
+    def _scan_base(self) -> list[Candidate]:
+        found = []
+        for sub in self.path.iterdir():
+            if not (sub.is_dir() and sub.name.isdigit()):
+                continue
+            if (sub / "saved_model.pb").exists():
+                found.append(Candidate(int(sub.name), sub, store.OK, stamp=_stamp(sub / "saved_model.pb")))
+                continue
+            files = sorted(p for p in sub.iterdir() if p.suffix in MODEL_SUFFIXES)
+            if files:
+                found.append(Candidate(int(sub.name), files[0], store.OK, stamp=_stamp(files[0])))
+            else:
+                found.append(Candidate(int(sub.name), sub, store.INCOMPLETE, problem="no saved_model.pb or model file yet"))
+        return sorted(found, key=lambda c: c.version, reverse=True)
+
+    def _scan_run(self) -> list[Candidate]:
+        found = []
+        for info in store.list_checkpoints(self.path):
+            if info.step is None:
+                continue
+            backup = info.format == "modelkeep backup"
+            found.append(
+                Candidate(int(info.step), info.path, info.status, backup, info.problem, _stamp(info.path))
+            )
+        return found
+
+    def load(self, candidate: Candidate) -> Any:
+        """The Keras model of a candidate (uncompiled: serving needs no optimizer)."""
+        if candidate.backup:
+            from modelkeep.capture import build_model
+
+            state = store.load_state(candidate.path)
+            return build_model(state, compile=False, source=str(candidate.path))
+        from modelkeep.api import load_model
+
+        return load_model(candidate.path, compile=False)
