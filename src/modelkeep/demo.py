@@ -62,7 +62,7 @@ def _describe(path: Path) -> str:
     for key, text in WHAT.items():
         if path.name == key or path.name.endswith(key) or key in path.parts:
             if key == ".h5":
-                return "HDF5: the whole model" if "model" in path.name else "HDF5: the weights"
+                return "HDF5: the whole model" if path.name.startswith("mysavedmodel") else "HDF5: the weights"
             return text
     return ""
 

@@ -379,7 +379,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
             return None
         self.saved.append(job.path)
         if self.verbose > 0:
-            keras.utils.io_utils.print_msg(f"\nEpoch {job.metadata['epoch']}: finished saving model to {job.path}")
+            print(f"\nEpoch {job.metadata['epoch']}: finished saving model to {job.path}")
         self._apply_retention(job.path.parent)
         return info
 
@@ -412,7 +412,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
     def _should_save(self, epoch: int, path: Path, logs: dict | None) -> bool:
         if not self.save_best_only:
             if self.verbose > 0:
-                keras.utils.io_utils.print_msg(f"\nEpoch {epoch + 1}: saving model to {path}")
+                print(f"\nEpoch {epoch + 1}: saving model to {path}")
             return True
         current = (logs or {}).get(self.monitor)
         if current is None:
@@ -430,14 +430,14 @@ class ModelCheckpoint(keras.callbacks.Callback):
         best_text = "None" if self.best is None else f"{self.best:.5f}"
         if not math.isnan(value) and self._is_improvement(value, self.best):
             if self.verbose > 0:
-                keras.utils.io_utils.print_msg(
+                print(
                     f"\nEpoch {epoch + 1}: {self.monitor} improved from {best_text} to {value:.5f}, "
                     f"saving model to {path}"
                 )
             self.best = value
             return True
         if self.verbose > 0:
-            keras.utils.io_utils.print_msg(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best_text}")
+            print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best_text}")
         return False
 
 

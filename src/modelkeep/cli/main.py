@@ -50,8 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_tensorflow_logger() -> None:
+    # TensorFlow's Python logger warns about retracing on every few predict calls; the CLI's
+    # user did not write those calls, so only errors are shown.
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _quiet_tensorflow_logger()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
