@@ -94,6 +94,7 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
 
     ctx = ctx or build_context(config)
     stop = asyncio.Event()
+    _STOPPING.clear()
     grpc_server = None
     if config.grpc_port:
         import grpc
@@ -123,6 +124,9 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
         backlog=2048,
     )
     server = uvicorn.Server(uv_config)
+    _RUNNING[:] = [server]
+    if _STOPPING:  # a signal came while starting
+        server.should_exit = True
     log.warning(
         "serve: model '%s' from %s (%s) on http://%s:%d%s",
         ctx.manager.name, config.path, ctx.manager.source.kind, config.host, config.port,
@@ -145,5 +149,27 @@ def _grpc_host(host: str) -> str:
 
 
 def serve(config: ServeConfig) -> None:
-    """Blocking entry point used by ``modelkeep serve``."""
-    asyncio.run(serve_async(config))
+    """Blocking entry point used by ``modelkeep serve``; returns after SIGINT/SIGTERM.
+
+    uvicorn re-raises the signal it caught once it has shut down; the handlers set here
+    receive it, so the process drains, stops and exits 0 instead of dying on the signal.
+    """
+    import signal
+
+    previous = {sig: signal.signal(sig, _note_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        asyncio.run(serve_async(config))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_RUNNING: list = []
+_STOPPING: list = []
+
+
+def _note_signal(signum: int, frame: object) -> None:
+    """Outside uvicorn's own handlers (start-up, shut-down): ask the server to stop."""
+    _STOPPING.append(signum)
+    for server in _RUNNING:
+        server.should_exit = True

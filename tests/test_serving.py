@@ -1,0 +1,192 @@
+"""``modelkeep serve`` on the tutorial's model, used as a client would (subprocess, loopback)."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+import modelkeep as mk
+from modelkeep.demo import tutorial_data, tutorial_model
+from test_serving_helpers import ServerProcess, tutorial_rows
+
+NAME = "tutorial"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import keras
+
+    keras.utils.set_random_seed(3)
+    tmp = tmp_path_factory.mktemp("serve")
+    x, y, _ = tutorial_data()
+    model = tutorial_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    mk.save_model(model, tmp / "tutorial.keras")
+    server = ServerProcess(tmp / "tutorial.keras", "--max-request-bytes", "20000", log_dir=tmp)
+    try:
+        server.wait()
+        yield server, model
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_rest_row_and_columnar_forms_match_model_predict(served):
+    server, model = served
+    rows = tutorial_rows(5)
+    expected = model.predict(rows, verbose=0)
+    r = httpx.post(f"{server.url}/v1/models/{NAME}:predict", json={"instances": rows.tolist()})
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Model-Version"] == "1"
+    np.testing.assert_allclose(np.array(r.json()["predictions"]), expected, rtol=1e-5, atol=1e-6)
+    r = httpx.post(
+        f"{server.url}/v1/models/{NAME}/versions/1:predict",
+        json={"signature_name": "serving_default", "inputs": rows.tolist()},
+    )
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.array(r.json()["outputs"]), expected, rtol=1e-5, atol=1e-6)
+    # named row form with the model's own input name, as a TF Serving client may send it
+    meta = httpx.get(f"{server.url}/v1/models/{NAME}/metadata").json()
+    (input_name,) = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]
+    r = httpx.post(f"{server.url}/v1/models/{NAME}:predict", json={"instances": [{input_name: rows[0].tolist()}]})
+    np.testing.assert_allclose(np.array(r.json()["predictions"]), expected[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_rest_status_and_metadata_in_tf_serving_shape(served):
+    server, _ = served
+    status = httpx.get(f"{server.url}/v1/models/{NAME}").json()
+    assert status == {
+        "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+    }
+    assert httpx.get(f"{server.url}/v1/models/{NAME}/versions/1").json() == status
+    meta = httpx.get(f"{server.url}/v1/models/{NAME}/versions/1/metadata").json()
+    assert meta["model_spec"] == {"name": NAME, "signature_name": "", "version": "1"}
+    sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sig["method_name"] == "tensorflow/serving/predict"
+    (inp,) = sig["inputs"].values()
+    (out,) = sig["outputs"].values()
+    assert inp["dtype"] == out["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in inp["tensor_shape"]["dim"]] == ["-1", "10"]
+    assert [d["size"] for d in out["tensor_shape"]["dim"]] == ["-1", "1"]
+
+
+def test_grpc_with_official_stubs(served):
+    server, model = served
+    rows = tutorial_rows(3, seed=11)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        predict = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        meta_req = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        meta_req.model_spec.name = NAME
+        meta = predict.GetModelMetadata(meta_req, timeout=10)
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        assert meta.metadata["signature_def"].Unpack(sig_map)
+        sig = sig_map.signature_def["serving_default"]
+        (input_name,) = sig.inputs
+        (output_name,) = sig.outputs
+        assert [d.size for d in sig.inputs[input_name].tensor_shape.dim] == [-1, 10]
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = NAME
+        request.model_spec.signature_name = "serving_default"
+        request.inputs[input_name].CopyFrom(tf.make_tensor_proto(rows))
+        response = predict.Predict(request, timeout=10)
+        assert response.model_spec.version.value == 1
+        got = tf.make_ndarray(response.outputs[output_name])
+        np.testing.assert_allclose(got, model.predict(rows, verbose=0), rtol=1e-5, atol=1e-6)
+
+        status_req = get_model_status_pb2.GetModelStatusRequest()
+        status_req.model_spec.name = NAME
+        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_req, timeout=10)
+        (entry,) = status.model_version_status
+        assert (entry.version, entry.state) == (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+
+        bad = predict_pb2.PredictRequest()
+        bad.model_spec.name = NAME
+        bad.inputs[input_name].CopyFrom(tf.make_tensor_proto(rows[:, :7]))
+        with pytest.raises(grpc.RpcError) as err:
+            predict.Predict(bad, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "expected shape float32[?, 10]" in err.value.details() and "[3, 7]" in err.value.details()
+        bad.model_spec.name = "nope"
+        with pytest.raises(grpc.RpcError) as err:
+            predict.Predict(bad, timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        strings = predict_pb2.PredictRequest()
+        strings.model_spec.name = NAME
+        strings.inputs[input_name].CopyFrom(tf.make_tensor_proto([["a"] * 10]))
+        with pytest.raises(grpc.RpcError) as err:
+            predict.Predict(strings, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+BAD_BODIES = [
+    (b"{not json", "malformed JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+    (json.dumps({"instances": []}).encode(), "empty"),
+    (json.dumps({"instances": [[1.0] * 9]}).encode(), "expected shape float32[?, 10]"),
+    (json.dumps({"instances": [[1.0] * 10, [1.0] * 9]}).encode(), "ragged"),
+    (json.dumps({"instances": [["a"] * 10]}).encode(), "got string values"),
+    (json.dumps({"instances": [[True] * 10]}).encode(), "got bool values"),
+    (json.dumps({"instances": [{"nope": [1.0] * 10}]}).encode(), "unknown input name"),
+    (json.dumps({"inputs": {"nope": [[1.0] * 10]}}).encode(), "unknown input name"),
+    (b'{"instances": [[NaN, 1, 1, 1, 1, 1, 1, 1, 1, 1]]}', "expected finite numbers"),
+    (json.dumps({"instances": [[1e300] * 10]}).encode(), "too large for float32"),
+    (json.dumps({"instances": [[1.0] * 10], "inputs": [[1.0] * 10]}).encode(), "exactly one of"),
+    (json.dumps({"instances": [[1.0] * 10], "signature_name": "other"}).encode(), "not found"),
+    (json.dumps({"instances": [[1.0] * 10], "path": "/etc/passwd"}).encode(), "unknown field"),
+    (json.dumps({"inputs": 3}).encode(), "expected shape float32[?, 10]"),
+]
+
+
+@pytest.mark.parametrize("body,needle", BAD_BODIES, ids=[n for _, n in BAD_BODIES])
+def test_rest_bad_input_is_a_400_that_says_what_was_expected(served, body, needle):
+    server, _ = served
+    r = httpx.post(f"{server.url}/v1/models/{NAME}:predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"], r.json()
+
+
+def test_rest_limits_unknown_routes_and_service_endpoints(served):
+    server, _ = served
+    big = json.dumps({"instances": tutorial_rows(400).tolist()}).encode()
+    assert len(big) > 20000
+    r = httpx.post(f"{server.url}/v1/models/{NAME}:predict", content=big)
+    assert r.status_code == 413 and "20000" in r.json()["error"]
+    r = httpx.post(f"{server.url}/v1/models/{NAME}/versions/7:predict", json={"instances": [[0.0] * 10]})
+    assert r.status_code == 404 and "version 7" in r.json()["error"]
+    r = httpx.post(f"{server.url}/v1/models/..%2F..%2Fetc:predict", json={"instances": [[0.0] * 10]})
+    assert r.status_code == 404
+    assert httpx.get(f"{server.url}/v1/models/{NAME}:predict").status_code == 405
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "alive"}
+    assert httpx.get(f"{server.url}/readyz").json()["versions"] == [1]
+    doc = httpx.get(f"{server.url}/openapi.json").json()
+    assert doc["openapi"].startswith("3.") and f"/v1/models/{NAME}:predict" in doc["paths"]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for needle in (
+        'modelkeep_requests_total{api="rest",method="predict",code="200"}',
+        'modelkeep_requests_total{api="rest",method="predict",code="400"}',
+        "modelkeep_request_latency_seconds_bucket",
+        "modelkeep_batch_size_count",
+        f'modelkeep_model_version_served{{model="{NAME}"}} 1',
+        'modelkeep_request_errors_total{api="rest",kind="too_large"}',
+    ):
+        assert needle in metrics, needle
+
+
+def test_default_bind_is_loopback():
+    from modelkeep.cli.main import build_parser
+    from modelkeep.serving.server import ServeConfig
+
+    args = build_parser().parse_args(["serve", "model.keras"])
+    assert args.host == "127.0.0.1" and ServeConfig(path="x").host == "127.0.0.1"
