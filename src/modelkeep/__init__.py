@@ -10,6 +10,7 @@ Example::
 __version__ = "0.1.0"
 
 from modelkeep.api import load_model, load_weights, save_model, save_weights  # noqa: E402
+from modelkeep.checkpoint.resume import fit  # noqa: E402
 from modelkeep.checkpoint.store import list_checkpoints  # noqa: E402
 from modelkeep.errors import (  # noqa: E402
     CheckpointNotFoundError,
@@ -34,6 +35,7 @@ __all__ = [
     "ModelState",
     "ModelkeepError",
     "UnsupportedModelError",
+    "fit",
     "load_model",
     "load_weights",
     "save_model",

@@ -278,3 +278,72 @@ def _explain_deserialize_error(exc: Exception, source: str) -> str:
         "or pass custom_objects={'Name': Class}; otherwise build the model in code and call "
         "modelkeep.load_weights(model, path)."
     )
+
+
+# --------------------------------------------------------------------------- training state
+# What ``fit`` changes besides weights and optimizer variables: seed-generator states (and
+# any other non-weight variable a layer keeps), metric accumulators, Keras's global
+# SeedGenerator. Exact resume (``modelkeep.checkpoint.resume``) saves and restores these.
+SEED_STATES = "rng/layers"
+METRIC_STATES = "metrics"
+KERAS_GLOBAL_SEED = "rng/keras_global_seed_generator"
+
+
+def training_state_keys(model: Any) -> list[tuple[str, Any]]:
+    """``(key, variable)`` for a model's seed states and metric accumulators, in a stable order.
+
+    Example::
+
+        [k for k, _ in training_state_keys(model)]  # ['rng/layers/0', 'metrics/0/0', ...]
+    """
+    weight_ids = {id(v) for v in model.weights}
+    metric_vars = []
+    for i, metric in enumerate(getattr(model, "metrics", [])):
+        metric_vars += [(f"{METRIC_STATES}/{i}/{j}", v) for j, v in enumerate(metric.variables)]
+    metric_ids = {id(v) for _, v in metric_vars}
+    others = [v for v in model.variables if id(v) not in weight_ids and id(v) not in metric_ids]
+    return [(f"{SEED_STATES}/{i}", v) for i, v in enumerate(others)] + metric_vars
+
+
+def capture_training_state(model: Any) -> dict[str, np.ndarray]:
+    """Copy seed states, metric accumulators and Keras's global SeedGenerator to host memory."""
+    arrays = {key: _to_numpy(v) for key, v in training_state_keys(model)}
+    generator = _keras_global_seed_generator(create=False)
+    if generator is not None:
+        arrays[KERAS_GLOBAL_SEED] = _to_numpy(generator.state)
+    return arrays
+
+
+def restore_training_state(model: Any, arrays: dict[str, np.ndarray]) -> list[str]:
+    """Assign what :func:`capture_training_state` copied; return notes on what did not fit."""
+    notes = []
+    for key, variable in training_state_keys(model):
+        saved = arrays.get(key)
+        if saved is None or tuple(saved.shape) != tuple(variable.shape):
+            notes.append(f"{key} ({variable.path})")
+            continue
+        variable.assign(saved)
+    if KERAS_GLOBAL_SEED in arrays:
+        generator = _keras_global_seed_generator(create=True)
+        generator.state.assign(arrays[KERAS_GLOBAL_SEED])
+    return notes
+
+
+def _keras_global_seed_generator(*, create: bool) -> Any:
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+
+    if create:
+        return seed_generator.global_seed_generator()
+    return global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)
+
+
+def build_for_training(model: Any, data_batch: Any) -> None:
+    """Create every variable ``fit`` would (layers, loss, metrics, optimizer) from one batch.
+
+    ``data_batch`` is ``(x, y, sample_weight)`` of arrays, tensors or ``tf.TensorSpec``s.
+    """
+    model._symbolic_build(data_batch=data_batch)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
