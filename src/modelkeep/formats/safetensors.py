@@ -1,24 +1,55 @@
-"""``.safetensors``: every variable of a ``ModelState`` as a named tensor.
+"""``.safetensors``: every variable of a ``ModelState`` as a named tensor, at disk speed.
 
 The header's ``__metadata__`` holds ``modelkeep`` (config, compile config and training
-metadata as JSON) and ``modelkeep_order`` (the variable names in model order, since
-safetensors sorts its tensors).
+metadata as JSON) and ``modelkeep_order`` (the variable names in model order).
+
+The file is the standard safetensors layout (8-byte little-endian header length, JSON
+header, then the tensors' bytes back to back, no holes), so ``safetensors.numpy.load_file``
+and any other safetensors reader open it. modelkeep writes and reads it itself:
+
+* **write**: the header is built from shapes and dtypes alone; then each array's own
+  memory goes to the file through ``os.writev`` (large sequential writes, no joined
+  buffer, no copy), and one ``fsync``. The CRC-32 for the manifest is computed from the
+  same in-memory arrays in a GIL-free thread while the kernel writes and syncs, so the
+  manifest never reads the file back (``storage.checksums.remember_crc32``).
+* **read**: the file is memory-mapped (copy-on-write) and every tensor is a numpy view of
+  the mapping: no read copy; the one copy is the caller's (``variable.assign``).
+
+Example::
+
+    SafetensorsFormat().write(state, Path("w.safetensors"))
+    state = SafetensorsFormat().read(Path("w.safetensors"))
 """
 
 from __future__ import annotations
 
 import json
+import mmap
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
 
 from modelkeep.errors import CorruptCheckpointError, FormatError
 from modelkeep.formats.base import Format
 from modelkeep.state import ModelState
+from modelkeep.storage.checksums import BackgroundCrc32, remember_crc32
 from modelkeep.storage.commit import atomic_path
+
+HEADER_LIMIT = 100_000_000
+#: the tensor bytes start at a multiple of this offset in the file
+DATA_ALIGN = 64
+_IOV_MAX = 1024
+_WRITE_MAX = 1 << 30  # bytes per writev call (Linux caps one call just under 2 GiB)
+
+_CODES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
+    "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}  # fmt: skip
+_DTYPES = {code: name for name, code in _CODES.items()}
 
 
 class SafetensorsFormat(Format):
@@ -27,42 +58,180 @@ class SafetensorsFormat(Format):
     keeps_optimizer = True
 
     def write(self, state: ModelState, path: Path, *, model: Any = None) -> list[Path]:
-        metadata = {"modelkeep": state.header_json(), "modelkeep_order": json.dumps(list(state.variables))}
-        tensors = {k: np.require(v, requirements="C") for k, v in state.variables.items()}
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+            write_file(state, tmp)
         return [path]
 
     def read(self, path: Path) -> ModelState:
         self.require(path)
-        try:
-            tensors = load_file(str(path))
-            metadata = _read_metadata(path)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CorruptCheckpointError(
-                f"load: {path} is not a readable safetensors file ({exc}). It may be truncated "
-                "or corrupt; use another checkpoint."
-            ) from exc
-        order = json.loads(metadata.get("modelkeep_order", "null")) or sorted(tensors)
+        tensors, metadata = read_file(path)
+        order = _order(metadata, tensors, path)
         if "modelkeep" in metadata:
             config, compile_config, meta = ModelState.header_from_json(metadata["modelkeep"])
-        else:
+        else:  # a foreign safetensors file: its tensors are model weights
             config, compile_config, meta = None, None, {}
             order = ["model/" + k for k in order]
             tensors = {"model/" + k: v for k, v in tensors.items()}
-        missing = [k for k in order if k not in tensors]
-        if missing:
-            raise FormatError(f"load: {path} names tensor '{missing[0]}' in its order but does not hold it.")
         return ModelState({k: tensors[k] for k in order}, config, compile_config, meta)
 
 
-def _read_metadata(path: Path) -> dict[str, str]:
+# ------------------------------------------------------------------------------ write
+def encode_header(state: ModelState) -> tuple[bytes, list[np.ndarray]]:
+    """The header bytes (length prefix included, padded) and the arrays to write after it."""
+    metadata = {"modelkeep": state.header_json(), "modelkeep_order": json.dumps(list(state.variables))}
+    header: dict[str, Any] = {"__metadata__": metadata}
+    arrays, offset = [], 0
+    for key, value in state.variables.items():
+        array = _contiguous(key, value)
+        header[key] = {"dtype": _CODES[array.dtype.name], "shape": list(array.shape),
+                       "data_offsets": [offset, offset + array.nbytes]}  # fmt: skip
+        offset += array.nbytes
+        arrays.append(array)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    padded = len(text) + (-(8 + len(text)) % DATA_ALIGN)
+    return padded.to_bytes(8, "little") + text.ljust(padded, b" "), arrays
+
+
+def _contiguous(key: str, value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.name not in _CODES:
+        raise FormatError(
+            f"save: variable '{key}' has dtype {array.dtype}, which safetensors cannot hold "
+            f"(it holds {', '.join(sorted(_CODES))}). Cast it or save to another format."
+        )
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.require(array, requirements="C")  # keeps 0-d arrays 0-d, copies only if needed
+
+
+def write_file(state: ModelState, path: str | os.PathLike, *, fsync: bool = True, checksum: bool = True) -> int:
+    """Write ``state`` to ``path`` (no commit protocol: give it a temporary path).
+
+    Returns the file size. With ``checksum``, the file's CRC-32 is computed from memory
+    while the bytes are written and recorded for the manifest (``remember_crc32``).
+    """
+    header, arrays = encode_header(state)
+    views = [header] + [_byte_view(a) for a in arrays if a.nbytes]
+    crc = BackgroundCrc32(views, threads=1) if checksum else None
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        write_all(fd, views)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+        value = crc.result() if crc is not None else None
+    if value is not None:
+        remember_crc32(path, value)
+    return sum(len(v) for v in views)
+
+
+def _byte_view(array: np.ndarray) -> memoryview:
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
+def write_all(fd: int, views: list[Any]) -> None:
+    """Write every buffer in order with as few ``writev`` calls as the kernel allows."""
+    pending = [memoryview(v) for v in views if len(v)]
+    while pending:
+        batch, size = [], 0
+        for view in pending[:_IOV_MAX]:
+            if size + len(view) > _WRITE_MAX:
+                if not batch:
+                    batch.append(view[:_WRITE_MAX])
+                break
+            batch.append(view)
+            size += len(view)
+        written = os.writev(fd, batch)
+        while written:  # drop what the kernel took; keep the tail of a partly written view
+            head = pending[0]
+            if written >= len(head):
+                written -= len(head)
+                pending.pop(0)
+            else:
+                pending[0] = head[written:]
+                written = 0
+
+
+# ------------------------------------------------------------------------------- read
+def read_header(data: memoryview | bytes, path: Path) -> tuple[dict[str, Any], int]:
+    """The parsed JSON header and the offset where tensor bytes start."""
+    if len(data) < 8:
+        raise _corrupt(path, "it is shorter than the 8-byte header length")
+    size = int.from_bytes(data[:8], "little")
+    if size > HEADER_LIMIT or 8 + size > len(data):
+        raise _corrupt(path, f"its header length {size} exceeds the file or the 100 MB limit")
+    try:
+        header = json.loads(bytes(data[8 : 8 + size]))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _corrupt(path, f"its header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise _corrupt(path, "its header is not a JSON object")
+    return header, 8 + size
+
+
+def read_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Map ``path`` and return ``({name: array view}, metadata)``; arrays are writable
+    (copy-on-write) and stay valid after the file is replaced or deleted."""
+    path = Path(path)
     with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise ValueError("file shorter than the 8-byte header length")
-        size = int.from_bytes(head, "little")
-        if size > 100_000_000:
-            raise ValueError(f"header length {size} exceeds the 100 MB limit")
-        header = json.loads(handle.read(size))
-    return header.get("__metadata__") or {}
+        length = os.fstat(handle.fileno()).st_size
+        if length == 0:
+            raise _corrupt(path, "it is empty")
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    mapped.madvise(mmap.MADV_WILLNEED)
+    header, start = read_header(memoryview(mapped)[: min(length, HEADER_LIMIT + 8)], path)
+    metadata = header.pop("__metadata__", None) or {}
+    tensors, spans = {}, []
+    for name, info in header.items():
+        tensors[name] = _tensor(mapped, start, length, name, info, path)
+        spans.append(tuple(info["data_offsets"]))
+    spans.sort()
+    end = 0
+    for lo, hi in spans:
+        if lo != end:
+            raise _corrupt(path, f"its tensors leave a gap or overlap at byte {end}")
+        end = hi
+    if start + end != length:
+        raise _corrupt(path, f"its tensors end at byte {start + end} but the file has {length} bytes")
+    return tensors, metadata
+
+
+def _tensor(mapped: mmap.mmap, start: int, length: int, name: str, info: Any, path: Path) -> np.ndarray:
+    try:
+        dtype = np.dtype(_numpy_dtype(info["dtype"]))
+        shape = tuple(int(n) for n in info["shape"])
+        lo, hi = (int(n) for n in info["data_offsets"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _corrupt(path, f"its entry for '{name}' is malformed ({exc})") from exc
+    count = int(np.prod(shape, dtype=np.int64))
+    if hi - lo != count * dtype.itemsize or lo < 0 or start + hi > length:
+        raise _corrupt(path, f"tensor '{name}' ({info['dtype']}{list(shape)}) does not fit bytes {lo}..{hi}")
+    return np.frombuffer(mapped, dtype=dtype, count=count, offset=start + lo).reshape(shape)
+
+
+def _numpy_dtype(code: str) -> Any:
+    name = _DTYPES[code]
+    if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        import ml_dtypes
+
+        return getattr(ml_dtypes, name)
+    return name
+
+
+def _order(metadata: dict[str, str], tensors: dict[str, np.ndarray], path: Path) -> list[str]:
+    try:
+        order = json.loads(metadata.get("modelkeep_order", "null")) or sorted(tensors)
+    except ValueError as exc:
+        raise _corrupt(path, f"its modelkeep_order is not JSON ({exc})") from exc
+    missing = [k for k in order if k not in tensors]
+    if missing:
+        raise FormatError(f"load: {path} names tensor '{missing[0]}' in its order but does not hold it.")
+    return order
+
+
+def _corrupt(path: Path, what: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"load: {path} is not a readable safetensors file: {what}. It may be truncated or "
+        "corrupt; use another checkpoint."
+    )

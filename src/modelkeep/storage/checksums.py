@@ -13,8 +13,11 @@ Example::
 from __future__ import annotations
 
 import json
+import mmap
 import os
+import threading
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +29,180 @@ MANIFEST_VERSION = 1
 
 
 def file_crc32(path: str | os.PathLike) -> int:
-    """CRC-32 of a whole file, read in large chunks."""
-    crc = 0
+    """CRC-32 of a whole file: mapped, checksummed in two GIL-free threads for large files."""
     with open(path, "rb", buffering=0) as handle:
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        while True:
-            count = handle.readinto(buffer)
-            if not count:
-                break
-            crc = zlib.crc32(view[:count], crc)
+        size = os.fstat(handle.fileno()).st_size
+        if size < PARALLEL_MIN:
+            crc = 0
+            while chunk := handle.read(CHUNK):
+                crc = zlib.crc32(chunk, crc)
+            return crc
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+            view = memoryview(mapped)
+            try:
+                return crc32_buffers([view])
+            finally:
+                view.release()
+
+
+# ---------------------------------------------------------------- fast CRC-32
+# zlib.crc32 runs at ~2 GB/s on this machine and releases the GIL for large buffers, so
+# two threads over two halves, joined with crc32_combine, halve the time on 2 cores.
+PARALLEL_MIN = 64 << 20
+_POLY = 0xEDB88320
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    out, i = 0, 0
+    while vector:
+        if vector & 1:
+            out ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, matrix[n]) for n in range(32)]
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)`` (zlib's algorithm)."""
+    if len2 <= 0:
+        return crc1
+    odd = [_POLY] + [1 << n for n in range(31)]  # the operator for one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four zero bits
+    while True:  # apply len2 zero bytes to crc1, one bit of len2 at a time
+        even = _gf2_square(odd)
+        if len2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
+
+
+def _bytes_view(buffer: Any) -> memoryview:
+    view = memoryview(buffer)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def crc32_buffers(buffers: Sequence[Any], *, threads: int = 2) -> int:
+    """CRC-32 of the concatenation of ``buffers`` (bytes-like, C-contiguous), never joined.
+
+    Large inputs are split into ``threads`` byte ranges checksummed in parallel
+    (``zlib.crc32`` releases the GIL) and combined. Example::
+
+        crc32_buffers([header, memoryview(array)]) == zlib.crc32(header + array.tobytes())
+    """
+    views = [_bytes_view(b) for b in buffers]
+    total = sum(v.nbytes for v in views)
+    if threads <= 1 or total < PARALLEL_MIN:
+        return _crc_ranges(views, 0, total)
+    bounds = [total * i // threads for i in range(threads + 1)]
+    results = [0] * threads
+
+    def run(i: int) -> None:
+        results[i] = _crc_ranges(views, bounds[i], bounds[i + 1])
+
+    workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(1, threads)]
+    for worker in workers:
+        worker.start()
+    run(0)
+    for worker in workers:
+        worker.join()
+    crc = results[0]
+    for i in range(1, threads):
+        crc = crc32_combine(crc, results[i], bounds[i + 1] - bounds[i])
     return crc
+
+
+def _crc_ranges(views: list[memoryview], start: int, stop: int) -> int:
+    """CRC-32 of bytes ``[start, stop)`` of the concatenation of ``views``."""
+    crc, offset = 0, 0
+    for view in views:
+        end = offset + view.nbytes
+        lo, hi = max(start, offset), min(stop, end)
+        for pos in range(lo, hi, CHUNK):
+            crc = zlib.crc32(view[pos - offset : min(hi, pos + CHUNK) - offset], crc)
+        offset = end
+        if offset >= stop:
+            break
+    return crc
+
+
+class BackgroundCrc32:
+    """CRC-32 of buffers computed in threads while the caller does something else.
+
+    Example::
+
+        crc = BackgroundCrc32([header, memoryview(array)])
+        write_everything()
+        manifest_entry = crc.result()
+    """
+
+    def __init__(self, buffers: Sequence[Any], *, threads: int = 2) -> None:
+        self._value: int | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(list(buffers), threads), daemon=True)
+        self._thread.start()
+
+    def _run(self, buffers: list[Any], threads: int) -> None:
+        try:
+            self._value = crc32_buffers(buffers, threads=threads)
+        except BaseException as exc:  # handed to result()
+            self._error = exc
+
+    def result(self) -> int:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+# ------------------------------------------------------ checksums known from the write
+# A writer that checksummed a file while writing it records (identity, crc) here, so the
+# manifest written right after does not read the file back. The identity (device, inode,
+# size, mtime) must still match, so a file changed since is checksummed from disk.
+_KNOWN: dict[str, tuple[tuple[int, int, int, int], int]] = {}
+_KNOWN_LOCK = threading.Lock()
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def remember_crc32(path: str | os.PathLike, crc: int) -> None:
+    """Record the CRC-32 of a file this process just wrote (see ``known_crc32``)."""
+    with _KNOWN_LOCK:
+        if len(_KNOWN) > 256:
+            _KNOWN.clear()
+        _KNOWN[os.path.abspath(path)] = (_identity(os.stat(path)), crc)
+
+
+def known_crc32(path: str | os.PathLike) -> int:
+    """The CRC-32 of a file: remembered from its write if the file is unchanged, else read."""
+    key = os.path.abspath(path)
+    with _KNOWN_LOCK:
+        entry = _KNOWN.pop(key, None)
+    if entry is not None and entry[0] == _identity(os.stat(path)):
+        return entry[1]
+    return file_crc32(path)
 
 
 def describe_files(root: Path, files: list[Path]) -> dict[str, dict[str, int]]:
     """``{relative name: {"size": n, "crc32": c}}`` for the given files under ``root``."""
     return {
-        str(path.relative_to(root)): {"size": path.stat().st_size, "crc32": file_crc32(path)}
+        str(path.relative_to(root)): {"size": path.stat().st_size, "crc32": known_crc32(path)}
         for path in files
     }
 

@@ -1,0 +1,233 @@
+"""The background checkpoint writer: training copies the state, a thread writes it.
+
+A save is split in two. The *snapshot* runs on the training thread and copies every
+variable to host memory, once (``capture``: ``variable.numpy()``); it is the only part
+that stalls training. The *write* (encode, write, fsync, checksum, commit, manifest,
+retention) runs on the writer's thread.
+
+Rules:
+
+* **At most one save in flight.** ``save()`` first waits for the save in flight
+  (``when_busy="wait"``, the default) and only then takes the new snapshot, so two
+  snapshots never coexist: peak extra memory is one copy of the state. With ``when_busy="skip"`` a save
+  requested while one is in flight is dropped, with a logged reason, and ``save()``
+  returns ``False``: choose it when a late checkpoint is worth less than a stalled step.
+  "wait" is the default because every checkpoint the user's policy asked for (best
+  model, every N batches) gets written, and a writer that keeps up never waits.
+* **Errors surface.** An exception in the background is kept and raised by the next
+  ``save()``/``submit()``, by ``wait()`` and by ``close()`` (the end of training).
+* **Nothing is left half-done at exit.** An ``atexit`` hook waits for the save in
+  flight of every open writer. A kill during a background write leaves the previous
+  checkpoint good: the write goes through the same commit protocol as a synchronous one.
+
+Why a thread and not a process: every step of the write either runs in C with the GIL
+released (``os.writev``, ``fsync``, ``zlib.crc32`` over large buffers) or is tiny
+Python, so the thread barely holds the GIL; the snapshot already is the one copy a
+process would also need (into shared memory). The thread lowers its own scheduling
+priority (``nice``), so on a machine with few cores, training's threads get the CPU
+first and the writer takes what is left. ``benchmarks/run.py`` prints the figures
+(``gil_share``, stall sync vs async).
+
+Example::
+
+    writer = AsyncWriter()
+    writer.save(lambda: capture(model), lambda state: save_state("run", state, step=10))
+    ...
+    writer.close()   # waits; raises the error of a failed background save, if any
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+log = logging.getLogger("modelkeep.checkpoint")
+
+S = TypeVar("S")
+WAIT, SKIP = "wait", "skip"
+
+
+@dataclass
+class SaveRecord:
+    """What happened to one background save (``AsyncWriter.history``)."""
+
+    label: str
+    submitted: float
+    started: float | None = None
+    finished: float | None = None
+    error: BaseException | None = None
+    result: Any = None
+
+    @property
+    def seconds(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+
+class AsyncWriter:
+    """Runs save jobs on one background thread, one at a time (see the module docstring).
+
+    ``nice`` (default 10) is added to the writer thread's scheduling priority on Linux;
+    0 leaves it as is. ``history`` keeps the last ``keep_history`` ``SaveRecord``s.
+    """
+
+    def __init__(self, *, when_busy: str = WAIT, nice: int = 10, name: str = "modelkeep-writer",
+                 keep_history: int = 100) -> None:  # fmt: skip
+        if when_busy not in (WAIT, SKIP):
+            raise ValueError(f"AsyncWriter: when_busy must be 'wait' or 'skip', not {when_busy!r}.")
+        self.when_busy = when_busy
+        self.nice = nice
+        self.name = name
+        self.history: list[SaveRecord] = []
+        self.skipped = 0
+        self._keep = keep_history
+        self._cond = threading.Condition()
+        self._job: tuple[Callable[[], Any], SaveRecord] | None = None
+        self._running: SaveRecord | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        _OPEN.add(self)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def busy(self) -> bool:
+        """True while a save is queued or being written."""
+        with self._cond:
+            return self._job is not None or self._running is not None
+
+    def save(self, snapshot: Callable[[], S], write: Callable[[S], Any], *, label: str = "checkpoint") -> bool:
+        """Take ``snapshot()`` on this thread, then run ``write(snapshot)`` in the background.
+
+        Waits for the save in flight first (or, with ``when_busy="skip"``, returns False
+        without taking the snapshot). Raises the error of a previous background save.
+        """
+        if not self._make_room(label):
+            return False
+        data = snapshot()
+        self._enqueue(lambda: write(data), label)
+        return True
+
+    def submit(self, job: Callable[[], Any], *, label: str = "checkpoint") -> bool:
+        """Run ``job()`` (which already holds its data) in the background; see ``save``."""
+        if not self._make_room(label):
+            return False
+        self._enqueue(job, label)
+        return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until no save is in flight; raise the error of a failed one."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._job is not None or self._running is not None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"{self.name}: a save is still being written after {timeout} s.")
+                self._cond.wait(left)
+        self._raise_pending()
+
+    def close(self) -> None:
+        """Wait for the last save, stop the thread, raise a pending background error."""
+        try:
+            self.wait()
+        finally:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join()
+            _OPEN.discard(self)
+
+    def __enter__(self) -> AsyncWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+    def _raise_pending(self) -> None:
+        with self._cond:
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _make_room(self, label: str) -> bool:
+        self._raise_pending()
+        if self._closed:
+            raise RuntimeError(f"{self.name} is closed; create a new AsyncWriter.")
+        if self.when_busy == SKIP and self.busy:
+            self.skipped += 1
+            running = self._running.label if self._running else "a queued save"
+            log.warning("%s: skipped %s: %s is still being written (when_busy='skip').", self.name, label, running)
+            return False
+        self.wait()
+        return True
+
+    def _enqueue(self, job: Callable[[], Any], label: str) -> None:
+        record = SaveRecord(label, time.monotonic())
+        with self._cond:
+            self._job = (job, record)
+            self.history.append(record)
+            del self.history[: -self._keep]
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        _lower_priority(self.nice)
+        while True:
+            with self._cond:
+                while self._job is None and not self._closed:
+                    self._cond.wait()
+                if self._job is None:
+                    return
+                job, record = self._job
+                self._job, self._running = None, record
+            record.started = time.monotonic()
+            try:
+                record.result = job()
+            except BaseException as exc:  # kept for the training thread
+                record.error = exc
+                log.error("%s: background save %s failed: %s", self.name, record.label, exc)
+                with self._cond:
+                    self._error = self._error or exc
+            finally:
+                record.finished = time.monotonic()
+                with self._cond:
+                    self._running = None
+                    self._cond.notify_all()
+
+
+def _lower_priority(nice: int) -> None:
+    """Make the calling thread (and threads it starts) yield the CPU to training."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:  # not permitted or not Linux: run at normal priority
+        pass
+
+
+# ---------------------------------------------------------------------- at exit
+_OPEN: weakref.WeakSet[AsyncWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_all() -> None:
+    """Interpreter exit waits for the save in flight of every open writer."""
+    for writer in list(_OPEN):
+        try:
+            writer.close()
+        except BaseException as exc:  # at exit nobody can catch it: say it loudly
+            log.error("%s: the last background save failed: %s", writer.name, exc)
+            print(f"modelkeep: the last background save failed: {exc}", flush=True)  # noqa: T201
