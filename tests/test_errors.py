@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-import zoo
 
 import modelkeep as mk
 from modelkeep.errors import (
@@ -15,6 +14,8 @@ from modelkeep.errors import (
     IncompatibleModelError,
     UnsupportedModelError,
 )
+
+import zoo
 
 
 @pytest.fixture(scope="module")

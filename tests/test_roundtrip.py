@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import zoo
 
 import modelkeep as mk
+
+import zoo
 
 CASES = zoo.cases()
 WEIGHT_PATHS = ["saved_modelname", "weights.h5", "weights.weights.h5", "weights.safetensors"]
@@ -49,7 +50,6 @@ def test_weights_round_trip(trained, filename, tmp_path):
 
 @pytest.mark.parametrize("filename", MODEL_PATHS)
 def test_model_round_trip_and_next_step(trained, filename, tmp_path):
-    import keras
 
     case, model = trained
     expected = zoo.predictions(model, case.x)
