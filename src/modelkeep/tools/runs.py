@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelkeep.checkpoint.retention import direction_of
 from modelkeep.checkpoint.store import OK, CheckpointInfo, list_checkpoints
-
-_MAX_WORDS = ("acc", "auc", "precision", "recall", "f1", "iou", "psnr", "score")
 
 
 def default_monitor(infos: list[CheckpointInfo]) -> str | None:
@@ -28,10 +27,10 @@ def default_monitor(infos: list[CheckpointInfo]) -> str | None:
 
 
 def monitor_mode(monitor: str, mode: str = "auto") -> str:
-    """``min`` or ``max`` for a metric, as Keras's ``mode="auto"`` decides it."""
+    """``min`` or ``max`` for a metric (``retention.direction_of``, the rule ``prune`` uses)."""
     if mode in ("min", "max"):
         return mode
-    return "max" if any(word in monitor.lower() for word in _MAX_WORDS) else "min"
+    return direction_of(monitor)
 
 
 def best_checkpoint(infos: list[CheckpointInfo], monitor: str | None, mode: str = "auto") -> CheckpointInfo | None:

@@ -68,7 +68,9 @@ def verify_paths(paths: Iterable[Path | str]) -> list[VerifyResult]:
     results: list[VerifyResult] = []
     for raw in paths:
         path = registry.strip_tf_suffix(Path(raw))
-        if path.is_dir() and not (path / "saved_model.pb").exists() and not is_backup_dir(path):
+        if path.name == STATE_FILE and path.is_file():
+            results.append(_verify_state_file(path))
+        elif path.is_dir() and not (path / "saved_model.pb").exists() and not is_backup_dir(path):
             results.extend(verify_directory(path))
         else:
             results.append(verify_one(path))
@@ -96,7 +98,8 @@ def _verify_state_file(state_file: Path) -> VerifyResult:
     except Exception as exc:  # noqa: BLE001 - any parse failure is the finding
         return _fail(result, f"{state_file} cannot be parsed ({_first_line(exc)})")
     named = list(state.all_model_checkpoint_paths) if state else []
-    missing = [p for p in named if not Path(str(state_file.parent / p) + ".index").exists()]
+    # TensorFlow returns the names joined with the directory already
+    missing = [p for p in named if not Path(p + ".index").exists()]
     if missing:
         return _fail(result, f"{state_file} names {missing[0]}, which is not there")
     result.checks.append(f"names {len(named)} checkpoint(s), all present")
@@ -126,7 +129,7 @@ def verify_one(path: Path) -> VerifyResult:
     elif fmt_name == BACKUP:
         return _fail(result, f"{manifest} is missing: the backup did not finish")
     else:
-        result.checks.append("no manifest (the format's own checks only)")
+        result.checks.append("no manifest")
     try:
         result.checks.append(_CHECKS[fmt_name](path))
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises is the finding

@@ -1,0 +1,163 @@
+"""Predictions of a saved model on new data read from ``.npy`` or ``.csv`` files.
+
+CSV files may have a header row or not: a first row that does not parse as numbers is a
+header. Outputs are written as ``.npy`` (one output), ``.npz`` (one array per output) or
+``.csv`` (a header row ``<output>_<i>``, one row per example).
+
+Example::
+
+    result = predict_files("mysavedmodel", ["x.csv"], output="y.csv", batch_size=256)
+    result.outputs[0].shape
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelkeep.errors import FormatError, IncompatibleModelError
+
+Progress = Callable[[int, int], None]
+
+
+def read_array(path: Path | str) -> np.ndarray:
+    """A 2-D (or, for ``.npy``, any) array from ``.npy`` or ``.csv`` (header row optional)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix != ".csv":
+        raise FormatError(f"predict: cannot read {path}: expected a .npy or .csv file. Received: {path.name}")
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    if rows and not _numeric(rows[0]):
+        rows = rows[1:]
+    if not rows:
+        raise FormatError(f"predict: {path} holds no data rows.")
+    widths = {len(row) for row in rows}
+    if len(widths) != 1:
+        raise FormatError(f"predict: the rows of {path} have different numbers of columns ({sorted(widths)}).")
+    try:
+        return np.array([[float(cell) for cell in row] for row in rows])
+    except ValueError as exc:
+        raise FormatError(f"predict: {path} has a value that is not a number ({exc}).") from exc
+
+
+def _numeric(row: list[str]) -> bool:
+    try:
+        [float(cell) for cell in row]
+    except ValueError:
+        return False
+    return True
+
+
+def write_outputs(path: Path | str, outputs: Sequence[np.ndarray], names: Sequence[str]) -> Path:
+    """Write predictions as ``.npy`` (one output), ``.npz`` or ``.csv``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        if len(outputs) != 1:
+            raise FormatError(f"predict: the model has {len(outputs)} outputs; write them to a .npz or .csv file, not {path.name}.")
+        np.save(path, outputs[0])
+    elif suffix == ".npz":
+        np.savez(path, **dict(zip(names, outputs)))
+    elif suffix == ".csv":
+        flat = [o.reshape(len(o), -1) for o in outputs]
+        header = [f"{name}_{i}" for name, o in zip(names, flat) for i in range(o.shape[1])]
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(np.concatenate(flat, axis=1).tolist())
+    else:
+        raise FormatError(f"predict: cannot write {path}: expected .npy, .npz or .csv. Received: {path.name}")
+    return path
+
+
+def _check_inputs(model: Any, arrays: list[np.ndarray], sources: Sequence[str]) -> list[np.ndarray]:
+    specs = list(getattr(model, "inputs", None) or [])
+    if specs and len(specs) != len(arrays):
+        raise IncompatibleModelError(
+            f"predict: the model has {len(specs)} inputs but {len(arrays)} input file(s) were given; "
+            "give one --input per model input, in order."
+        )
+    rows = {len(a) for a in arrays}
+    if len(rows) != 1:
+        raise IncompatibleModelError(f"predict: the input files have different numbers of rows ({sorted(rows)}).")
+    out = []
+    for spec, array, source in zip(specs or [None] * len(arrays), arrays, sources):
+        if spec is not None:
+            want = tuple(spec.shape)[1:]
+            if len(want) == array.ndim - 1 and any(w is not None and w != h for w, h in zip(want, array.shape[1:])):
+                raise IncompatibleModelError(
+                    f"predict: the model's input '{spec.name}' expects rows of shape {want} but {source} "
+                    f"has rows of shape {array.shape[1:]}."
+                )
+            array = array.astype(spec.dtype, copy=False)
+        out.append(array)
+    return out
+
+
+def predict_arrays(model: Any, inputs: list[np.ndarray], *, batch_size: int = 32, on_progress: Progress | None = None) -> list[np.ndarray]:
+    """Run the model batch by batch; ``on_progress(done_rows, total_rows)`` after each batch."""
+    total = len(inputs[0])
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, total, batch_size):
+        batch = [x[start : start + batch_size] for x in inputs]
+        result = model.predict_on_batch(batch if len(batch) > 1 else batch[0])
+        flat = list(result.values()) if isinstance(result, dict) else (list(result) if isinstance(result, (list, tuple)) else [result])
+        chunks.append([np.asarray(r) for r in flat])
+        if on_progress:
+            on_progress(min(start + batch_size, total), total)
+    if not chunks:
+        return []
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+@dataclass
+class PredictResult:
+    outputs: list[np.ndarray]
+    names: list[str]
+    rows: int
+    output_path: Path | None = None
+
+
+def output_names(model: Any, count: int) -> list[str]:
+    """The layer names of the model's outputs (``output``/``output_<i>`` when unknown)."""
+    names = list(getattr(model, "output_names", None) or [])
+    if not names:
+        history = [getattr(t, "_keras_history", None) for t in (getattr(model, "outputs", None) or [])]
+        names = [h.operation.name if h is not None else "" for h in history]
+    if len(names) != count or len(set(names)) != count or not all(names):
+        names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+    return names
+
+
+def predict_files(
+    model_path: Path | str,
+    inputs: Sequence[Path | str],
+    *,
+    output: Path | str | None = None,
+    batch_size: int = 32,
+    on_progress: Progress | None = None,
+    on_loaded: Callable[[Any], None] | None = None,
+) -> PredictResult:
+    """Load a saved model (``modelkeep.load_model``), predict on the input files, optionally write."""
+    from modelkeep.api import load_model
+
+    if batch_size < 1:
+        raise ValueError(f"predict: --batch-size must be at least 1. Received: {batch_size}")
+    arrays = [read_array(p) for p in inputs]
+    model = load_model(model_path, compile=False)
+    if on_loaded:
+        on_loaded(model)
+    arrays = _check_inputs(model, arrays, [str(p) for p in inputs])
+    outputs = predict_arrays(model, arrays, batch_size=batch_size, on_progress=on_progress)
+    result = PredictResult(outputs, output_names(model, len(outputs)), len(arrays[0]))
+    if output is not None:
+        result.output_path = write_outputs(output, outputs, result.names)
+    return result
