@@ -28,13 +28,25 @@ SUBCOMMANDS = {
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EPILOG = """exit status:
+  0  success (for verify: everything intact; diff exits 0 whether or not the files differ)
+  1  a check failed (verify) or the operation failed; one line on stderr says what (--debug: traceback)
+  2  bad command-line usage
+
+examples:
+  modelkeep demo --dir /tmp/mk-demo
+  modelkeep ls run/
+  modelkeep verify run/ model.keras
+  modelkeep convert model.keras exported_savedmodel
+  modelkeep COMMAND --help        (every command has examples)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelkeep",
         description="See, verify, compare, convert, use and serve saved Keras models.",
-        epilog="Example: modelkeep demo --dir /tmp/mk-demo",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
