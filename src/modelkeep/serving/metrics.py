@@ -95,7 +95,7 @@ class Metrics:
         self.reloads = Counter("modelkeep_model_loads_total", "Versions loaded, warmed up and swapped in.", ("model",))
         self.rejected = Counter(
             "modelkeep_checkpoints_rejected_total",
-            "Checkpoints never served: corrupt, incomplete, or failing to load.",
+            "Checkpoints seen but not served: corrupt, incomplete (may complete later), failing to load.",
             ("model", "reason"),
         )
 

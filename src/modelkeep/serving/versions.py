@@ -29,7 +29,7 @@ MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 class Candidate:
     """One version found on disk (not necessarily loadable)."""
 
-    version: int
+    version: int  # -1: not known (a checkpoint without a manifest)
     path: Path
     status: str  # 'ok' | 'corrupt' | 'incomplete'
     backup: bool = False  # modelkeep's own ckpt-<step>/ layout (state, not a model file)
@@ -97,7 +97,9 @@ class ModelSource:
     def _scan_run(self) -> list[Candidate]:
         found = []
         for info in store.list_checkpoints(self.path):
-            if info.step is None:
+            if info.step is None:  # no manifest (yet): no version to give it; reported, not served
+                if info.status != store.OK:
+                    found.append(Candidate(-1, info.path, info.status, problem=info.problem, stamp=_stamp(info.path)))
                 continue
             backup = info.format == "modelkeep backup"
             found.append(

@@ -159,8 +159,9 @@ class VersionManager:
         self._reported.add(key)
         self.metrics.rejected.inc((self.name, reason))
         level = logging.INFO if reason == "incomplete" else logging.WARNING
-        log.log(level, "serve: not serving %s (version %s): %s: %s", c.path, c.version, reason, problem)
-        if c.version not in self.loaded:
+        version = c.version if c.version >= 0 else "unknown"
+        log.log(level, "serve: not serving %s (version %s): %s: %s", c.path, version, reason, problem)
+        if c.version >= 0 and c.version not in self.loaded:
             self.states[c.version] = VersionState("END", _ERROR_CODES.get(reason, "UNKNOWN"), f"{reason}: {problem}")
 
     def _build(self, candidate: Candidate) -> Predictor:
