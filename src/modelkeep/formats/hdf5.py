@@ -132,6 +132,25 @@ class HDF5Format(Format):
                         rng_group.create_dataset(name, data=array)
         return [path]
 
+    def load_weights(self, model: Any, path: Path) -> None:
+        self.require(path)
+        with _open(path) as f:
+            if f.attrs.get(HEADER_ATTR) is None:  # written by Keras itself: match by structure
+                from modelkeep.formats import legacy
+
+                legacy.load_h5_into(model, f, str(path), optimizer=False)
+                return
+        super().load_weights(model, path)
+
+    def load_model(self, path: Path, **kwargs: Any) -> Any:
+        self.require(path)
+        with _open(path) as f:
+            if f.attrs.get(HEADER_ATTR) is None:
+                from modelkeep.formats import legacy
+
+                return legacy.load_h5_model(path, f, **kwargs)
+        return super().load_model(path, **kwargs)
+
     def read(self, path: Path) -> ModelState:
         self.require(path)
         with _open(path) as f:

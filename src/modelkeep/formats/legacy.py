@@ -1,46 +1,525 @@
 """Files written by TF2-era Keras (today's ``tf-keras``): TF checkpoints, SavedModels, HDF5.
 
-Their variable names follow TF2-era Keras's object graph
-(``layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE``) and their configs are
-Keras 2 configs; this module turns both into a ``ModelState``.
+Their variables are named by Keras 2's object graph
+(``layer_with_weights-0/cell/kernel/.ATTRIBUTES/VARIABLE_VALUE``, optimizer state under
+``optimizer/``) or by Keras 2 weight names (``dense/kernel:0``), and their configs are Keras 2
+configs. This module matches them to a Keras 3 model by structure: the checkpoint's
+``_CHECKPOINTABLE_OBJECT_GRAPH`` is walked from the root along the model's own structure
+(``layer_with_weights-N``, ``cell``, ``forward_layer``), never by sorting key strings.
+
+Example::
+
+    load_checkpoint_into(model, Path("saved_modelname"), tf.train.load_checkpoint(...))
+    model = load_savedmodel(Path("mysavedmodel"))     # a full Keras 3 model
 """
 
 from __future__ import annotations
 
 import json
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modelkeep.errors import UnsupportedModelError
-from modelkeep.state import MODEL, ModelState
+from modelkeep.capture import model_variable_keys, optimizer_variable_keys
+from modelkeep.errors import CorruptCheckpointError, IncompatibleModelError, UnsupportedModelError
+from modelkeep.formats import legacy_config
+from modelkeep.state import MODEL, OPTIMIZER, ModelState
 
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+METADATA_FILE = "keras_metadata.pb"
+#: Keras 2 optimizer slot names (new optimizers' list attributes, legacy optimizers' slots,
+#: and HDF5 weight-name parts) -> Keras 3 slot names
+SLOT_NAMES = {
+    "m": "momentum", "momentum": "momentum", "momentums": "momentum",
+    "v": "velocity", "velocity": "velocity", "velocities": "velocity", "rms": "velocity",
+    "vhat": "velocity_hat", "velocity_hats": "velocity_hat",
+    "mg": "average_gradient", "average_gradient": "average_gradient", "average_gradients": "average_gradient",
+    "accumulator": "accumulator", "accumulators": "accumulator",
+}
+#: object-graph children of a Keras 2 model that hold no model variables
+_NOT_MODEL = ("optimizer", "keras_api", "save_counter", "train_function", "train_tf_function")
+_ITERATIONS = ("_iterations", "iter", "iterations", "iteration")
+_LEARNING_RATE = ("_learning_rate", "learning_rate", "lr")
 
 
-def _layer_sort_key(path: str) -> list[Any]:
-    return [int(p) if p.isdigit() else p for p in path.replace("-", "/").split("/")]
+# --------------------------------------------------------------------------- object graph
+@dataclass
+class ObjectGraph:
+    """The ``TrackableObjectGraph`` of a TF checkpoint, with lookups by node."""
+
+    proto: Any
+
+    @classmethod
+    def of(cls, reader: Any, path: Path) -> ObjectGraph:
+        from tensorflow.core.protobuf import trackable_object_graph_pb2 as pb
+
+        graph = pb.TrackableObjectGraph()
+        try:
+            graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+        except Exception as exc:  # noqa: BLE001 - any failure means the same to the user
+            raise CorruptCheckpointError(
+                f"load: the TF checkpoint {path} has no readable object graph ({exc}). It was not "
+                "written by tf.train.Checkpoint or Keras; modelkeep cannot tell which tensor is which."
+            ) from exc
+        return cls(graph)
+
+    def child(self, node: int, name: str) -> int | None:
+        for ref in self.proto.nodes[node].children:
+            if ref.local_name == name:
+                return ref.node_id
+        return None
+
+    def children(self, node: int) -> list[tuple[str, int]]:
+        return [(ref.local_name, ref.node_id) for ref in self.proto.nodes[node].children]
+
+    def key(self, node: int) -> str | None:
+        for attribute in self.proto.nodes[node].attributes:
+            if attribute.name == "VARIABLE_VALUE":
+                return attribute.checkpoint_key
+        return None
+
+    def leaves(self, node: int, skip: tuple[str, ...] = ("optimizer",)) -> list[tuple[str, int]]:
+        """Variables under ``node``, depth first in tracking order, each once."""
+        seen, out = {node}, []
+
+        def visit(current: int) -> None:
+            for name, child in self.children(current):
+                if child in seen or name in skip:
+                    continue
+                seen.add(child)
+                if self.key(child) is not None:
+                    out.append((name, child))
+                visit(child)
+
+        visit(node)
+        return out
+
+
+def _segment_candidates(segment: str) -> list[str]:
+    """Keras 3 names of a variable path segment -> Keras 2 object-graph names to try."""
+    out = [segment]
+    if segment.endswith("_cell"):
+        out.append("cell")
+    if segment.startswith("forward_"):
+        out.append("forward_layer")
+    if segment.startswith("backward_"):
+        out.append("backward_layer")
+    return out
+
+
+def _resolve(graph: ObjectGraph, root: int, key: str) -> tuple[int | None, int]:
+    """Walk ``key``'s segments from ``root``; (variable node or None, deepest node reached)."""
+    node = root
+    for segment in key.split("/"):
+        nxt = next((c for c in (graph.child(node, s) for s in _segment_candidates(segment)) if c is not None), None)
+        if nxt is None:
+            return None, node
+        node = nxt
+    return (node if graph.key(node) is not None else None), node
+
+
+def match_model_variables(model: Any, graph: ObjectGraph, shapes: dict, source: str, root: int = 0) -> list[tuple[str, Any, str]]:
+    """``(modelkeep key, variable, checkpoint key)`` for every model variable."""
+    pairs = model_variable_keys(model)
+    used: set[int] = set()
+    resolved: dict[str, int] = {}
+    deepest: dict[str, int] = {}
+    for key, variable in pairs:
+        node, reached = _resolve(graph, root, key)
+        if node is not None and node not in used and _shape_ok(shapes, graph.key(node), variable):
+            resolved[key] = node
+            used.add(node)
+        else:
+            deepest[key] = reached
+    for key, variable in pairs:  # fallback: same leaf name and shape, in tracking order
+        if key in resolved:
+            continue
+        leaf = key.rsplit("/", 1)[-1]
+        for name, node in graph.leaves(deepest[key], skip=_NOT_MODEL):
+            if node not in used and name == leaf and _shape_ok(shapes, graph.key(node), variable):
+                resolved[key] = node
+                used.add(node)
+                break
+        else:
+            _raise_unmatched(key, variable, graph, deepest[key], shapes, source)
+    leftover = [graph.key(n) for _, n in graph.leaves(root, skip=_NOT_MODEL) if n not in used and _is_model_leaf(graph.key(n))]
+    if leftover:
+        raise IncompatibleModelError(
+            f"load: {source} holds {len(leftover)} variable(s) the model has no place for, e.g. "
+            f"'{leftover[0].removesuffix(VALUE_SUFFIX)}'. The file was saved from a different "
+            "architecture; build the model it was saved from."
+        )
+    return [(key, variable, graph.key(resolved[key])) for key, variable in pairs]
+
+
+def _is_model_leaf(key: str | None) -> bool:
+    return bool(key) and not key.startswith(("optimizer/", "save_counter", "_")) and ".OPTIMIZER_SLOT" not in key
+
+
+def _shape_ok(shapes: dict, ckpt_key: str | None, variable: Any) -> bool:
+    return ckpt_key in shapes and tuple(shapes[ckpt_key]) == tuple(variable.shape)
+
+
+def _raise_unmatched(key: str, variable: Any, graph: ObjectGraph, near: int, shapes: dict, source: str) -> None:
+    found = [(graph.key(n), tuple(shapes.get(graph.key(n), ()))) for _, n in graph.leaves(near)]
+    same_name = [f"'{k.removesuffix(VALUE_SUFFIX)}' {s}" for k, s in found if k.removesuffix(VALUE_SUFFIX).endswith(key.rsplit("/", 1)[-1])]
+    seen = f" Nearest in the file: {', '.join(same_name[:3])}." if same_name else ""
+    raise IncompatibleModelError(
+        f"load: variable '{variable.path}' (shape {tuple(variable.shape)}) has no counterpart in "
+        f"{source}.{seen} The file was saved from a different architecture; build the model it "
+        "was saved from."
+    )
+
+
+# --------------------------------------------------------------------------- optimizer
+def _optimizer_node(graph: ObjectGraph, root: int) -> int | None:
+    return graph.child(root, "optimizer")
+
+
+def match_optimizer(model: Any, graph: ObjectGraph, shapes: dict, matched: list[tuple[str, Any, str]], root: int = 0) -> dict[str, str]:
+    """``{modelkeep optimizer key: checkpoint key}``; empty when the file has no optimizer."""
+    opt = _optimizer_node(graph, root)
+    if opt is None:
+        return {}
+    out: dict[str, str] = {}
+    for name, node in graph.children(opt):
+        if name in _ITERATIONS and graph.key(node):
+            out["iteration"] = graph.key(node)
+        elif name in _LEARNING_RATE and graph.key(node):
+            out["learning_rate"] = graph.key(node)
+    model_key_of = {id(v): k for k, v, _ in matched}
+    trainable = [model_key_of[id(v)] for v in model.trainable_variables if id(v) in model_key_of]
+    for name, node in graph.children(opt):  # new optimizers: one list per slot kind
+        slot = SLOT_NAMES.get(name.lstrip("_"))
+        if slot is None:
+            continue
+        items = graph.children(node)
+        if len(items) != len(trainable):
+            continue
+        for (_, item), model_key in zip(items, trainable):
+            if graph.key(item):
+                out[f"slots/{model_key}/{slot}"] = graph.key(item)
+    node_of = {ckpt: k for k, _, ckpt in matched}
+    for slot_ref in graph.proto.nodes[opt].slot_variables:  # legacy optimizers
+        original = graph.key(slot_ref.original_variable_node_id)
+        slot = SLOT_NAMES.get(slot_ref.slot_name)
+        if original in node_of and slot and graph.key(slot_ref.slot_variable_node_id):
+            out[f"slots/{node_of[original]}/{slot}"] = graph.key(slot_ref.slot_variable_node_id)
+    return out
+
+
+def _assign_optimizer(model: Any, values: dict[str, np.ndarray], source: str) -> None:
+    """Assign Keras-3-keyed optimizer values; warn (not fail) when the optimizers differ."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not values:
+        return
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    pairs = dict(optimizer_variable_keys(model))
+    slots = [k for k in pairs if k.startswith("slots/")]
+    missing = [k for k in slots if k not in values]
+    problems = [k for k in values if k in pairs and tuple(pairs[k].shape) != tuple(np.shape(values[k]))]
+    if missing or problems:
+        warnings.warn(
+            f"load: the optimizer state in {source} does not fit the model's "
+            f"{type(optimizer).__name__} (e.g. '{(missing or problems)[0]}'); it was not restored. "
+            "Compile the model with the optimizer the file was saved with to carry its state.",
+            stacklevel=3,
+        )
+        return
+    for key, variable in pairs.items():
+        if key in values:
+            variable.assign(np.asarray(values[key]).astype(variable.dtype))
+
+
+# --------------------------------------------------------------------------- checkpoints
+def load_checkpoint_into(model: Any, path: Path, reader: Any, *, optimizer: bool = True, root: int = 0) -> None:
+    """Load a tf-keras TF checkpoint (``save_weights`` or SavedModel ``variables/``) into ``model``."""
+    graph = ObjectGraph.of(reader, path)
+    shapes = reader.get_variable_to_shape_map()
+    matched = match_model_variables(model, graph, shapes, str(path), root)
+    for _, variable, ckpt_key in matched:
+        variable.assign(reader.get_tensor(ckpt_key))
+    if optimizer and getattr(model, "optimizer", None) is not None:
+        opt_keys = match_optimizer(model, graph, shapes, matched, root)
+        if any(k.startswith("slots/") for k in opt_keys) or "iteration" in opt_keys:
+            _assign_optimizer(model, {k: reader.get_tensor(c) for k, c in opt_keys.items()}, str(path))
 
 
 def read_tf_keras_checkpoint(path: Path, reader: Any) -> ModelState:
-    """A TF checkpoint from tf-keras ``save_weights``: model variables, in layer order."""
-    shapes = reader.get_variable_to_shape_map()
-    keys = [k for k in shapes if k.endswith(VALUE_SUFFIX) and k.startswith("layer_with_weights-") and ".OPTIMIZER_SLOT" not in k]
-    keys.sort(key=_layer_sort_key)
-    variables = {f"{MODEL}/{k[: -len(VALUE_SUFFIX)]}": np.asarray(reader.get_tensor(k)) for k in keys}
+    """A tf-keras TF checkpoint as a ``ModelState`` (Keras 2 paths, object-graph order).
+
+    Without a model the Keras 3 names are unknown, so keys keep Keras 2's object paths;
+    ``load_checkpoint_into`` is what matches them to a model.
+    """
+    graph = ObjectGraph.of(reader, path)
+    variables: dict[str, np.ndarray] = {}
+    for _, node in graph.leaves(0, skip=_NOT_MODEL):
+        key = graph.key(node)
+        if _is_model_leaf(key):
+            variables[f"{MODEL}/{key.removesuffix(VALUE_SUFFIX)}"] = np.asarray(reader.get_tensor(key))
+    opt = _optimizer_node(graph, 0)
+    if opt is not None:
+        for _, node in graph.leaves(opt, skip=()):
+            key = graph.key(node)
+            variables[f"{OPTIMIZER}/{key.removesuffix(VALUE_SUFFIX)}"] = np.asarray(reader.get_tensor(key))
     return ModelState(variables, None, None, {"written_by": "tf-keras"})
 
 
-def read_keras2_h5(path: Path, handle: Any, variables: dict[str, np.ndarray]) -> ModelState:
-    """An HDF5 file without modelkeep's header (written by Keras itself)."""
-    config = handle.attrs.get("model_config")
-    model_config = json.loads(config) if config is not None else None
-    return ModelState(variables, model_config, None, {"written_by": "keras-h5"})
+# --------------------------------------------------------------------------- SavedModel
+def _parse_saved_metadata(data: bytes) -> list[dict[str, Any]]:
+    """Decode ``keras_metadata.pb`` (``SavedMetadata``) without tf-keras's generated code."""
+
+    def varint(buf: bytes, pos: int) -> tuple[int, int]:
+        result = shift = 0
+        while True:
+            byte = buf[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return result, pos
+
+    def fields(buf: bytes):
+        pos = 0
+        while pos < len(buf):
+            tag, pos = varint(buf, pos)
+            number, wire = tag >> 3, tag & 7
+            if wire == 0:
+                value, pos = varint(buf, pos)
+            elif wire == 2:
+                length, pos = varint(buf, pos)
+                value, pos = buf[pos : pos + length], pos + length
+            elif wire == 5:
+                value, pos = buf[pos : pos + 4], pos + 4
+            elif wire == 1:
+                value, pos = buf[pos : pos + 8], pos + 8
+            else:
+                raise ValueError(f"unexpected wire type {wire}")
+            yield number, value
+
+    nodes = []
+    for number, value in fields(data):
+        if number != 1:
+            continue
+        node: dict[str, Any] = {}
+        for n, v in fields(value):
+            if n == 2:
+                node["node_id"] = v
+            elif n in (3, 4, 5):
+                node[{3: "node_path", 4: "identifier", 5: "metadata"}[n]] = v.decode()
+        nodes.append(node)
+    return nodes
+
+
+def savedmodel_root_metadata(path: Path) -> dict[str, Any]:
+    """The root object's metadata in a tf-keras SavedModel: class, config, training config."""
+    try:
+        nodes = _parse_saved_metadata((path / METADATA_FILE).read_bytes())
+        root = next(n for n in nodes if n.get("node_path") == "root")
+        return json.loads(root["metadata"])
+    except (OSError, ValueError, StopIteration, IndexError, KeyError) as exc:
+        raise CorruptCheckpointError(
+            f"load_model: {path / METADATA_FILE} cannot be read ({exc}); the Keras part of the "
+            "SavedModel is truncated or corrupt. It can still serve predictions through "
+            "tf.saved_model.load(path)."
+        ) from exc
+
+
+def build_keras3_model(config: dict, training_config: dict | None, *, source: str, custom_objects: dict | None = None,
+                       compile: bool = True, safe_mode: bool = True) -> Any:
+    """A Keras 3 model from a Keras 2 model config (and training config), uncompiled weights."""
+    import keras
+
+    if config is None or "config" not in config:
+        raise UnsupportedModelError(
+            f"load_model: {source} holds no model config (a subclassed Keras 2 model without "
+            "get_config), so the architecture cannot be rebuilt. Build the model in code and call "
+            "modelkeep.load_weights(model, path)."
+        )
+    k3 = legacy_config.to_keras3_model_config(config, custom_objects=custom_objects, safe_mode=safe_mode)
+    try:
+        with keras.saving.custom_object_scope(custom_objects or {}):
+            model = keras.saving.deserialize_keras_object(k3, custom_objects=custom_objects, safe_mode=safe_mode)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        if isinstance(exc, UnsupportedModelError):
+            raise
+        raise UnsupportedModelError(
+            f"load_model: the Keras 2 architecture in {source} could not be rebuilt in Keras 3: {exc}. "
+            "Build the model in code and call modelkeep.load_weights(model, path)."
+        ) from exc
+    if compile and training_config:
+        try:
+            cc = legacy_config.to_keras3_compile_config(training_config, single_output=len(model.outputs) == 1)
+            model.compile_from_config(cc)
+        except (TypeError, ValueError, KeyError, UnsupportedModelError) as exc:
+            warnings.warn(
+                f"load_model: the training config in {source} could not be restored ({exc}); the "
+                "model is returned uncompiled. Call model.compile(...) yourself.",
+                stacklevel=3,
+            )
+    return model
+
+
+def load_savedmodel(path: Path, **kwargs: Any) -> Any:
+    """A full Keras 3 model from a tf-keras ``model.save(dir)`` SavedModel."""
+    import tensorflow as tf
+
+    meta = savedmodel_root_metadata(path)
+    config = {"class_name": meta.get("class_name"), "config": meta.get("config")} if meta.get("config") else None
+    model = build_keras3_model(config, meta.get("training_config"), source=str(path), **kwargs)
+    prefix = path / "variables" / "variables"
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+    except (tf.errors.OpError, ValueError) as exc:
+        raise CorruptCheckpointError(
+            f"load_model: the variables of {path} cannot be read ({exc}); the SavedModel is truncated or corrupt."
+        ) from exc
+    load_checkpoint_into(model, prefix, reader, optimizer=kwargs.get("compile", True))
+    return model
 
 
 def read_tf_keras_savedmodel(path: Path) -> ModelState:
-    raise UnsupportedModelError(
-        f"load_model: {path} is a SavedModel written by TF2-era Keras; reading its Keras part "
-        "is not supported yet. Use keras.layers.TFSMLayer(path) for inference."
-    )
+    """A tf-keras SavedModel as a ``ModelState`` with Keras 3 names, config and compile config.
+
+    The model is rebuilt in Keras 3 and captured, so the state restores positionally like
+    any other. Classes only known through ``custom_objects`` cannot be rebuilt here; then
+    the state keeps Keras 2 paths in object-graph order and the config translated loosely,
+    and ``build_model`` (which has the custom objects) finishes the job.
+    """
+    import tensorflow as tf
+
+    try:
+        return _captured(load_savedmodel(path), "tf-keras SavedModel")
+    except UnsupportedModelError as exc:
+        if not getattr(exc, "unknown_class", False):
+            raise
+    meta = savedmodel_root_metadata(path)
+    state = read_tf_keras_checkpoint(path, tf.train.load_checkpoint(str(path / "variables" / "variables")))
+    config = {"class_name": meta.get("class_name"), "config": meta.get("config")}
+    state.model_config = legacy_config.to_keras3_model_config(config, strict=False)
+    state.compile_config = legacy_config.to_keras3_compile_config(meta.get("training_config"))
+    state.metadata["written_by"] = "tf-keras SavedModel"
+    return state
+
+
+def _captured(model: Any, written_by: str) -> ModelState:
+    from modelkeep.capture import capture
+
+    state = capture(model, include_optimizer=True, metadata={"written_by": written_by})
+    return state
+
+
+# --------------------------------------------------------------------------- HDF5
+def _h5_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _h5_layer_weights(group: Any) -> list[list[tuple[str, np.ndarray]]]:
+    """Per layer with weights, in file order: ``[(Keras 2 weight name, array), ...]``."""
+    out = []
+    for raw in group.attrs.get("layer_names", []):
+        layer = group[_h5_text(raw)]
+        names = [_h5_text(w) for w in layer.attrs.get("weight_names", [])]
+        if names:
+            out.append([(n.removesuffix(":0"), np.asarray(layer[n])) for n in names])
+    return out
+
+
+def _match_layer(k3: list[tuple[str, Any]], k2: list[tuple[str, np.ndarray]]) -> list[int] | None:
+    """For each Keras 3 variable, the index of its Keras 2 weight (names first, then leaf+shape)."""
+    by_name = []
+    for _, variable in k3:
+        hits = [i for i, (n, a) in enumerate(k2) if (variable.path == n or variable.path.endswith("/" + n)) and a.shape == tuple(variable.shape)]
+        by_name.append(hits[0] if len(hits) == 1 else None)
+    if None not in by_name and len(set(by_name)) == len(by_name):
+        return by_name
+    used: set[int] = set()
+    order = []
+    for key, variable in k3:
+        leaf = key.rsplit("/", 1)[-1]
+        pick = next((i for i, (n, a) in enumerate(k2) if i not in used and n.rsplit("/", 1)[-1] == leaf and a.shape == tuple(variable.shape)), None)
+        if pick is None:
+            return None
+        used.add(pick)
+        order.append(pick)
+    return order
+
+
+def load_h5_into(model: Any, handle: Any, source: str, *, optimizer: bool = True) -> None:
+    """Load a Keras 2 HDF5 file's weights (and optimizer state) into a Keras 3 model."""
+    group = handle["model_weights"] if "model_weights" in handle else handle
+    file_layers = _h5_layer_weights(group)
+    model_layers: dict[str, list[tuple[str, Any]]] = {}
+    for key, variable in model_variable_keys(model):
+        model_layers.setdefault(key.split("/", 1)[0], []).append((key, variable))
+    if len(file_layers) != len(model_layers):
+        raise IncompatibleModelError(
+            f"load: the model has {len(model_layers)} layers with weights but {source} holds "
+            f"{len(file_layers)}. The file was saved from a different architecture; build the "
+            "model it was saved from, or load it whole with modelkeep.load_model."
+        )
+    k3_key_of: dict[str, str] = {}
+    for (layer_key, k3), k2 in zip(model_layers.items(), file_layers):
+        order = _match_layer(k3, k2) if len(k3) == len(k2) else None
+        if order is None:
+            shown = ", ".join(f"{n} {a.shape}" for n, a in k2[:4])
+            raise IncompatibleModelError(
+                f"load: layer {layer_key} of the model has weights "
+                f"{[(v.path, tuple(v.shape)) for _, v in k3][:4]} but {source} holds {shown} there. "
+                "The file was saved from a different architecture."
+            )
+        for (key, variable), index in zip(k3, order):
+            variable.assign(k2[index][1])
+            k3_key_of[k2[index][0]] = key
+    if optimizer and "optimizer_weights" in handle and getattr(model, "optimizer", None) is not None:
+        _assign_optimizer(model, _h5_optimizer(handle["optimizer_weights"], k3_key_of), source)
+
+
+def _h5_optimizer(group: Any, k3_key_of: dict[str, str]) -> dict[str, np.ndarray]:
+    values: dict[str, np.ndarray] = {}
+    for raw in group.attrs.get("weight_names", []):
+        name = _h5_text(raw)
+        parts = name.removesuffix(":0").split("/")
+        array = np.asarray(group[name])
+        if parts[-1] in _ITERATIONS:
+            values["iteration"] = array
+        elif parts[-1] in _LEARNING_RATE:
+            values["learning_rate"] = array
+        elif len(parts) > 2 and parts[1] in SLOT_NAMES and "/".join(parts[2:]) in k3_key_of:
+            values[f"slots/{k3_key_of['/'.join(parts[2:])]}/{SLOT_NAMES[parts[1]]}"] = array
+        elif len(parts) > 2 and parts[-1] in SLOT_NAMES and "/".join(parts[1:-1]) in k3_key_of:
+            values[f"slots/{k3_key_of['/'.join(parts[1:-1])]}/{SLOT_NAMES[parts[-1]]}"] = array
+    return values
+
+
+def load_h5_model(path: Path, handle: Any, **kwargs: Any) -> Any:
+    """A full Keras 3 model from a Keras 2 ``model.save("x.h5")`` file."""
+    raw = handle.attrs.get("model_config")
+    if raw is None:
+        raise UnsupportedModelError(
+            f"load_model: {path} holds weights only (no model_config), so the architecture cannot "
+            "be rebuilt. Build the model in code and call modelkeep.load_weights(model, path)."
+        )
+    training = handle.attrs.get("training_config")
+    model = build_keras3_model(json.loads(_h5_text(raw)), json.loads(_h5_text(training)) if training is not None else None,
+                               source=str(path), **kwargs)
+    load_h5_into(model, handle, str(path), optimizer=kwargs.get("compile", True))
+    return model
+
+
+def read_keras2_h5(path: Path, handle: Any, variables: dict[str, np.ndarray]) -> ModelState:
+    """An HDF5 file without modelkeep's header (written by Keras 2 or Keras 3's legacy writer)."""
+    if handle.attrs.get("model_config") is not None:
+        try:
+            return _captured(load_h5_model(path, handle), "keras-h5")
+        except UnsupportedModelError as exc:
+            if not getattr(exc, "unknown_class", False):
+                raise
+        config = json.loads(_h5_text(handle.attrs["model_config"]))
+        return ModelState(variables, legacy_config.to_keras3_model_config(config, strict=False), None, {"written_by": "keras-h5"})
+    return ModelState(variables, None, None, {"written_by": "keras-h5"})

@@ -166,18 +166,31 @@ class TFCheckpointFormat(Format):
         update_state_file(path)
         return final
 
-    def read(self, path: Path) -> ModelState:
+    def _reader(self, path: Path) -> tuple[Any, dict]:
         import tensorflow as tf
 
         self.require(path)
         try:
             reader = tf.train.load_checkpoint(str(path))
-            shapes = reader.get_variable_to_shape_map()
+            return reader, reader.get_variable_to_shape_map()
         except (tf.errors.OpError, ValueError) as exc:
             raise CorruptCheckpointError(
                 f"load: the TF checkpoint {path} cannot be read ({_first_line(exc)}). Its "
                 ".index or .data file is truncated or corrupt; use another checkpoint."
             ) from exc
+
+    def load_weights(self, model: Any, path: Path) -> None:
+        reader, shapes = self._reader(path)
+        if HEADER_KEY not in shapes:
+            # written by tf-keras: match by object graph, optimizer state included as Keras 2 did
+            from modelkeep.formats import legacy
+
+            legacy.load_checkpoint_into(model, path, reader)
+            return
+        super().load_weights(model, path)
+
+    def read(self, path: Path) -> ModelState:
+        reader, shapes = self._reader(path)
         if HEADER_KEY not in shapes:
             from modelkeep.formats import legacy
 

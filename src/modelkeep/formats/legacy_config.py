@@ -1,0 +1,341 @@
+"""Keras 2 (tf-keras) configs <-> Keras 3 configs, as plain JSON-like data.
+
+TF2-era files hold Keras 2 configs: layers as ``{"class_name", "config"}`` without a module,
+``batch_input_shape``, RNN arguments Keras 3 dropped (``time_major``), dtype policies as
+``{"class_name": "Policy"}``, and a ``training_config`` instead of a compile config. Keras 3's
+own legacy loader stumbles on several of these; this module rewrites them into the form
+``keras.saving.deserialize_keras_object`` reads, and back (for ``.h5`` files tf-keras loads).
+
+Example::
+
+    k3 = to_keras3_model_config(json.loads(h5.attrs["model_config"]))
+    model = keras.saving.deserialize_keras_object(k3)
+    compile_config = to_keras3_compile_config(json.loads(h5.attrs["training_config"]))
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from modelkeep.errors import UnsupportedModelError
+
+MODELS = ("Functional", "Model", "Sequential")
+#: Keras 2 layers that record TensorFlow ops or Python code, which Keras 3 cannot rebuild
+TF_OP_LAYERS = ("TFOpLambda", "SlicingOpLambda", "TensorFlowOpLayer")
+#: Keras 2 arguments with no Keras 3 counterpart whose dropping changes nothing
+_HARMLESS = {"time_major", "fn", "implementation", "ragged", "fused", "renorm", "renorm_clipping",
+             "renorm_momentum", "virtual_batch_size", "adjustment", "is_legacy_optimizer", "jit_compile"}
+_SUB_OBJECTS = {
+    "initializer": "keras.initializers",
+    "regularizer": "keras.regularizers",
+    "constraint": "keras.constraints",
+}
+
+
+# ------------------------------------------------------------------------- helpers
+def plain(obj: Any) -> Any:
+    """Undo SavedModel metadata encodings: ``__tuple__`` wrappers and ``shared_object_id``."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__tuple__" and "items" in obj:
+            return [plain(v) for v in obj["items"]]
+        return {k: plain(v) for k, v in obj.items() if k != "shared_object_id"}
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def _accepted_args(cls: type) -> set[str] | None:
+    """Constructor arguments of a Keras 3 class (``None``: accept anything)."""
+    names: set[str] = {"input_shape", "input_dim"}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        names.update(p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names - {"self"}
+
+
+def _filter(config: dict, cls: type, what: str) -> dict:
+    accepted = _accepted_args(cls)
+    if accepted is None or not str(getattr(cls, "__module__", "")).startswith("keras"):
+        return config
+    kept = {k: v for k, v in config.items() if k in accepted}
+    dropped = {k: v for k, v in config.items() if k not in accepted}
+    if dropped.get("time_major"):
+        raise UnsupportedModelError(
+            f"load_model: {what} was saved with time_major=True, which Keras 3 does not have. "
+            "Build the model in code with batch-major inputs and load its weights."
+        )
+    noisy = {k: v for k, v in dropped.items() if k not in _HARMLESS and v not in (None, False, 0, "", [], {})}
+    if noisy:
+        warnings.warn(f"load_model: {what}: Keras 3 has no argument(s) {noisy}; they were dropped.", stacklevel=3)
+    return kept
+
+
+def _sub_object(value: Any, module: str) -> Any:
+    if isinstance(value, dict) and "class_name" in value and "module" not in value:
+        return {"module": module, "class_name": value["class_name"], "config": value.get("config", {}), "registered_name": None}
+    return value
+
+
+def _policy_name(dtype: Any) -> Any:
+    if isinstance(dtype, dict):
+        return (dtype.get("config") or {}).get("name", "float32")
+    return dtype
+
+
+# ------------------------------------------------------------------------- classes
+def _layer_class(class_name: str, custom_objects: dict | None) -> tuple[type | None, bool]:
+    """(class, is_builtin) for a Keras 2 class name, looked up in Keras 3."""
+    import keras
+
+    if custom_objects and class_name in custom_objects:
+        return custom_objects[class_name], False
+    registered = keras.saving.get_registered_object(class_name)
+    if registered is not None:
+        return registered, False
+    if class_name in ("Functional", "Model"):
+        return keras.Model, True
+    found = getattr(keras.layers, class_name, None)
+    if found is None and class_name == "Sequential":
+        found = keras.Sequential
+    return (found, True) if isinstance(found, type) else (None, False)
+
+
+def _refuse(class_name: str, name: str) -> UnsupportedModelError:
+    if class_name in TF_OP_LAYERS:
+        return UnsupportedModelError(
+            f"load_model: layer '{name}' ({class_name}) records a TensorFlow op call (tf.* on a "
+            "Keras tensor), which Keras 3 cannot rebuild. Build the model in code (use keras.ops "
+            "or a layer for that step) and load the file's weights with "
+            "modelkeep.load_weights(model, path)."
+        )
+    error = UnsupportedModelError(
+        f"load_model: layer '{name}' is of class '{class_name}', which is not a Keras 3 layer "
+        "and is not registered. Register it with @keras.saving.register_keras_serializable() "
+        f"or pass custom_objects={{'{class_name}': {class_name}}}; or build the model in code "
+        "and load the file's weights with modelkeep.load_weights(model, path)."
+    )
+    error.unknown_class = True  # type: ignore[attr-defined]
+    return error
+
+
+# ------------------------------------------------------------------------- Keras 2 -> 3
+def to_keras3_model_config(config: dict, *, custom_objects: dict | None = None, safe_mode: bool = True,
+                           strict: bool = True) -> dict:
+    """A Keras 2 model config (``{"class_name", "config"}``) in Keras 3's serialized form.
+
+    ``strict=False`` leaves classes unknown here as registered names for Keras to resolve
+    later (with the caller's ``custom_objects``) instead of raising.
+    """
+    return _layer(plain(config), _Options(custom_objects, safe_mode, strict))
+
+
+@dataclass(frozen=True)
+class _Options:
+    custom_objects: dict | None
+    safe_mode: bool
+    strict: bool
+
+
+def _layer(entry: dict, opts: _Options) -> dict:
+    class_name = entry.get("class_name")
+    config = dict(entry.get("config") or {})
+    name = config.get("name", entry.get("name", "?"))
+    if class_name in MODELS:
+        out = _model(class_name, config, opts)
+    else:
+        cls, builtin = _layer_class(class_name, opts.custom_objects)
+        if cls is None and opts.strict:
+            raise _refuse(class_name, name)
+        if class_name == "Lambda" and opts.safe_mode:
+            raise UnsupportedModelError(
+                f"load_model: layer '{name}' is a Lambda layer; its function is stored as Python "
+                "bytecode, which modelkeep does not run by default (it can execute anything, and "
+                "only works on the Python version that wrote it). If you trust the file, pass "
+                "safe_mode=False; otherwise build the model in code and load the file's weights "
+                "with modelkeep.load_weights(model, path)."
+            )
+        config = _layer_config(class_name, config, opts)
+        if builtin and cls is not None:
+            config = _filter(config, cls, f"layer '{name}' ({class_name})")
+            out = {"module": "keras.layers", "class_name": class_name, "config": config, "registered_name": None}
+        else:
+            out = {"module": None, "class_name": class_name, "config": config, "registered_name": class_name}
+    if "inbound_nodes" in entry:
+        out["name"] = entry.get("name", name)
+        out["inbound_nodes"] = entry["inbound_nodes"]
+    return out
+
+
+def _layer_config(class_name: str, config: dict, opts: _Options) -> dict:
+    config.pop("batch_input_shape", None) if class_name != "InputLayer" else None
+    if "dtype" in config:
+        config["dtype"] = _policy_name(config["dtype"])
+    if class_name == "InputLayer":
+        if "batch_input_shape" in config:
+            config["batch_shape"] = config.pop("batch_input_shape")
+        config.pop("ragged", None)
+    if class_name in ("BatchNormalization", "LayerNormalization") and isinstance(config.get("axis"), list):
+        axis = config["axis"]
+        config["axis"] = axis[0] if len(axis) == 1 else axis
+    for key, value in list(config.items()):
+        for suffix, module in _SUB_OBJECTS.items():
+            if key.endswith(suffix):
+                config[key] = _sub_object(value, module)
+        if key in ("layer", "backward_layer", "cell") and isinstance(value, dict) and "class_name" in value:
+            config[key] = _layer(value, opts)
+        if key == "cells" and isinstance(value, list):
+            config[key] = [_layer(v, opts) for v in value]
+    return config
+
+
+def _model(class_name: str, config: dict, opts: _Options) -> dict:
+    layers = [_layer(entry, opts) for entry in config.get("layers", [])]
+    if class_name == "Sequential":
+        first = (config.get("layers") or [{}])[0].get("config", {})
+        if layers and layers[0]["class_name"] != "InputLayer" and first.get("batch_input_shape"):
+            layers.insert(0, _input_layer(first["batch_input_shape"], first.get("dtype"), config.get("name", "sequential")))
+        body = {"name": config.get("name"), "trainable": config.get("trainable", True), "layers": layers}
+        return {"module": "keras", "class_name": "Sequential", "config": body, "registered_name": None}
+    # Keras 2 counts a nested model's own first node; Keras 3 models have none (Keras 3
+    # already subtracts it for Functional models named in input/output layers).
+    nested = {entry["name"] for entry in layers if entry.get("class_name") in ("Sequential", "Functional")}
+    sequential = {entry["name"] for entry in layers if entry.get("class_name") == "Sequential"}
+    for entry in layers:
+        entry["inbound_nodes"] = _shift_refs(entry.get("inbound_nodes", []), nested)
+    body = {
+        "name": config.get("name"),
+        "trainable": config.get("trainable", True),
+        "layers": layers,
+        "input_layers": _shift_refs(config.get("input_layers"), sequential),
+        "output_layers": _shift_refs(config.get("output_layers"), sequential),
+    }
+    return {"module": "keras.src.models.functional", "class_name": "Functional", "config": body, "registered_name": "Functional"}
+
+
+def _shift_refs(refs: Any, sequential: set[str]) -> Any:
+    """Node references ``[layer, node_index, tensor_index, ...]`` to Sequential layers, minus one."""
+    if isinstance(refs, list) and len(refs) >= 3 and isinstance(refs[0], str) and isinstance(refs[1], int):
+        if refs[0] in sequential and refs[1] > 0:
+            return [refs[0], refs[1] - 1, *refs[2:]]
+        return refs
+    if isinstance(refs, list):
+        return [_shift_refs(r, sequential) for r in refs]
+    return refs
+
+
+def _input_layer(batch_shape: list, dtype: Any, model_name: str) -> dict:
+    config = {"batch_shape": batch_shape, "dtype": _policy_name(dtype) or "float32", "sparse": False, "name": f"{model_name}_input"}
+    return {"module": "keras.layers", "class_name": "InputLayer", "config": config, "registered_name": None}
+
+
+# ------------------------------------------------------------------------- compile config
+def to_keras3_compile_config(training_config: dict | None, *, single_output: bool = True) -> dict | None:
+    """A Keras 2 ``training_config`` as a Keras 3 compile config (``model.compile_from_config``)."""
+    if not training_config:
+        return None
+    tc = plain(training_config)
+    metrics = _metrics(tc.get("metrics"), single_output)
+    weighted = _metrics(tc.get("weighted_metrics"), single_output)
+    return {
+        "optimizer": to_keras3_optimizer(tc.get("optimizer_config")),
+        "loss": _loss(tc.get("loss")),
+        "loss_weights": tc.get("loss_weights"),
+        "metrics": metrics,
+        "weighted_metrics": weighted,
+        "run_eagerly": False,
+        "steps_per_execution": 1,
+        "jit_compile": False,
+    }
+
+
+def to_keras3_optimizer(config: dict | None) -> Any:
+    import keras
+
+    if not config:
+        return "rmsprop"
+    class_name = config["class_name"].split(">")[-1]
+    cls = getattr(keras.optimizers, class_name, None)
+    if cls is None:
+        raise UnsupportedModelError(
+            f"load_model: the file's optimizer '{config['class_name']}' has no Keras 3 counterpart. "
+            "Load with compile=False and compile the model yourself."
+        )
+    body = dict(config.get("config") or {})
+    if "lr" in body:
+        body.setdefault("learning_rate", body.pop("lr"))
+    if body.get("decay"):
+        warnings.warn(
+            f"load_model: the file's {class_name} used decay={body['decay']}, which Keras 3 optimizers do "
+            "not have; use a keras.optimizers.schedules learning rate instead. It was dropped.",
+            stacklevel=3,
+        )
+    body.pop("decay", None)
+    if isinstance(body.get("learning_rate"), dict):
+        body["learning_rate"] = _sub_object(body["learning_rate"], "keras.optimizers.schedules")
+    body = _filter(body, cls, f"optimizer {class_name}")
+    return {"module": "keras.optimizers", "class_name": class_name, "config": body, "registered_name": None}
+
+
+def _loss(loss: Any) -> Any:
+    import keras
+
+    if isinstance(loss, dict) and "class_name" in loss:
+        cls = getattr(keras.losses, loss["class_name"], None)
+        if cls is None:
+            return loss.get("config", {}).get("fn") or loss["class_name"]
+        body = dict(loss.get("config") or {})
+        if body.get("reduction") == "auto":
+            body["reduction"] = "sum_over_batch_size"
+        body = _filter(body, cls, f"loss {loss['class_name']}")
+        return {"module": "keras.losses", "class_name": loss["class_name"], "config": body, "registered_name": None}
+    if isinstance(loss, dict):
+        return {k: _loss(v) for k, v in loss.items()}
+    if isinstance(loss, list):
+        return [_loss(v) for v in loss]
+    return loss
+
+
+def _metric(metric: Any) -> Any:
+    import keras
+
+    if not isinstance(metric, dict):
+        return metric
+    config = metric.get("config") or {}
+    if metric.get("class_name") == "MeanMetricWrapper":
+        name, fn = config.get("name"), config.get("fn")
+        if name in ("accuracy", "acc", "crossentropy", "ce"):
+            return name
+        for candidate in (name, fn):
+            try:
+                keras.metrics.get(candidate)
+                return candidate
+            except (ValueError, TypeError):
+                continue
+        return fn
+    cls = getattr(keras.metrics, metric.get("class_name", ""), None)
+    if cls is None:
+        return config.get("name") or metric.get("class_name")
+    return {"module": "keras.metrics", "class_name": metric["class_name"], "config": _filter(dict(config), cls, "metric"), "registered_name": None}
+
+
+def _metrics(metrics: Any, single_output: bool) -> Any:
+    if metrics is None:
+        return None
+    if isinstance(metrics, dict):
+        return {k: _metrics(v, True) for k, v in metrics.items()}
+    if isinstance(metrics, list):
+        if single_output and len(metrics) == 1 and isinstance(metrics[0], list):
+            metrics = metrics[0]
+        return [(_metrics(m, True) if isinstance(m, list | dict) and "class_name" not in m else _metric(m)) for m in metrics]
+    return _metric(metrics)
