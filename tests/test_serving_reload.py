@@ -14,11 +14,11 @@ import time
 
 import httpx
 import numpy as np
-from test_serving_helpers import ServerProcess, tutorial_rows
 
 import modelkeep as mk
 from modelkeep.capture import build_model
 from modelkeep.checkpoint import store
+from test_serving_helpers import ServerProcess, tutorial_rows
 
 STEPS_PER_EPOCH = 8
 EPOCHS = 7

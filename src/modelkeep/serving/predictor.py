@@ -82,6 +82,31 @@ class Predictor:
             predictor.check_against_predict(check_rows)
         return predictor
 
+    @classmethod
+    def from_saved_model(cls, path: str) -> Predictor:
+        """A SavedModel without a Keras part (``model.export()``, ``tf.saved_model.save``):
+        its ``serving_default`` signature, called as TF Serving would, names included."""
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(path))
+        if SIGNATURE_NAME not in loaded.signatures:
+            raise RequestError(
+                f"serve: {path} has no {SIGNATURE_NAME!r} signature (found {sorted(loaded.signatures)}); "
+                "export the model with model.export(path) or tf.saved_model.save(..., signatures=...)."
+            )
+        fn = loaded.signatures[SIGNATURE_NAME]
+        _, kwargs = fn.structured_input_signature
+        as_spec = lambda n, t: TensorSpec(n, np.dtype(t.dtype.as_numpy_dtype), tuple(t.shape))  # noqa: E731
+        inputs = [as_spec(n, t) for n, t in sorted(kwargs.items())]
+        outputs = [as_spec(n, t) for n, t in sorted(fn.structured_outputs.items())]
+        names = [o.name for o in outputs]
+
+        def forward(arrays: list[np.ndarray]) -> list[np.ndarray]:
+            result = fn(**{spec.name: tf.constant(a) for spec, a in zip(inputs, arrays)})
+            return [result[n].numpy() for n in names]
+
+        return cls(loaded, inputs, outputs, forward, "signature")
+
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Forward pass on arrays already checked by ``check_inputs`` (one per input)."""
         return self._forward(arrays)

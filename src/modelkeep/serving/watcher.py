@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelkeep.errors import UnsupportedModelError
 from modelkeep.serving.batching import MicroBatcher
 from modelkeep.serving.metrics import Metrics
 from modelkeep.serving.predictor import Predictor
@@ -165,8 +166,12 @@ class VersionManager:
             self.states[c.version] = VersionState("END", _ERROR_CODES.get(reason, "UNKNOWN"), f"{reason}: {problem}")
 
     def _build(self, candidate: Candidate) -> Predictor:
-        model = self.source.load(candidate)
-        predictor = Predictor.from_model(model)
+        try:
+            predictor = Predictor.from_model(self.source.load(candidate))
+        except UnsupportedModelError:
+            if not (candidate.path / "saved_model.pb").exists():
+                raise
+            predictor = Predictor.from_saved_model(candidate.path)  # exported without a Keras part
         predictor.warm_up(tuple(sorted({1, 2, min(8, self.max_batch_size), self.max_batch_size})))
         return predictor
 
