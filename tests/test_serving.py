@@ -128,6 +128,13 @@ def test_grpc_with_official_stubs(served):
         with pytest.raises(grpc.RpcError) as err:
             predict.Predict(strings, timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        big = predict_pb2.PredictRequest()
+        big.model_spec.name = NAME
+        big.inputs[input_name].CopyFrom(tf.make_tensor_proto(tutorial_rows(1000)))  # 40 kB > --max-request-bytes
+        with pytest.raises(grpc.RpcError) as err:
+            predict.Predict(big, timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert predict.Predict(request, timeout=10).model_spec.version.value == 1  # still serving
 
 
 BAD_BODIES = [

@@ -175,7 +175,7 @@ def coerce(value: Any, spec: TensorSpec, *, allow_non_finite: bool = False) -> n
     """One request value as an array of ``spec``'s dtype and shape, or ``RequestError``."""
     try:
         raw = value if isinstance(value, np.ndarray) else np.asarray(value)
-    except (ValueError, TypeError, OverflowError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise RequestError(
             f"input '{spec.name}': ragged or malformed values (rows of different lengths?); "
             f"expected {spec.describe()}. Detail: {exc}"
