@@ -91,7 +91,8 @@ def write_sidecar_manifest(target: Path, fmt: Format, metadata: dict[str, Any]) 
 
 
 def _is_store_dir(path: Path) -> bool:
-    return path.name.startswith(STORE_PREFIX) and (path.is_dir() or not path.suffix)
+    # a TF checkpoint prefix may be called ckpt-5 too; only a directory is a backup
+    return path.name.startswith(STORE_PREFIX) and path.is_dir() and not (path / "saved_model.pb").exists()
 
 
 # ------------------------------------------------------------------------ own layout
