@@ -120,26 +120,56 @@ def _unique(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
 
 
 # --------------------------------------------------------------------------- capture
-def _to_numpy(variable: Any) -> np.ndarray:
+def _to_numpy(variable: Any, copy: bool = True) -> np.ndarray:
+    if not copy:
+        view = _host_view(variable)
+        if view is not None:
+            return view
     return np.asarray(variable.numpy())
 
 
-def capture(model: Any, *, include_optimizer: bool = True, metadata: dict | None = None) -> ModelState:
+def _host_view(variable: Any) -> np.ndarray | None:
+    """A read-only view of a TF variable's current value in host memory, without a copy.
+
+    ``read_value()`` gives a tensor sharing the variable's buffer; TensorFlow copies the
+    buffer before the next update of the variable while that tensor lives (copy-on-write),
+    so the view keeps the value it had when read. None where this does not apply.
+    """
+    read = getattr(getattr(variable, "value", None), "read_value", None)
+    if read is None:
+        return None
+    try:
+        array = read()._numpy()
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if not isinstance(array, np.ndarray):
+        return None
+    array = array.view()
+    array.flags.writeable = False
+    return array
+
+
+def capture(
+    model: Any, *, include_optimizer: bool = True, metadata: dict | None = None, copy: bool = True
+) -> ModelState:
     """Copy a Keras model's variables, config and compile config into a ``ModelState``.
 
-    Example::
+    With ``copy=False`` the arrays are read-only views of the variables' values (no
+    copy; a synchronous save writes straight from them); they keep the captured values
+    even if training goes on, because TensorFlow copies a variable before updating it
+    while a view is alive. Example::
 
         state = capture(model)
         state.variables["model/layer_with_weights-0/kernel"].shape
     """
     variables: dict[str, np.ndarray] = {}
     for key, variable in model_variable_keys(model):
-        variables[f"{MODEL}/{key}"] = _to_numpy(variable)
+        variables[f"{MODEL}/{key}"] = _to_numpy(variable, copy)
     if include_optimizer:
         for key, variable in optimizer_variable_keys(model):
-            variables[f"{OPTIMIZER}/{key}"] = _to_numpy(variable)
+            variables[f"{OPTIMIZER}/{key}"] = _to_numpy(variable, copy)
         for key, variable in rng_variable_keys(model):
-            variables[f"{RNG}/{key}"] = _to_numpy(variable)
+            variables[f"{RNG}/{key}"] = _to_numpy(variable, copy)
     meta = {
         "format_version": FORMAT_VERSION,
         "created": time.time(),

@@ -24,6 +24,11 @@ from typing import Any
 from modelkeep.errors import CheckpointNotFoundError, CorruptCheckpointError
 from modelkeep.storage.commit import write_bytes
 
+try:  # ISA-L's CRC-32: the same values as zlib.crc32, ~6x faster (SIMD); releases the GIL
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
+    _crc32 = zlib.crc32
+
 CHUNK = 8 << 20
 MANIFEST_VERSION = 1
 
@@ -35,7 +40,7 @@ def file_crc32(path: str | os.PathLike) -> int:
         if size < PARALLEL_MIN:
             crc = 0
             while chunk := handle.read(CHUNK):
-                crc = zlib.crc32(chunk, crc)
+                crc = _crc32(chunk, crc)
             return crc
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             mapped.madvise(mmap.MADV_SEQUENTIAL)
@@ -47,8 +52,9 @@ def file_crc32(path: str | os.PathLike) -> int:
 
 
 # ---------------------------------------------------------------- fast CRC-32
-# zlib.crc32 runs at ~2 GB/s on this machine and releases the GIL for large buffers, so
-# two threads over two halves, joined with crc32_combine, halve the time on 2 cores.
+# CRC-32 over large buffers releases the GIL (zlib's and ISA-L's), so two threads over two
+# halves, joined with crc32_combine, halve the time when a second core is free. On this
+# machine zlib runs at ~2 GB/s per core, ISA-L at ~12 GB/s.
 PARALLEL_MIN = 64 << 20
 _POLY = 0xEDB88320
 
@@ -132,7 +138,7 @@ def _crc_ranges(views: list[memoryview], start: int, stop: int) -> int:
         end = offset + view.nbytes
         lo, hi = max(start, offset), min(stop, end)
         for pos in range(lo, hi, CHUNK):
-            crc = zlib.crc32(view[pos - offset : min(hi, pos + CHUNK) - offset], crc)
+            crc = _crc32(view[pos - offset : min(hi, pos + CHUNK) - offset], crc)
         offset = end
         if offset >= stop:
             break

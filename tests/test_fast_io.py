@@ -1,0 +1,232 @@
+"""The fast tensor file path: safetensors written from the arrays, read by mapping, CRC-32s
+computed from memory, and the benchmark command's smoke run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import load_file, save_file
+
+from modelkeep.checkpoint import store
+from modelkeep.errors import CorruptCheckpointError, FormatError
+from modelkeep.formats import safetensors as fast
+from modelkeep.formats.safetensors import SafetensorsFormat
+from modelkeep.state import ModelState
+from modelkeep.storage import checksums
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mixed_state() -> ModelState:
+    rng = np.random.default_rng(0)
+    return ModelState(
+        {
+            "model/layer_with_weights-0/kernel": rng.standard_normal((7, 5)).astype(np.float32),
+            "model/layer_with_weights-0/bias": np.arange(5, dtype=np.float64),
+            "model/fortran": np.asfortranarray(rng.standard_normal((3, 4))),
+            "model/strided": np.arange(20, dtype=np.int32)[::2],
+            "model/half": rng.standard_normal(6).astype(np.float16),
+            "model/bf16": rng.standard_normal(6).astype(ml_dtypes.bfloat16),
+            "model/empty": np.zeros((0, 3), np.float32),
+            "model/flags": np.array([True, False, True]),
+            "model/bytes": np.arange(9, dtype=np.uint8).reshape(3, 3),
+            "optimizer/iteration": np.array(42, np.int64),
+        },
+        model_config={"class_name": "Sequential"},
+        compile_config={"loss": "mse"},
+        metadata={"epoch": 3},
+    )
+
+
+def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        assert a[key].shape == b[key].shape, key
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_round_trip_every_dtype_and_layout(tmp_path: Path) -> None:
+    state = mixed_state()
+    path = tmp_path / "w.safetensors"
+    SafetensorsFormat().write(state, path)
+    back = SafetensorsFormat().read(path)
+    assert_same(state.variables, back.variables)
+    assert (back.model_config, back.compile_config, back.metadata) == (
+        state.model_config, state.compile_config, state.metadata)  # fmt: skip
+    # views of the mapping are private: writing to one changes neither the file nor a new read
+    back.variables["model/layer_with_weights-0/bias"][0] = 99.0
+    again = SafetensorsFormat().read(path).variables["model/layer_with_weights-0/bias"]
+    assert again[0] == 0.0
+
+
+def test_output_is_standard_safetensors(tmp_path: Path) -> None:
+    state = mixed_state()
+    path = tmp_path / "w.safetensors"
+    SafetensorsFormat().write(state, path)
+    theirs = load_file(str(path))
+    assert_same({k: theirs[k] for k in state.variables}, state.variables)
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    assert (8 + header_len) % fast.DATA_ALIGN == 0
+
+
+def test_reads_files_written_by_safetensors_itself(tmp_path: Path) -> None:
+    tensors = {"b": np.arange(4, dtype=np.float32), "a": np.ones((2, 3), np.int64)}
+    save_file(tensors, str(tmp_path / "theirs.safetensors"))
+    back = SafetensorsFormat().read(tmp_path / "theirs.safetensors")
+    assert sorted(back.variables) == ["model/a", "model/b"]
+    assert np.array_equal(back.variables["model/b"], tensors["b"])
+    assert np.array_equal(back.variables["model/a"], tensors["a"])
+
+
+def test_write_all_splits_large_and_many_buffers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast, "_WRITE_MAX", 1000)  # force partial views across calls
+    monkeypatch.setattr(fast, "_IOV_MAX", 7)
+    rng = np.random.default_rng(1)
+    buffers = [rng.integers(0, 255, size, dtype=np.uint8) for size in [0, 1, 2500, 3, 999, 1000, 1001] * 5]
+    path = tmp_path / "out.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        fast.write_all(fd, [memoryview(b) for b in buffers])
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(b.tobytes() for b in buffers)
+
+
+def test_unsupported_dtype_is_refused_with_the_variable_named(tmp_path: Path) -> None:
+    state = ModelState({"model/text": np.array(["a", "b"])})
+    with pytest.raises(FormatError, match="model/text"):
+        SafetensorsFormat().write(state, tmp_path / "w.safetensors")
+    assert not list(tmp_path.iterdir())  # nothing left behind
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate_data", "truncate_header", "empty", "garbage_header", "gap", "bad_dtype"],
+)
+def test_damaged_files_raise_corrupt_checkpoint_error(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "w.safetensors"
+    SafetensorsFormat().write(mixed_state(), path)
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(bytes(data[8 : 8 + header_len]))
+    if damage == "truncate_data":
+        data = data[:-5]
+    elif damage == "truncate_header":
+        data = data[: 8 + header_len // 2]
+    elif damage == "empty":
+        data = bytearray()
+    elif damage == "garbage_header":
+        data[8:12] = b"\xff\xfe{{"
+    else:
+        key = "model/layer_with_weights-0/kernel"
+        if damage == "gap":
+            header[key]["data_offsets"][0] += 4
+        else:
+            header[key]["dtype"] = "Q99"
+        text = json.dumps(header, separators=(",", ":")).encode().ljust(header_len)
+        assert len(text) == header_len
+        data[8 : 8 + header_len] = text
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="w.safetensors"):
+        SafetensorsFormat().read(path)
+
+
+# ------------------------------------------------------------------------- checksums
+@settings(max_examples=40, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=300))
+def test_crc32_combine_matches_zlib(a: bytes, b: bytes) -> None:
+    assert checksums.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_crc32_buffers_parallel_equals_zlib(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    monkeypatch.setattr(checksums, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(checksums, "CHUNK", 4096)
+    rng = np.random.default_rng(2)
+    parts = [b"header", rng.standard_normal(5000).astype(np.float32), b"", rng.integers(0, 9, 777, dtype=np.int16)]
+    joined = b"".join(bytes(memoryview(p).cast("B")) if not isinstance(p, bytes) else p for p in parts)
+    assert checksums.crc32_buffers(parts, threads=threads) == zlib.crc32(joined)
+    assert checksums.BackgroundCrc32(parts, threads=threads).result() == zlib.crc32(joined)
+
+
+def test_file_crc32_large_file_uses_mapping_and_matches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checksums, "PARALLEL_MIN", 1024)
+    data = np.random.default_rng(3).integers(0, 255, 300_001, dtype=np.uint8).tobytes()
+    (tmp_path / "f").write_bytes(data)
+    assert checksums.file_crc32(tmp_path / "f") == zlib.crc32(data)
+
+
+def test_crc_from_the_write_is_used_only_while_the_file_is_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    fast.write_file(mixed_state(), path)
+    on_disk = zlib.crc32(path.read_bytes())
+    checksums.remember_crc32(path, 12345)  # a wrong value: known_crc32 trusts the record
+    assert checksums.known_crc32(path) == 12345
+    fast.write_file(mixed_state(), path)
+    assert checksums.known_crc32(path) == on_disk  # recorded by the write, consumed once
+    checksums.remember_crc32(path, 12345)
+    with open(path, "ab") as handle:  # the file changed since: its record no longer applies
+        handle.write(b"x")
+    assert checksums.known_crc32(path) == zlib.crc32(path.read_bytes())
+
+
+def test_backup_checkpoint_manifest_holds_the_true_crc(tmp_path: Path) -> None:
+    state = mixed_state()
+    info = store.save_state(tmp_path, state, step=7)
+    manifest = json.loads((info.path / store.STORE_MANIFEST).read_text())
+    entry = manifest["files"][store.STORE_STATE]
+    raw = (info.path / store.STORE_STATE).read_bytes()
+    assert entry == {"size": len(raw), "crc32": zlib.crc32(raw)}
+    assert_same(state.variables, store.load_state(info.path).variables)
+    with open(info.path / store.STORE_STATE, "r+b") as handle:  # one flipped bit is caught
+        handle.seek(len(raw) - 3)
+        handle.write(bytes([raw[-3] ^ 0x10]))
+    with pytest.raises(CorruptCheckpointError, match=store.STORE_STATE):
+        store.load_state(info.path)
+
+
+# ------------------------------------------------------------------------- benchmark
+def test_benchmark_smoke_run_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--size-gb", "0.004", "--reps", "1",
+           "--epochs", "2", "--json", str(out), "--dir", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "targets:" in done.stdout
+    figures = json.loads(out.read_text())
+    assert figures["state_bytes"] > 0.9 * 0.004 * 2**30
+    for key in ("write_fsync", "read", "read_assign", "copy"):
+        assert figures["raw"][key]["seconds"] > 0
+    expected = {
+        "modelkeep backup ckpt (default)", "modelkeep safetensors", "modelkeep TF checkpoint",
+        "modelkeep .weights.h5", "modelkeep .h5 (whole model)", "modelkeep .keras (whole model)",
+        "modelkeep SavedModel (whole model)", "Keras save_weights(.weights.h5)+fsync / load_weights",
+        "Keras model.save(.keras)+fsync / load_model", "tf.train.Checkpoint write+fsync / read",
+    }  # fmt: skip
+    assert set(figures["formats"]) == expected
+    for name in expected:
+        for op in ("save", "load"):
+            assert figures["formats"][name][op]["seconds"] > 0 and figures["formats"][name][op]["gb_per_s"] > 0
+    stall = figures["stall"]
+    for key in ("sync_stall_per_ckpt_s", "async_stall_per_ckpt_s", "copy_floor_s", "async_final_drain_s"):
+        assert stall[key] >= 0
+    assert figures["memory"]["async_save_extra_bytes"] >= 0 and figures["memory"]["sync_save_extra_bytes"] >= 0
+    assert 0 < figures["gil"]["python_loop_speed_during_write_over_alone"]
+    assert [t["target"] for t in figures["targets"]][:4] == [
+        "save backup / raw write+fsync", "save backup / Keras save_weights+fsync",
+        "load backup / floor (read + assign)", "load backup / Keras load_weights",
+    ]  # fmt: skip
+    assert all(isinstance(t["met"], bool) for t in figures["targets"])
+    assert not any(p.name.startswith("modelkeep-bench-") for p in tmp_path.iterdir())  # cleaned up
