@@ -165,7 +165,9 @@ class AsyncWriter:
             raise RuntimeError(f"{self.name} is closed; create a new AsyncWriter.")
         if self.when_busy == SKIP and self.busy:
             self.skipped += 1
-            running = self._running.label if self._running else "a queued save"
+            with self._cond:
+                current = self._running or (self._job[1] if self._job else None)
+            running = current.label if current else "another save"
             log.warning("%s: skipped %s: %s is still being written (when_busy='skip').", self.name, label, running)
             return False
         self.wait()
