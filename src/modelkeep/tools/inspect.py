@@ -33,7 +33,7 @@ def describe(path: Path | str, *, signatures: bool = True) -> dict[str, Any]:
         "variables": variable_table(state),
         "optimizer": optimizer_summary(state),
         "compile": _compile_summary(state.compile_config),
-        "metadata": _metadata(state, path),
+        "metadata": _metadata(state, path, fmt_name),
         "signatures": None,
     }
     info["total_size"] = sum(f["size"] for f in info["files"])
@@ -151,9 +151,9 @@ def _short(value: Any) -> Any:
     return value
 
 
-def _metadata(state: ModelState, path: Path) -> dict[str, Any]:
+def _metadata(state: ModelState, path: Path, fmt_name: str) -> dict[str, Any]:
     meta = {k: v for k, v in state.metadata.items() if k != "layer_names"}
-    manifest = store.manifest_path(path)
+    manifest = path / store.STORE_MANIFEST if fmt_name == BACKUP else store.manifest_path(path)
     if manifest.exists():
         try:
             meta = {**meta, **read_manifest(manifest).get("metadata", {})}

@@ -119,7 +119,7 @@ def verify_one(path: Path) -> VerifyResult:
     except (FormatError, OSError) as exc:
         return VerifyResult(path, locals().get("fmt_name", "unknown"), False, problem=_first_line(exc))
     result = VerifyResult(path, fmt_name, True)
-    manifest = store.manifest_path(path)
+    manifest = path / store.STORE_MANIFEST if fmt_name == BACKUP else store.manifest_path(path)
     if manifest.exists():
         try:
             doc = verify_manifest(manifest)
@@ -154,13 +154,17 @@ def check_tf_checkpoint(prefix: Path) -> str:
     import tensorflow as tf
 
     registry.TF_CHECKPOINT.require(prefix)
-    reader = tf.train.load_checkpoint(str(prefix))
-    keys = sorted(reader.get_variable_to_shape_map())
+    index, data = registry.TF_CHECKPOINT.files(prefix)
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+        keys = sorted(reader.get_variable_to_shape_map())
+    except (tf.errors.OpError, ValueError) as exc:
+        raise CorruptCheckpointError(f"{index.name} cannot be read ({_first_line(exc)}): truncated or corrupt") from exc
     for key in keys:
         try:
             reader.get_tensor(key)
         except (tf.errors.OpError, ValueError) as exc:
-            raise CorruptCheckpointError(f"tensor '{key}' fails its check: {_first_line(exc)}") from exc
+            raise CorruptCheckpointError(f"tensor '{key}' in {data.name} fails its check: {_first_line(exc)}") from exc
     return f"TF checkpoint: {len(keys)} tensors read, each matches its crc32c"
 
 
