@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from modelkeep.api import load_model, load_weights, save_model, save_weights  # noqa: E402
 from modelkeep.checkpoint.resume import fit  # noqa: E402
 from modelkeep.checkpoint.store import list_checkpoints  # noqa: E402
+from modelkeep.checkpoint.writer import AsyncWriter, wait_for_saves  # noqa: E402
 from modelkeep.errors import (  # noqa: E402
     CheckpointNotFoundError,
     CheckpointWriteError,
@@ -24,6 +25,7 @@ from modelkeep.errors import (  # noqa: E402
 from modelkeep.state import ModelState  # noqa: E402
 
 __all__ = [
+    "AsyncWriter",
     "BackupAndRestore",
     "ModelCheckpoint",
     "list_checkpoints",
@@ -40,6 +42,7 @@ __all__ = [
     "load_weights",
     "save_model",
     "save_weights",
+    "wait_for_saves",
 ]
 
 

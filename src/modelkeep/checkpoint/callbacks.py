@@ -42,6 +42,7 @@ import numpy as np
 
 from modelkeep.capture import capture, restore
 from modelkeep.checkpoint import retention, store
+from modelkeep.checkpoint.writer import AsyncWriter, wait_for_saves
 from modelkeep.errors import CheckpointWriteError, CorruptCheckpointError
 from modelkeep.formats import registry
 from modelkeep.formats.base import Format
@@ -206,7 +207,12 @@ class ModelCheckpoint(keras.callbacks.Callback):
     * ``max_to_keep`` (newest N), ``keep_best`` (K best by ``monitor``),
       ``keep_every_n_epochs`` / ``keep_every_n_hours`` (kept for good); rules combine;
     * ``on_error``: ``"raise"`` (default) a ``CheckpointWriteError`` on a failed save, or
-      ``"warn"``: log it, count it in ``failed_saves`` and keep training.
+      ``"warn"``: log it, count it in ``failed_saves`` and keep training;
+    * ``async_save`` (default True): training only copies the state to host memory; a
+      background thread (``checkpoint.writer.AsyncWriter``) writes and commits it, one save
+      in flight (the next waits for it). A failed background save raises at the next save
+      or at the end of ``fit``. Formats Keras writes from the live model (``.keras``,
+      ``.weights.h5``, SavedModel) are always saved synchronously.
 
     The format comes from the path: a bare prefix with ``save_weights_only=True`` writes
     TF checkpoints (``tf.train.latest_checkpoint(dir)`` names the newest), a bare path
@@ -237,8 +243,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
         keep_every_n_epochs: int | None = None,
         keep_every_n_hours: float | None = None,
         on_error: str = "raise",
+        async_save: bool = True,
     ) -> None:
         super().__init__()
+        self.async_save = async_save
+        self._writer: AsyncWriter | None = None
         if frequency is not None:
             if save_freq != "epoch" and save_freq != frequency:
                 raise ValueError(
@@ -306,6 +315,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
 
     # ---------------------------------------------------------------- Keras hooks
     def on_train_begin(self, logs: dict | None = None) -> None:
+        wait_for_saves(raise_errors=False)  # a save of an earlier fit that ended in an exception
+        self._writer = AsyncWriter(name="modelkeep-ModelCheckpoint") if self.async_save else None
         directory = self._directory()
         if directory is not None and directory.is_dir():
             removed = clean_leftovers(directory)
@@ -326,13 +337,30 @@ class ModelCheckpoint(keras.callbacks.Callback):
             self._save(epoch, None, logs)
 
     def _save(self, epoch: int, batch: int | None, logs: dict | None) -> None:
-        job = self.snapshot(epoch, batch, logs)
-        if job is not None:
-            self.write(job)
+        if self._writer is None or self.format_for(self.file_path(epoch, batch, logs)) in LIVE_MODEL_FORMATS:
+            if self._writer is not None:
+                self._writer.wait()  # keep saves in order; surface a background error
+            job = self.snapshot(epoch, batch, logs, copy=False)  # written now: no copy needed
+            if job is not None:
+                self.write(job)
+            return
+        self._writer.save(
+            lambda: self.snapshot(epoch, batch, logs),
+            lambda job: None if job is None else self.write(job),
+            label=f"epoch {epoch + 1}" + ("" if batch is None else f" batch {batch + 1}"),
+        )
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Wait for the last background save; raise its error, if any."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     # ---------------------------------------------------------------- the two steps
-    def snapshot(self, epoch: int, batch: int | None, logs: dict | None) -> SaveJob | None:
-        """Training-thread part of a save: decide, name, copy the state. None: no save."""
+    def snapshot(self, epoch: int, batch: int | None, logs: dict | None, *, copy: bool = True) -> SaveJob | None:
+        """Training-thread part of a save: decide, name, copy the state. None: no save.
+
+        ``copy=False`` takes read-only views instead of copies, for a save written at once."""
         path = self.file_path(epoch, batch, logs)
         previous_best = self.best
         if not self._should_save(epoch, path, logs):
@@ -353,7 +381,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
             "weights_only": self.save_weights_only,
         }
         live = fmt in LIVE_MODEL_FORMATS
-        state = ModelState() if live else capture(self.model, include_optimizer=not self.save_weights_only)
+        state = ModelState() if live else capture(self.model, include_optimizer=not self.save_weights_only, copy=copy)
         if not live:
             state.metadata.update({k: metadata[k] for k in ("step", "epoch", "batch", "logs")})
         metadata["versions"] = state.metadata.get("versions")
@@ -479,8 +507,11 @@ class BackupAndRestore(keras.callbacks.Callback):
         max_to_keep: int = 2,
         *,
         on_error: str = "raise",
+        async_save: bool = True,
     ) -> None:
         super().__init__()
+        self.async_save = async_save
+        self._writer: AsyncWriter | None = None
         if not backup_dir:
             raise ValueError("Empty `backup_dir` argument passed")
         _check_save_freq(save_freq)
@@ -506,6 +537,8 @@ class BackupAndRestore(keras.callbacks.Callback):
                 "To use the BackupAndRestore callback, your model must be built before you call "
                 f"`fit()`. Model {self.model} is unbuilt. Build it by calling it on a batch of data."
             )
+        wait_for_saves(raise_errors=False)  # a backup of an earlier fit that ended in an exception
+        self._writer = AsyncWriter(name="modelkeep-BackupAndRestore") if self.async_save else None
         if not self.backup_dir.is_dir():
             return
         clean_leftovers(self.backup_dir)
@@ -547,15 +580,17 @@ class BackupAndRestore(keras.callbacks.Callback):
         if self._frequency.should_save(batch):
             self._save(batch)
 
-    def snapshot(self, batch: int | None) -> tuple[ModelState, int, dict[str, Any]]:
-        """Training-thread part of a backup: the state copy, its step and metadata."""
+    def snapshot(self, batch: int | None, *, copy: bool = True) -> tuple[ModelState, int, dict[str, Any]]:
+        """Training-thread part of a backup: the state copy, its step and metadata.
+
+        ``copy=False`` takes read-only views instead of copies, for a backup written at once."""
         step = _global_step(self.model, self._batches_total)
         metadata = {
             "epoch": self._current_epoch,
             "batch": self._last_batch_seen if batch is not None else 0,
             "callback": "BackupAndRestore",
         }
-        return capture(self.model, include_optimizer=True, metadata=metadata), step, metadata
+        return capture(self.model, include_optimizer=True, metadata=metadata, copy=copy), step, metadata
 
     def write(self, state: ModelState, step: int, metadata: dict[str, Any]) -> store.CheckpointInfo | None:
         """Commit one backup and keep the newest ``max_to_keep``; errors follow ``on_error``."""
@@ -576,9 +611,16 @@ class BackupAndRestore(keras.callbacks.Callback):
         return info
 
     def _save(self, batch: int | None) -> None:
-        self.write(*self.snapshot(batch))
+        if self._writer is None:
+            self.write(*self.snapshot(batch, copy=False))
+            return
+        label = f"backup at epoch {self._current_epoch}" + ("" if batch is None else f" batch {batch + 1}")
+        self._writer.save(lambda: self.snapshot(batch), lambda snap: self.write(*snap), label=label)
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()  # the last backup is committed (or its error raised) before any delete
         self.model._initial_epoch = None  # a later fit() starts where it is told, as without us
         if self.delete_checkpoint and self.backup_dir.exists():
             shutil.rmtree(self.backup_dir)

@@ -224,6 +224,32 @@ def _lower_priority(nice: int) -> None:
 _OPEN: weakref.WeakSet[AsyncWriter] = weakref.WeakSet()
 
 
+def wait_for_saves(*, raise_errors: bool = True) -> None:
+    """Wait until no background save of any writer is in flight.
+
+    ``fit`` waits for its callbacks' last save when it ends normally; when it ends with an
+    exception, Keras calls no callback, so the last save may still be being written when
+    the exception reaches you. Call this before looking at the checkpoints then.
+    With ``raise_errors=False`` errors of those saves are logged instead of raised.
+
+    Example::
+
+        try:
+            model.fit(x, y, callbacks=[mk.BackupAndRestore("run/backup")])
+        except KeyboardInterrupt:
+            mk.wait_for_saves()
+    """
+    first: BaseException | None = None
+    for writer in list(_OPEN):
+        try:
+            writer.wait()
+        except BaseException as exc:  # every writer is waited for before raising
+            log.error("%s: a background save failed: %s", writer.name, exc)
+            first = first or exc
+    if first is not None and raise_errors:
+        raise first
+
+
 @atexit.register
 def _finish_all() -> None:
     """Interpreter exit waits for the save in flight of every open writer."""
