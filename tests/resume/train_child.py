@@ -146,7 +146,9 @@ def result(model, history, workdir: Path) -> None:
     for i, metric in enumerate(model.metrics):
         arrays.update({f"metrics/{i}/{j}": v.numpy() for j, v in enumerate(metric.variables)})
     np.savez(workdir / "result.npz", **arrays)
-    (workdir / "history.json").write_text(json.dumps({"history": history.history, "epoch": history.epoch}))
+    steps = int(model.optimizer.iterations.numpy())
+    doc = {"history": history.history, "epoch": history.epoch, "steps": steps}
+    (workdir / "history.json").write_text(json.dumps(doc))
 
 
 def main() -> int:
@@ -155,19 +157,22 @@ def main() -> int:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--kill-at")
     parser.add_argument("--keras-backup", action="store_true")
+    parser.add_argument("--save-freq", default=str(SAVE_FREQ))
     args = parser.parse_args()
     keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()
     model = build(args.scenario)
     kwargs = fit_kwargs(args.scenario)
-    kwargs["callbacks"] = kwargs.get("callbacks", []) + [KillPoint(args.kill_at, SAVE_FREQ)]
+    save_freq = "epoch" if args.save_freq == "epoch" else int(args.save_freq)
+    kill = KillPoint(args.kill_at, save_freq if isinstance(save_freq, int) else 10**9)
+    kwargs["callbacks"] = kwargs.get("callbacks", []) + [kill]
     if args.keras_backup:
-        backup = keras.callbacks.BackupAndRestore(str(args.workdir / "keras_backup"), save_freq=SAVE_FREQ)
+        backup = keras.callbacks.BackupAndRestore(str(args.workdir / "keras_backup"), save_freq=save_freq)
         kwargs["callbacks"].append(backup)
         history = model.fit(verbose=0, **kwargs)
     else:
         # the one line that makes this script resumable:
-        history = mk.fit(model, backup_dir=args.workdir / "backups", save_freq=SAVE_FREQ, verbose=2, **kwargs)
+        history = mk.fit(model, backup_dir=args.workdir / "backups", save_freq=save_freq, verbose=2, **kwargs)
     result(model, history, args.workdir)
     print("DONE", int(model.optimizer.iterations.numpy()), flush=True)
     return 0

@@ -159,7 +159,7 @@ class ArraySource(_Source):
     def _take(self, index: np.ndarray) -> tuple:
         import keras
 
-        return tuple(keras.tree.map_structure(lambda a: _to_tensor(a[index]), d) for d in self.data)
+        return tuple(keras.tree.map_structure(lambda a: None if a is None else _to_tensor(a[index]), d) for d in self.data)
 
     def _fetch(self) -> Any:
         start = self.offset * self.batch_size
@@ -168,7 +168,7 @@ class ArraySource(_Source):
         return self._take(self.order[start : start + self.batch_size])
 
     def spec_batch(self) -> Any:
-        return self._take(np.arange(min(self.batch_size, self.size)))
+        return self._standardize(self._take(np.arange(min(self.batch_size, self.size))))
 
     def position(self) -> dict[str, Any]:
         return {**super().position(), "samples": self.size, "shuffle": bool(self.shuffle)}

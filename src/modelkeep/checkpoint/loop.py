@@ -85,7 +85,21 @@ def make_step_function(model: Any, spec_batch: tuple) -> Callable[[tuple], Any]:
     compiled = tf.function(step, reduce_retracing=True, jit_compile=bool(model.jit_compile))
     spec = keras.tree.map_structure(_relaxed_spec, _drop_trailing_none(spec_batch))
     compiled.get_concrete_function(spec)
-    return lambda data: compiled(_drop_trailing_none(data))
+    warned = []
+
+    def run(data: Any) -> Any:
+        logs = compiled(_drop_trailing_none(data))
+        if compiled.experimental_get_tracing_count() > 1 and not warned:
+            warned.append(True)
+            warnings.warn(
+                "mk.fit: a batch did not match the structure, dtypes or shapes of the first one, "
+                "so the training step was traced again; a resumed run may trace in another order "
+                "and differ in the last bits. Give every batch the same structure and dtypes.",
+                stacklevel=2,
+            )
+        return logs
+
+    return run
 
 
 # --------------------------------------------------------------------------- the loop
