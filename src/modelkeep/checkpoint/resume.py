@@ -35,6 +35,7 @@ from modelkeep import capture as cap
 from modelkeep.checkpoint import callback_state, rng_state, store
 from modelkeep.checkpoint.data_position import ArraySource, make_source
 from modelkeep.checkpoint.loop import Progress, TrainingLoop, make_step_function
+from modelkeep.checkpoint.writer import AsyncWriter, wait_for_saves
 from modelkeep.errors import IncompatibleModelError
 from modelkeep.state import ModelState
 from modelkeep.storage.commit import clean_leftovers, temp_sibling
@@ -176,12 +177,15 @@ def fit(
     validation_batch_size: int | None = None,
     validation_freq: Any = 1,
     keep_backups: int = 2,
+    async_save: bool = True,
 ) -> Any:
     """``model.fit`` that survives being killed: run the same call again and it continues from
     the newest good backup in ``backup_dir`` and ends with the same model, bit for bit.
 
     ``save_freq`` is ``"epoch"`` or a number of optimizer steps; ``keep_backups`` how many
-    backups stay on disk. Returns the ``History``, covering every epoch across restarts.
+    backups stay on disk. With ``async_save`` (default) the training thread only copies the
+    state; a background thread writes each backup (one in flight; ``fit`` returns after the
+    last one is committed). Returns the ``History``, covering every epoch across restarts.
 
     Example::
 
@@ -194,6 +198,7 @@ def fit(
     _check_arguments(model, save_freq, callbacks, class_weight, sample_weight)
     backup_dir = Path(backup_dir)
     backup_dir.mkdir(parents=True, exist_ok=True)
+    wait_for_saves(raise_errors=False)  # a backup of an earlier fit that ended in an exception
     clean_leftovers(backup_dir)
     if validation_split and validation_data is None:
         from keras.src.trainers.data_adapters.array_slicing import train_validation_split
@@ -225,9 +230,18 @@ def fit(
     if not done:
         progress.finished = False
 
+        writer = AsyncWriter(name="modelkeep-fit") if async_save else None
+
         def save() -> None:
-            write_backup(backup_dir, snapshot(model, progress, source, user_callbacks, history),
-                         step=progress.step, keep=keep_backups)
+            if writer is None:
+                write_backup(backup_dir, snapshot(model, progress, source, user_callbacks, history),
+                             step=progress.step, keep=keep_backups)
+                return
+            writer.save(  # waits for the backup in flight, then copies the state here
+                lambda: (snapshot(model, progress, source, user_callbacks, history), progress.step),
+                lambda taken: write_backup(backup_dir, taken[0], step=taken[1], keep=keep_backups),
+                label=f"backup at step {progress.step}",
+            )
 
         loop = TrainingLoop(
             model, source, cbs, progress, epochs, steps_per_epoch=steps_per_epoch,
@@ -235,11 +249,18 @@ def fit(
             validation_freq=validation_freq, save_freq=save_freq, save=save,
             step_function=make_step_function(model, spec_batch),
         )
-        loop.run()
+        try:
+            loop.run()
+        except BaseException:
+            if writer is not None:  # leave no backup half-written behind a raised exception
+                wait_for_saves(raise_errors=False)
+            raise
         if epochs > 0 and isinstance(model.optimizer, keras.optimizers.Optimizer):
             model.optimizer.finalize_variable_values(model.trainable_weights)
         progress.finished = True
         save()
+        if writer is not None:
+            writer.close()  # the final backup is committed (or its error raised) before returning
     cbs.on_train_end(logs=progress.epoch_logs)
     return history
 
