@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from modelkeep.errors import CorruptCheckpointError, FormatError
+from modelkeep.formats import legacy_config
 from modelkeep.formats.base import Format
 from modelkeep.state import MODEL, OPTIMIZER, RNG, ModelState
 from modelkeep.storage.commit import atomic_path
@@ -35,21 +36,42 @@ def _layer_of(key: str) -> tuple[str, str]:
     return layer, rest or layer
 
 
-def _write_weight_groups(group: Any, weights: dict[str, np.ndarray], layer_names: dict[str, str]) -> None:
-    by_layer: dict[str, list[tuple[str, np.ndarray]]] = {}
+def _write_weight_groups(
+    group: Any, weights: dict[str, np.ndarray], layer_names: dict[str, str], trainable: dict[str, bool]
+) -> dict[str, str]:
+    """Write one group per layer; return ``{weight key: dataset path}``.
+
+    Within a layer, trainable weights come first, as Keras 2 listed them
+    (``layer.trainable_weights + layer.non_trainable_weights``), so tf-keras loads the file.
+    """
+    by_layer: dict[str, list[tuple[str, str, np.ndarray]]] = {}
     for key, array in weights.items():
         layer, rest = _layer_of(key)
-        by_layer.setdefault(layer, []).append((rest, array))
-    names = []
+        by_layer.setdefault(layer, []).append((key, rest, array))
+    names, where = [], {}
     for structural, items in by_layer.items():
+        items = [i for i in items if trainable.get(i[0], True)] + [i for i in items if not trainable.get(i[0], True)]
         name = layer_names.get(structural, structural)
         names.append(name)
         layer_group = group.create_group(name)
-        weight_names = [f"{name}/{rest}:0" for rest, _ in items]
+        weight_names = [f"{name}/{rest}:0" for _, rest, _ in items]
         layer_group.attrs["weight_names"] = [w.encode() for w in weight_names]
-        for weight_name, (_, array) in zip(weight_names, items):
+        for weight_name, (key, _, array) in zip(weight_names, items):
             layer_group.create_dataset(weight_name, data=array)
+            where[key] = f"{layer_group.name}/{weight_name}"
     group.attrs["layer_names"] = [n.encode() for n in names]
+    return where
+
+
+_NON_TRAINABLE_LEAVES = ("moving_mean", "moving_variance")
+
+
+def _trainability(weights: dict[str, np.ndarray], model: Any) -> dict[str, bool]:
+    if model is not None:
+        from modelkeep.capture import model_variable_keys
+
+        return {k: bool(v.trainable) for k, v in model_variable_keys(model)}
+    return {k: not k.endswith(_NON_TRAINABLE_LEAVES) for k in weights}
 
 
 def _read_weight_groups(group: Any, path: Path) -> dict[str, np.ndarray]:
@@ -92,6 +114,16 @@ def _open(path: Path) -> Any:
         ) from exc
 
 
+def _read_by_name(f: Any, doc: dict, path: Path) -> ModelState:
+    variables = {}
+    for key in doc["order"]:
+        try:
+            variables[key] = np.asarray(f[doc["datasets"][key]])
+        except KeyError as exc:
+            raise CorruptCheckpointError(f"load: {path} lists '{key}' but does not hold it; the file is damaged.") from exc
+    return ModelState(variables, doc.get("model_config"), doc.get("compile_config"), doc.get("metadata") or {})
+
+
 class HDF5Format(Format):
     name = "HDF5"
     holds = ("weights", "model")
@@ -106,30 +138,39 @@ class HDF5Format(Format):
         with atomic_path(path) as tmp:
             with h5py.File(tmp, "w") as f:
                 order = [k for k in state.variables if k.startswith((MODEL + "/", OPTIMIZER + "/", RNG + "/"))]
-                f.attrs[HEADER_ATTR] = json.dumps({**json.loads(state.header_json()), "order": order})
                 f.attrs["keras_version"] = keras.__version__
                 f.attrs["backend"] = "tensorflow"
                 if whole_model:
-                    f.attrs["model_config"] = json.dumps(state.model_config)
+                    # Keras 2's form, so tf-keras's load_model reads the file too
+                    f.attrs["model_config"] = json.dumps(legacy_config.to_keras2_model_config(state.model_config))
                     if state.compile_config:
-                        f.attrs["training_config"] = json.dumps(state.compile_config)
+                        f.attrs["training_config"] = json.dumps(legacy_config.to_keras2_training_config(state.compile_config))
                     weights_group = f.create_group("model_weights")
+                    # tf-keras reads the version from this group; without it, it assumes Keras 1
+                    weights_group.attrs["keras_version"] = keras.__version__
+                    weights_group.attrs["backend"] = "tensorflow"
                 else:
                     weights_group = f
-                _write_weight_groups(weights_group, state.group(MODEL), layer_names)
+                model_weights = state.group(MODEL)
+                where = _write_weight_groups(weights_group, model_weights, layer_names, _trainability(model_weights, model))
+                datasets = {f"{MODEL}/{k}": v for k, v in where.items()}
                 optimizer = state.group(OPTIMIZER)
                 if optimizer:
                     opt_group = f.create_group("optimizer_weights")
-                    names = list(optimizer)
-                    opt_group.attrs["weight_names"] = [n.encode() for n in names]
+                    # tf-keras sets these by position: the iteration count, then the slots
+                    listed = [n for n in optimizer if n == "iteration" or n.startswith("slots/")]
+                    opt_group.attrs["weight_names"] = [n.encode() for n in listed]
                     for name, array in optimizer.items():
                         opt_group.create_dataset(name, data=array)
+                        datasets[f"{OPTIMIZER}/{name}"] = f"{opt_group.name}/{name}"
                 rng = state.group(RNG)
                 if rng:
                     rng_group = f.create_group("modelkeep_rng")
                     rng_group.attrs["weight_names"] = [n.encode() for n in rng]
                     for name, array in rng.items():
                         rng_group.create_dataset(name, data=array)
+                        datasets[f"{RNG}/{name}"] = f"{rng_group.name}/{name}"
+                f.attrs[HEADER_ATTR] = json.dumps({**json.loads(state.header_json()), "order": order, "datasets": datasets})
         return [path]
 
     def load_weights(self, model: Any, path: Path) -> None:
@@ -155,6 +196,8 @@ class HDF5Format(Format):
         self.require(path)
         with _open(path) as f:
             header = f.attrs.get(HEADER_ATTR)
+            if header is not None and "datasets" in json.loads(header):
+                return _read_by_name(f, json.loads(header), path)
             weights_group = f["model_weights"] if "model_weights" in f else f
             weights = _read_weight_groups(weights_group, path)
             variables = {f"{MODEL}/{k}": v for k, v in weights.items()}

@@ -339,3 +339,139 @@ def _metrics(metrics: Any, single_output: bool) -> Any:
             metrics = metrics[0]
         return [(_metrics(m, True) if isinstance(m, list | dict) and "class_name" not in m else _metric(m)) for m in metrics]
     return _metric(metrics)
+
+
+# ------------------------------------------------------------------------- Keras 3 -> 2
+#: Keras 3 arguments TF2-era Keras does not take (dropped when writing files tf-keras reads)
+_KERAS3_ONLY = {"input_axes", "output_axes", "quantization_config", "lora_rank", "lora_alpha", "use_cudnn",
+                "loss_scale_factor", "gradient_accumulation_steps", "rms_scaling"}
+_KERAS3_ONLY_BY_CLASS = {"LSTM": {"seed"}, "GRU": {"seed"}, "SimpleRNN": {"seed"}, "LSTMCell": {"seed"},
+                         "GRUCell": {"seed"}, "SimpleRNNCell": {"seed"}}
+
+
+def to_keras2_model_config(config: dict) -> dict:
+    """A Keras 3 serialized model in the Keras 2 form tf-keras's ``load_model`` reads (``.h5``)."""
+    return _k2_object(config)
+
+
+def _k2_object(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return [_k2_object(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "class_name" in obj and "config" in obj and ("module" in obj or "registered_name" in obj):
+        class_name = obj["class_name"]
+        if obj.get("class_name") == "DTypePolicy":
+            return (obj.get("config") or {}).get("name", "float32")
+        config = obj["config"]
+        if isinstance(config, dict):
+            config = _k2_config(class_name, config)
+        # "module"/"registered_name" stay: tf-keras ignores them, Keras 3's own .h5 loader uses them
+        out = {"class_name": class_name, "config": config, "module": obj.get("module"), "registered_name": obj.get("registered_name")}
+        if "inbound_nodes" in obj:
+            out["name"] = obj.get("name", config.get("name") if isinstance(config, dict) else None)
+            out["inbound_nodes"] = obj["inbound_nodes"]
+        return out
+    return {k: _k2_object(v) for k, v in obj.items()}
+
+
+def _k2_config(class_name: str, config: dict) -> dict:
+    drop = _KERAS3_ONLY | _KERAS3_ONLY_BY_CLASS.get(class_name, set())
+    out = {k: _k2_object(v) for k, v in config.items() if k not in drop}
+    if class_name == "InputLayer" and "batch_shape" in out:
+        out["batch_input_shape"] = out.pop("batch_shape")
+    if class_name in ("Functional", "Model"):
+        out["layers"] = _without_mask_ops(out.get("layers", []))
+        nested = {e["name"] for e in out.get("layers", []) if e.get("class_name") in ("Sequential", "Functional")}
+        sequential = {e["name"] for e in out.get("layers", []) if e.get("class_name") == "Sequential"}
+        for entry in out.get("layers", []):
+            entry["inbound_nodes"] = [_k2_node(node, nested) for node in entry.get("inbound_nodes", [])]
+        for key in ("input_layers", "output_layers"):
+            out[key] = _unshift_refs(out.get(key), sequential)
+    return out
+
+
+def _without_mask_ops(layers: list[dict]) -> list[dict]:
+    """Drop Keras 3 op nodes (``NotEqual`` from ``mask_zero``) whose outputs only feed ``mask=``.
+
+    Keras 3 records the mask computation in the graph; Keras 2 recomputes masks itself.
+    """
+    used_as_arg: set[str] = set()
+
+    def collect(value: Any) -> None:
+        if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+            used_as_arg.add(value["config"]["keras_history"][0])
+        elif isinstance(value, list | tuple):
+            for v in value:
+                collect(v)
+
+    for entry in layers:
+        for node in entry.get("inbound_nodes", []):
+            collect(node.get("args", []) if isinstance(node, dict) else [])
+    return [e for e in layers if not (str(e.get("module") or "").startswith("keras.src.ops") and e["name"] not in used_as_arg)]
+
+
+def _k2_node(node: Any, nested: set[str]) -> Any:
+    """A Keras 3 call node (``{"args", "kwargs"}``) as Keras 2's ``[[layer, node, tensor, kwargs]]``."""
+    if isinstance(node, list):
+        return _unshift_refs(node, nested)
+    histories: list[list] = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+            histories.append(list(value["config"]["keras_history"]))
+        elif isinstance(value, list | tuple):
+            for v in value:
+                collect(v)
+
+    collect(node.get("args", []))
+    kwargs = {k: v for k, v in (node.get("kwargs") or {}).items() if not _holds_tensor(v)}
+    return [[*_unshift_refs(h, nested)[:3], kwargs] for h in histories]
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, dict):
+        return value.get("class_name") == "__keras_tensor__" or any(_holds_tensor(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_tensor(v) for v in value)
+    return False
+
+
+def _unshift_refs(refs: Any, models: set[str]) -> Any:
+    if isinstance(refs, list) and len(refs) >= 3 and isinstance(refs[0], str) and isinstance(refs[1], int):
+        return [refs[0], refs[1] + 1, *refs[2:]] if refs[0] in models else refs
+    if isinstance(refs, list):
+        return [_unshift_refs(r, models) for r in refs]
+    return refs
+
+
+def to_keras2_training_config(compile_config: dict | None) -> dict | None:
+    """A Keras 3 compile config as the ``training_config`` tf-keras's ``load_model`` compiles from."""
+    if not compile_config:
+        return None
+    optimizer = compile_config.get("optimizer")
+    if isinstance(optimizer, str):
+        optimizer = {"class_name": optimizer, "config": {}}
+    elif isinstance(optimizer, dict):
+        body = {k: v for k, v in (optimizer.get("config") or {}).items() if k not in _KERAS3_ONLY}
+        body.setdefault("is_legacy_optimizer", False)
+        # without it tf-keras picks its legacy optimizer classes
+        optimizer = {"class_name": optimizer["class_name"], "config": body}
+    return {
+        "loss": _k2_loss(compile_config.get("loss")),
+        "metrics": _k2_object(compile_config.get("metrics")),
+        "weighted_metrics": _k2_object(compile_config.get("weighted_metrics")),
+        "loss_weights": compile_config.get("loss_weights"),
+        "optimizer_config": optimizer,
+    }
+
+
+def _k2_loss(loss: Any) -> Any:
+    if isinstance(loss, dict) and "class_name" in loss:
+        body = {k: v for k, v in (loss.get("config") or {}).items() if k != "dtype"}
+        return {"class_name": loss["class_name"], "config": body}
+    if isinstance(loss, dict):
+        return {k: _k2_loss(v) for k, v in loss.items()}
+    if isinstance(loss, list):
+        return [_k2_loss(v) for v in loss]
+    return loss

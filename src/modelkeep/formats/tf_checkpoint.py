@@ -41,6 +41,31 @@ def object_path(state_key: str) -> str:
     return "_modelkeep/" + state_key
 
 
+def keras2_path(path: str) -> str:
+    """A model variable's object path as TF2-era Keras tracked it (what tf-keras restores).
+
+    Keras 3 names a recurrent layer's cell ``lstm_cell`` and a Bidirectional's halves
+    ``forward_lstm``/``backward_lstm``; Keras 2 tracked them as ``cell``,
+    ``forward_layer`` and ``backward_layer``.
+    """
+    parts = path.split("/")
+    for i, part in enumerate(parts[:-1]):
+        if part.endswith("_cell"):
+            parts[i] = "cell"
+        elif part.startswith("forward_"):
+            parts[i] = "forward_layer"
+        elif part.startswith("backward_"):
+            parts[i] = "backward_layer"
+    return "/".join(parts)
+
+
+def object_paths(keys: list[str]) -> list[str]:
+    """Object paths for state keys: Keras 2's names where they stay unambiguous."""
+    plain = [object_path(k) for k in keys]
+    translated = [keras2_path(p) if k.startswith(MODEL + "/") else p for k, p in zip(keys, plain)]
+    return translated if len(set(translated)) == len(translated) else plain
+
+
 def build_object_graph(paths: list[str]) -> bytes:
     """A serialized ``TrackableObjectGraph`` whose leaves are the given slash paths."""
     from tensorflow.core.protobuf import trackable_object_graph_pb2 as pb
@@ -145,10 +170,11 @@ class TFCheckpointFormat(Format):
             )
 
     def write(self, state: ModelState, path: Path, *, model: Any = None) -> list[Path]:
-        paths = [object_path(k) for k in state.variables]
+        paths = object_paths(list(state.variables))
         named: dict[str, Any] = {p + VALUE_SUFFIX: v for p, v in zip(paths, state.variables.values())}
         header = json.loads(state.header_json())
         header["order"] = list(state.variables)
+        header["paths"] = paths
         named[HEADER_KEY] = np.array(json.dumps(header).encode(), dtype=object)
         named[OBJECT_GRAPH_KEY] = np.array(build_object_graph(paths), dtype=object)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,8 +223,9 @@ class TFCheckpointFormat(Format):
             return legacy.read_tf_keras_checkpoint(path, reader)
         header = json.loads(_get(reader, HEADER_KEY, path))
         variables = {}
-        for key in header.pop("order"):
-            variables[key] = _get(reader, object_path(key) + VALUE_SUFFIX, path)
+        order = header.pop("order")
+        for key, object_key in zip(order, header.pop("paths", None) or [object_path(k) for k in order]):
+            variables[key] = _get(reader, object_key + VALUE_SUFFIX, path)
         return ModelState(variables, header.get("model_config"), header.get("compile_config"), header.get("metadata") or {})
 
 
