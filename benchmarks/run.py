@@ -293,7 +293,7 @@ def stall_figures(model: Any, work: Path, sync_save_s: float, copy_s: float, epo
 
     from modelkeep.capture import capture
     from modelkeep.checkpoint import store
-    from modelkeep.checkpoint.writer import AsyncWriter
+    from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers
 
     width = model.inputs[0].shape[-1]
     x = np.random.default_rng(1).standard_normal((64, width), dtype=np.float32)
@@ -308,16 +308,28 @@ def stall_figures(model: Any, work: Path, sync_save_s: float, copy_s: float, epo
     data = np.resize(x, (steps * 8, width))
 
     class Every(keras.callbacks.Callback):
+        """sync; async (the design: copy into reused buffers, niced writer thread); async_fresh
+        (copy into fresh arrays); async_nice0 (writer at normal priority); async_cow (no
+        copy: views that TF copies-on-write at the next update)."""
+
         def __init__(self, mode: str) -> None:
             super().__init__()
-            self.mode, self.writer = mode, AsyncWriter()
+            self.mode, self.writer = mode, AsyncWriter(nice=0 if mode == "async_nice0" else 10)
+            self.buffers = SnapshotBuffers()
+
+        def take(self) -> Any:
+            if self.mode == "async_cow":
+                return capture(self.model, copy=False)
+            if self.mode == "async_fresh":
+                return capture(self.model)
+            return self.buffers.copy(capture(self.model, copy=False))
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             target = work / f"stall-{self.mode}"
             if self.mode == "sync":
                 store.save_state(target, capture(self.model, copy=False), step=epoch)
-            elif self.mode == "async":
-                self.writer.save(lambda: capture(self.model), lambda s: store.save_state(target, s, step=epoch))
+            elif self.mode != "none":
+                self.writer.save(self.take, lambda s: store.save_state(target, s, step=epoch))
 
     def fit_time(mode: str) -> tuple[float, float]:
         callback = Every(mode)
@@ -332,11 +344,14 @@ def stall_figures(model: Any, work: Path, sync_save_s: float, copy_s: float, epo
     base = [fit_time("none")[0] for _ in range(2)]
     sync, _ = fit_time("sync")
     asyn, drain = fit_time("async")
+    variants = {mode: fit_time(mode)[0] for mode in ("async_fresh", "async_nice0", "async_cow")}
+    base.append(fit_time("none")[0])  # the baseline before and after, against drift in load
     base_s = min(base)
     sync_stall = max(0.0, sync - base_s) / epochs
     async_stall = max(0.0, asyn - base_s) / epochs
     return {
         "epochs": epochs, "steps_per_epoch": steps, "fit_none_s": base, "fit_sync_s": sync, "fit_async_s": asyn,
+        "other_designs_stall_per_ckpt_s": {m: max(0.0, t - base_s) / epochs for m, t in variants.items()},
         "async_final_drain_s": drain, "sync_stall_per_ckpt_s": sync_stall, "async_stall_per_ckpt_s": async_stall,
         "copy_floor_s": copy_s, "async_stall_over_copy": async_stall / copy_s if copy_s else None,
         "async_stall_over_sync_stall": async_stall / sync_stall if sync_stall else None,
@@ -384,6 +399,10 @@ def print_report(results: dict[str, Any]) -> None:
           f"sync {stall['sync_stall_per_ckpt_s']:.3f} s, async {stall['async_stall_per_ckpt_s']:.3f} s "
           f"(async/sync stall {_fmt(stall['async_stall_over_sync_stall'])}, async/sync save "
           f"{_fmt(stall['async_stall_over_sync_save'])}); last async save drained in {stall['async_final_drain_s']:.3f} s")  # fmt: skip
+    others = ", ".join(f"{k} {v:.3f} s" for k, v in stall["other_designs_stall_per_ckpt_s"].items())
+    print(f"other writer designs, stall per checkpoint: {others} "
+          "(fresh: snapshot into new arrays; nice0: writer at normal priority; cow: no snapshot copy, "
+          "TF copies on the next update)")
     gil = results["gil"]
     print(f"writer thread GIL footprint: a Python loop runs at {gil['python_loop_speed_during_write_over_alone']:.2f}x "
           f"its solo speed while the writer writes ({gil['write_seconds']:.2f} s)")  # fmt: skip

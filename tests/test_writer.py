@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from modelkeep.checkpoint import store
-from modelkeep.checkpoint.writer import AsyncWriter
+from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers
 from modelkeep.errors import CheckpointWriteError
 from modelkeep.state import ModelState
 
@@ -162,7 +162,7 @@ def test_failed_last_save_is_reported_at_exit(tmp_path: Path) -> None:
 KILL_CHILD = """
 import sys, numpy as np
 from modelkeep.checkpoint import store
-from modelkeep.checkpoint.writer import AsyncWriter
+from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers
 from modelkeep.state import ModelState
 directory = sys.argv[1]
 big = lambda v: ModelState({"model/w": np.full(48 << 20, v, np.float32)})  # 192 MiB
@@ -195,3 +195,18 @@ def test_kill_during_background_write_leaves_the_previous_checkpoint_good(tmp_pa
             assert np.all(loaded.variables["model/w"] == float(info.step))
         else:
             assert info.status == store.INCOMPLETE  # never a corrupt committed checkpoint
+
+
+def test_snapshot_buffers_reuse_arrays_and_copy_exactly() -> None:
+    buffers = SnapshotBuffers()
+    source = {"model/w": np.arange(12.0).reshape(3, 4), "optimizer/iteration": np.array(5)}
+    first = buffers.copy(ModelState(dict(source), None, None, {"step": 1}))
+    kept = first.variables["model/w"]
+    assert np.array_equal(kept, source["model/w"]) and kept is not source["model/w"]
+    source["model/w"] = source["model/w"] * 2  # a later value of the variable
+    second = buffers.copy(ModelState(dict(source), None, None, {"step": 2}))
+    assert second.variables["model/w"] is kept  # the same memory, already mapped
+    assert np.array_equal(kept, np.arange(12.0).reshape(3, 4) * 2)
+    assert second.variables["optimizer/iteration"].shape == () and second.metadata == {"step": 2}
+    grown = buffers.copy(ModelState({"model/w": np.ones((5, 4))}))
+    assert grown.variables["model/w"].shape == (5, 4) and list(grown.variables) == ["model/w"]

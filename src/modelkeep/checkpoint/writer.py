@@ -48,6 +48,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+
+from modelkeep.state import ModelState
+
 log = logging.getLogger("modelkeep.checkpoint")
 
 S = TypeVar("S")
@@ -207,6 +211,42 @@ class AsyncWriter:
                 with self._cond:
                     self._running = None
                     self._cond.notify_all()
+
+
+class SnapshotBuffers:
+    """Host arrays reused from one snapshot to the next, so the copy lands in memory that
+    is already mapped (a fresh 1 GiB array page-faults on every 4 KiB page: the copy into
+    it runs ~3x slower than into a reused one on this machine).
+
+    Safe with an ``AsyncWriter``: the next snapshot is taken only after the previous
+    write finished with the arrays. The arrays stay allocated between saves (one copy of
+    the state); ``release()`` frees them.
+
+    Example::
+
+        buffers = SnapshotBuffers()
+        writer.save(lambda: buffers.copy(capture(model, copy=False)), write)
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def copy(self, state: ModelState) -> ModelState:
+        """A copy of ``state`` whose arrays are this object's (reused when shapes match)."""
+        out: dict[str, np.ndarray] = {}
+        for key, value in state.variables.items():
+            value = np.asarray(value)
+            target = self._arrays.get(key)
+            if target is None or target.shape != value.shape or target.dtype != value.dtype:
+                target = self._arrays[key] = np.empty_like(value, order="C")
+            np.copyto(target, value)
+            out[key] = target
+        for key in set(self._arrays) - set(out):
+            del self._arrays[key]
+        return ModelState(out, state.model_config, state.compile_config, dict(state.metadata))
+
+    def release(self) -> None:
+        self._arrays.clear()
 
 
 def _lower_priority(nice: int) -> None:
