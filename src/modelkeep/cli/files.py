@@ -132,6 +132,10 @@ def _print_description(con: Any, info: dict[str, Any], max_variables: int) -> No
     else:
         con.print("Model: no architecture in this file (weights only)")
     variables = info["variables"]
+    if max_variables <= 0:
+        con.print(f"Variables: {len(variables)} ({human_size(sum(v['size'] for v in variables))}; --max-variables N lists them)")
+        _print_optimizer_and_metadata(con, info)
+        return
     out = table(f"Variables: {len(variables)}", [("name", "left"), ("shape", "left"), ("dtype", "left"), ("size", "right")])
     for var in variables[:max_variables]:
         out.add_row(var["name"], str(tuple(var["shape"])), var["dtype"], human_size(var["size"]))
@@ -154,7 +158,7 @@ def _print_optimizer_and_metadata(con: Any, info: dict[str, Any]) -> None:
     if info["metadata"]:
         out = table("Metadata", [("key", "left"), ("value", "left")])
         for key, value in info["metadata"].items():
-            out.add_row(key, number(value) if not isinstance(value, (dict, list)) else _compact(value))
+            out.add_row(key, _metadata_value(key, value))
         con.print(out)
     for name, sig in (info["signatures"] or {}).items():
         out = table(f"Signature '{name}'", [("", "left"), ("name", "left"), ("dtype", "left"), ("shape", "left")])
@@ -164,10 +168,15 @@ def _print_optimizer_and_metadata(con: Any, info: dict[str, Any]) -> None:
         con.print(out)
 
 
-def _compact(value: Any) -> str:
+def _metadata_value(key: str, value: Any) -> str:
     import json
+    from datetime import datetime, timezone
 
-    return json.dumps(value, default=str)[:200]
+    if key in ("created", "wall_time") and isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)[:200]
+    return number(value)
 
 
 # ------------------------------------------------------------------------------ verify
@@ -250,6 +259,10 @@ def run_diff(args: argparse.Namespace) -> int:
         con.print(f"identical: all {counts['equal']} variables equal (same shape, dtype and values){matched}")
     else:
         con.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) + matched)
+        groups = report.groups()
+        for group, by_status in (groups.items() if len(groups) > 1 else ()):
+            verdict = "identical" if set(by_status) == {"equal"} else ", ".join(f"{n} {s}" for s, n in by_status.items())
+            con.print(f"  {group}: {verdict}")
     if report.config_equal is False:
         con.print("the model configs differ")
     return code

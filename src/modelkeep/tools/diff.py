@@ -70,10 +70,19 @@ class DiffReport:
         """Same variables, shapes, dtypes and values (the model config is reported apart)."""
         return all(v.status == EQUAL for v in self.variables)
 
+    def groups(self) -> dict[str, dict[str, int]]:
+        """Per variable group (``model``, ``optimizer``, ...), how many of each status."""
+        out: dict[str, dict[str, int]] = {}
+        for v in self.variables:
+            counts = out.setdefault(v.name.split("/", 1)[0], {})
+            counts[v.status] = counts.get(v.status, 0) + 1
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["identical"] = self.identical
         out["counts"] = {s: len(self._with(s)) for s in (EQUAL, CHANGED, RESHAPED, ADDED, REMOVED)}
+        out["groups"] = self.groups()
         return out
 
 
