@@ -9,12 +9,14 @@ Starts three HTTP servers on loopback, each in its own process, all on the same 
 
 A bounded load generator (a minimal HTTP/1.1 keep-alive client on asyncio, one connection
 per concurrent client, fixed duration) sends the same one-row ``instances`` request to each
-at concurrency 1 and 32 and prints requests/s and p50/p99 latency, then the ratios against
+at concurrency 1 and 32, in interleaved rounds (the machine's load drifts; every server
+sees the same drift), and prints the medians of requests/s, p50/p99 latency and the server
+process's CPU time per request (Linux; the figure least moved by other load), then the ratios against
 the targets (c=32: modelkeep >= 60% of echo throughput; c=1: modelkeep p50 < 2 ms).
 
 Usage::
 
-    .venv/bin/python benchmarks/serve_bench.py [--seconds 5] [--json out.json]
+    .venv/bin/python benchmarks/serve_bench.py [--seconds 2] [--rounds 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -108,9 +110,39 @@ async def _load(port: int, path: str, concurrency: int, seconds: float) -> dict[
     }
 
 
-def measure(port: int, path: str, concurrency: int, seconds: float) -> dict[str, float]:
-    asyncio.run(_load(port, path, concurrency, min(1.0, seconds / 3)))  # warm-up
-    return asyncio.run(_load(port, path, concurrency, seconds))
+def combine(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Median of the rounds (throughput and latency percentiles), totals of counts."""
+    med = lambda key: sorted(r[key] for r in rounds)[len(rounds) // 2]  # noqa: E731
+    out = {
+        "requests": sum(r["requests"] for r in rounds),
+        "errors": sum(r["errors"] for r in rounds),
+        "rps": med("rps"),
+        "p50_ms": med("p50_ms"),
+        "p99_ms": med("p99_ms"),
+        "rps_rounds": [round(r["rps"]) for r in rounds],
+    }
+    if all("cpu_us_per_request" in r for r in rounds):
+        out["cpu_us_per_request"] = med("cpu_us_per_request")
+    return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def measure(port: int, path: str, concurrency: int, seconds: float, pid: int | None = None) -> dict[str, float]:
+    asyncio.run(_load(port, path, concurrency, min(0.5, seconds / 6)))  # warm-up
+    before = cpu_seconds(pid) if pid else None
+    result = asyncio.run(_load(port, path, concurrency, seconds))
+    after = cpu_seconds(pid) if pid else None
+    if before is not None and after is not None and result["requests"]:
+        result["cpu_us_per_request"] = (after - before) / result["requests"] * 1e6
+    return result
 
 
 # ---------------------------------------------------------------------- orchestration
@@ -161,7 +193,8 @@ def server_command(kind: str, port: int, model_path: Path, extra: list[str]) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point (default 5)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds per round and point (default 2)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per point; medians reported (default 5)")
     parser.add_argument("--servers", default="echo,modelkeep,predict")
     parser.add_argument("--concurrency", default="1,32")
     parser.add_argument("--serve-args", default="", help="extra arguments for modelkeep serve")
@@ -175,28 +208,37 @@ def main() -> int:
         run_baseline(args.serve_baseline, args.port, args.model)
         return 0
     levels = [int(c) for c in args.concurrency.split(",")]
-    results: dict[str, dict[int, dict[str, float]]] = {}
+    kinds = args.servers.split(",")
+    results: dict[str, dict[int, dict[str, float]]] = {k: {} for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         model_path = make_model(Path(tmp))
-        for kind in args.servers.split(","):
-            port = free_port()
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-            proc = subprocess.Popen(
-                server_command(kind, port, model_path, args.serve_args.split()),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-            )
-            try:
+        procs: dict[str, tuple[int, subprocess.Popen]] = {}
+        try:
+            for kind in kinds:  # all up at once; an idle asyncio server costs no CPU
+                port = free_port()
+                env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+                cmd = server_command(kind, port, model_path, args.serve_args.split())
+                procs[kind] = (port, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+            for port, proc in procs.values():
                 wait_ready(port, proc)
-                results[kind] = {}
-                for c in levels:
-                    seconds = args.seconds if kind != "predict" else max(args.seconds, 3.0)
-                    results[kind][c] = r = measure(port, "/v1/models/tutorial:predict", c, seconds)
+            for c in levels:
+                rounds: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+                for _ in range(args.rounds):  # interleaved, so drifting machine load hits all alike
+                    for kind in kinds:
+                        if kind == "predict" and rounds[kind]:
+                            continue  # ~200 ms a request: one round says enough
+                        port, proc = procs[kind]
+                        rounds[kind].append(measure(port, "/v1/models/tutorial:predict", c, args.seconds, proc.pid))
+                for kind in kinds:
+                    results[kind][c] = r = combine(rounds[kind])
                     print(
                         f"{kind:>10}  c={c:<3} {r['rps']:9.0f} req/s   p50 {r['p50_ms']:7.2f} ms   "
-                        f"p99 {r['p99_ms']:7.2f} ms   ({r['requests']} requests, {r['errors']} errors)",
+                        f"p99 {r['p99_ms']:7.2f} ms   server CPU {r.get('cpu_us_per_request', float('nan')):6.0f} us/req   "
+                        f"({r['requests']} requests, {r['errors']} errors, {len(rounds[kind])} rounds)",
                         flush=True,
                     )
-            finally:
+        finally:
+            for _, proc in procs.values():
                 proc.terminate()
                 proc.wait(30)
     report(results, levels)
@@ -210,6 +252,9 @@ def report(results: dict, levels: list[int]) -> None:
     if mk and echo and 32 in levels:
         ratio = mk[32]["rps"] / echo[32]["rps"]
         print(f"c=32: modelkeep / echo throughput = {ratio:.0%} (target >= 60%): {'met' if ratio >= 0.6 else 'MISSED'}")
+        if "cpu_us_per_request" in mk[32] and "cpu_us_per_request" in echo[32]:
+            cpu = echo[32]["cpu_us_per_request"] / mk[32]["cpu_us_per_request"]
+            print(f"c=32: echo / modelkeep server CPU per request = {cpu:.0%} (the throughput ratio a CPU-bound server would reach)")
     if mk and pred and 32 in levels:
         print(f"c=32: modelkeep / model.predict server throughput = {mk[32]['rps'] / pred[32]['rps']:.0f}x")
     if mk and 1 in levels:

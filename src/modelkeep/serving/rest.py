@@ -50,12 +50,27 @@ class HTTPError(Exception):
         self.status, self.message, self.kind = status, message, kind
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    content = json.dumps(body, separators=(",", ":")).encode()
-    return Response(content, status_code=status, media_type="application/json", headers=headers)
+class JSONBody:
+    """A JSON answer sent with two ASGI messages (Starlette's Response costs more per request)."""
+
+    def __init__(self, content: bytes, status: int = 200, extra: list[tuple[bytes, bytes]] | None = None):
+        self.status_code = status
+        self.body = content
+        self.headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+        if extra:
+            self.headers.extend(extra)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
-def _error(status: int, message: str) -> Response:
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONBody:
+    extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()] if headers else None
+    return JSONBody(json.dumps(body, separators=(",", ":")).encode(), status, extra)
+
+
+def _error(status: int, message: str) -> JSONBody:
     return _json({"error": message}, status)
 
 
@@ -80,21 +95,26 @@ class AuthMiddleware:
         await response(scope, receive, send)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
     """The body, refusing more than ``limit`` bytes (413) before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise HTTPError(400, f"Content-Length must be a number, got {declared!r}.")
-        if int(declared) > limit:
-            raise HTTPError(413, f"request body is {declared} bytes; the limit is {limit} (--max-request-bytes).", "too_large")
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            if not value.isdigit():
+                raise HTTPError(400, f"Content-Length must be a number, got {value.decode(errors='replace')!r}.")
+            if int(value) > limit:
+                raise HTTPError(413, f"request body is {int(value)} bytes; the limit is {limit} (--max-request-bytes).", "too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise HTTPError(400, "the client went away before sending the whole body.")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise HTTPError(413, f"request body exceeds the limit of {limit} bytes (--max-request-bytes).", "too_large")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class RestAPI:
@@ -122,37 +142,43 @@ class RestAPI:
             raise HTTPError(404, f"Servable not found for request: version {number} of {name!r}; loaded versions: {loaded}.", "not_found")
         return entry, number
 
-    async def models(self, request: Request) -> Response:
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """``/v1/models/...`` as a plain ASGI endpoint: the hot path skips Request/Response objects."""
+        response = await self.models(scope, receive)
+        await response(scope, receive, send)
+
+    async def models(self, scope: dict, receive: Any) -> JSONBody:
         started = time.perf_counter()
-        match = _MODEL_PATH.match(request.url.path)
+        path, verb = scope["path"], scope["method"]
+        match = _MODEL_PATH.match(path)
         method = "unknown"
         try:
             if match is None:
-                raise HTTPError(404, f"no such endpoint {request.url.path!r}; see /openapi.json.", "not_found")
+                raise HTTPError(404, f"no such endpoint {path!r}; see /openapi.json.", "not_found")
             tail = match["tail"] or ""
             method = {"": "status", "/metadata": "metadata"}.get(tail, tail.lstrip(":"))
             if method in ("status", "metadata"):
-                if request.method != "GET":
-                    raise HTTPError(405, f"{request.method} not allowed here; use GET.", "method")
+                if verb != "GET":
+                    raise HTTPError(405, f"{verb} not allowed here; use GET.", "method")
                 response = self._status(match) if method == "status" else self._metadata(match)
             elif method == "predict":
-                if request.method != "POST":
-                    raise HTTPError(405, f"{request.method} not allowed here; use POST.", "method")
-                response = await self._predict(request, match)
+                if verb != "POST":
+                    raise HTTPError(405, f"{verb} not allowed here; use POST.", "method")
+                response = await self._predict(scope, receive, match)
             else:
                 raise HTTPError(404, f"unsupported method {tail!r}; this server supports :predict.", "not_found")
         except HTTPError as exc:
             response = _error(exc.status, exc.message)
             self.metrics.errors.inc(("rest", exc.kind))
         except Exception as exc:  # noqa: BLE001 - answer, count and log; never take the server down
-            log.exception("serve: internal error on %s", request.url.path)
+            log.exception("serve: internal error on %s", path)
             response = _error(500, f"internal error: {type(exc).__name__}: {exc}")
             self.metrics.errors.inc(("rest", "internal"))
         self.metrics.requests.inc(("rest", method, str(response.status_code)))
         self.metrics.latency.observe(("rest", method), time.perf_counter() - started)
         return response
 
-    def _status(self, match: re.Match) -> Response:
+    def _status(self, match: re.Match) -> JSONBody:
         name, version = match["name"], match["version"]
         if name != self.manager.name:
             raise HTTPError(404, f"Servable not found: no model named {name!r}; this server serves {self.manager.name!r}.", "not_found")
@@ -163,12 +189,12 @@ class RestAPI:
             states = {int(version): states[int(version)]}
         return _json(status_json(states))
 
-    def _metadata(self, match: re.Match) -> Response:
+    def _metadata(self, match: re.Match) -> JSONBody:
         entry, _ = self._target(match)
         return _json(metadata_json(self.manager.name, entry.version, entry.predictor))
 
-    async def _predict(self, request: Request, match: re.Match) -> Response:
-        raw = await read_body(request, self.ctx.max_request_bytes)
+    async def _predict(self, scope: dict, receive: Any, match: re.Match) -> JSONBody:
+        raw = await read_body(scope, receive, self.ctx.max_request_bytes)
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError) as exc:
@@ -182,12 +208,13 @@ class RestAPI:
             raise HTTPError(400, str(exc)) from None
         outputs = await entry.batcher.submit(arrays)
         self.metrics.predictions.inc((self.manager.name, str(entry.version)))
-        return _json(predict_json(outputs, predictor, row_form), headers={"X-Model-Version": str(entry.version)})
+        content = json.dumps(predict_json(outputs, predictor, row_form), separators=(",", ":")).encode()
+        return JSONBody(content, 200, [(b"x-model-version", entry.version_header)])
 
-    async def healthz(self, request: Request) -> Response:
+    async def healthz(self, request: Request) -> JSONBody:
         return _json({"status": "alive"})
 
-    async def readyz(self, request: Request) -> Response:
+    async def readyz(self, request: Request) -> JSONBody:
         if self.manager.ready:
             return _json({"status": "ready", "model": self.manager.name, "versions": sorted(self.manager.loaded)})
         return _json({"status": "loading", "model": self.manager.name, "versions": []}, 503)
@@ -198,10 +225,10 @@ class RestAPI:
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document(self.manager.name))
 
-    async def not_found(self, request: Request, exc: Exception) -> Response:
+    async def not_found(self, request: Request, exc: Exception) -> JSONBody:
         return _error(404, f"no such endpoint {request.url.path!r}; see /openapi.json.")
 
-    async def not_allowed(self, request: Request, exc: Exception) -> Response:
+    async def not_allowed(self, request: Request, exc: Exception) -> JSONBody:
         return _error(getattr(exc, "status_code", 405), f"{request.method} {request.url.path}: {getattr(exc, 'detail', 'not allowed')}.")
 
 
@@ -209,7 +236,7 @@ def build_app(ctx: Any) -> Any:
     """The ASGI application (Starlette, wrapped in the token check when a token is set)."""
     api = RestAPI(ctx)
     routes = [
-        Route("/v1/models/{rest:path}", api.models, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+        Route("/v1/models/{rest:path}", api),  # an ASGI endpoint: every method reaches it
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.prometheus, methods=["GET"]),

@@ -88,10 +88,12 @@ def build_context(config: ServeConfig) -> ServeContext:
 
 async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> None:
     """Run until SIGINT/SIGTERM (uvicorn's handlers), then drain and stop everything."""
+    import numpy as np
     import uvicorn
 
     from modelkeep.serving.rest import build_app
 
+    np.seterr(over="ignore", invalid="ignore")  # request values that overflow float32 are refused, not warned about
     ctx = ctx or build_context(config)
     stop = asyncio.Event()
     _STOPPING.clear()
