@@ -42,7 +42,7 @@ import numpy as np
 
 from modelkeep.capture import capture, restore
 from modelkeep.checkpoint import retention, store
-from modelkeep.checkpoint.writer import AsyncWriter, wait_for_saves
+from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers, wait_for_saves
 from modelkeep.errors import CheckpointWriteError, CorruptCheckpointError
 from modelkeep.formats import registry
 from modelkeep.formats.base import Format
@@ -117,7 +117,8 @@ def _scalar_logs(logs: dict | None) -> dict[str, float]:
 
 def _as_write_error(path: Path, exc: BaseException) -> CheckpointWriteError:
     if isinstance(exc, CheckpointWriteError):
-        return exc
+        # the format's writer names its temporary file; the user knows the checkpoint's name
+        return exc if str(path) in str(exc) else write_error(path, OSError(exc.errno, exc.strerror))
     if isinstance(exc, OSError):
         return write_error(path, exc)
     # TensorFlow's SaveV2 reports ENOSPC and EACCES as OpErrors; keep its first line
@@ -211,8 +212,9 @@ class ModelCheckpoint(keras.callbacks.Callback):
     * ``async_save`` (default True): training only copies the state to host memory; a
       background thread (``checkpoint.writer.AsyncWriter``) writes and commits it, one save
       in flight (the next waits for it). A failed background save raises at the next save
-      or at the end of ``fit``. Formats Keras writes from the live model (``.keras``,
-      ``.weights.h5``, SavedModel) are always saved synchronously.
+      or at the end of ``fit``. The copy goes into host arrays kept for the next save
+      (one copy of the state stays allocated during ``fit``). Formats Keras writes from the
+      live model (``.keras``, ``.weights.h5``, SavedModel) are always saved synchronously.
 
     The format comes from the path: a bare prefix with ``save_weights_only=True`` writes
     TF checkpoints (``tf.train.latest_checkpoint(dir)`` names the newest), a bare path
@@ -248,6 +250,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.async_save = async_save
         self._writer: AsyncWriter | None = None
+        self._buffers = SnapshotBuffers()
         if frequency is not None:
             if save_freq != "epoch" and save_freq != frequency:
                 raise ValueError(
@@ -345,16 +348,24 @@ class ModelCheckpoint(keras.callbacks.Callback):
                 self.write(job)
             return
         self._writer.save(
-            lambda: self.snapshot(epoch, batch, logs),
+            lambda: self._buffered(self.snapshot(epoch, batch, logs, copy=False)),
             lambda job: None if job is None else self.write(job),
             label=f"epoch {epoch + 1}" + ("" if batch is None else f" batch {batch + 1}"),
         )
+
+    def _buffered(self, job: SaveJob | None) -> SaveJob | None:
+        if job is not None and job.model is None:
+            job.state = self._buffers.copy(job.state)  # the one copy, into reused arrays
+        return job
 
     def on_train_end(self, logs: dict | None = None) -> None:
         """Wait for the last background save; raise its error, if any."""
         writer, self._writer = self._writer, None
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            finally:
+                self._buffers.release()
 
     # ---------------------------------------------------------------- the two steps
     def snapshot(self, epoch: int, batch: int | None, logs: dict | None, *, copy: bool = True) -> SaveJob | None:
@@ -512,6 +523,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         super().__init__()
         self.async_save = async_save
         self._writer: AsyncWriter | None = None
+        self._buffers = SnapshotBuffers()
         if not backup_dir:
             raise ValueError("Empty `backup_dir` argument passed")
         _check_save_freq(save_freq)
@@ -615,12 +627,19 @@ class BackupAndRestore(keras.callbacks.Callback):
             self.write(*self.snapshot(batch, copy=False))
             return
         label = f"backup at epoch {self._current_epoch}" + ("" if batch is None else f" batch {batch + 1}")
-        self._writer.save(lambda: self.snapshot(batch), lambda snap: self.write(*snap), label=label)
+        self._writer.save(lambda: self._buffered(batch), lambda snap: self.write(*snap), label=label)
+
+    def _buffered(self, batch: int | None) -> tuple[ModelState, int, dict[str, Any]]:
+        state, step, metadata = self.snapshot(batch, copy=False)
+        return self._buffers.copy(state), step, metadata  # the one copy, into reused arrays
 
     def on_train_end(self, logs: dict | None = None) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
-            writer.close()  # the last backup is committed (or its error raised) before any delete
+            try:
+                writer.close()  # the last backup is committed (or its error raised) before any delete
+            finally:
+                self._buffers.release()
         self.model._initial_epoch = None  # a later fit() starts where it is told, as without us
         if self.delete_checkpoint and self.backup_dir.exists():
             shutil.rmtree(self.backup_dir)
