@@ -398,8 +398,15 @@ def read_tf_keras_savedmodel(path: Path) -> ModelState:
     except UnsupportedModelError as exc:
         if not getattr(exc, "unknown_class", False):
             raise
+        warnings.warn(
+            f"{exc} With custom_objects the model is rebuilt from them, but the optimizer state of "
+            "this SavedModel is not carried (build and compile it in code, then "
+            "modelkeep.load_weights, to keep it).",
+            stacklevel=4,
+        )
     meta = savedmodel_root_metadata(path)
     state = read_tf_keras_checkpoint(path, tf.train.load_checkpoint(str(path / "variables" / "variables")))
+    state.variables = {k: v for k, v in state.variables.items() if k.startswith(MODEL + "/")}
     config = {"class_name": meta.get("class_name"), "config": meta.get("config")}
     state.model_config = legacy_config.to_keras3_model_config(config, strict=False)
     state.compile_config = legacy_config.to_keras3_compile_config(meta.get("training_config"))
