@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from modelkeep.storage.checksums import verify_manifest
 from modelkeep.storage.commit import TMP_MARK
 
 sys.path.insert(0, str(Path(__file__).parent / "faults"))
-from harness import KERAS, OURS, Scenario, print_table, run_harness  # noqa: E402
+from harness import KERAS, OURS, print_table, run_harness  # noqa: E402
 
 
 def model_of(width: int = 16, seed: int = 0) -> keras.Model:
@@ -67,10 +66,8 @@ def small_filesystem(path: Path, size: int) -> Iterator[bool]:
 
 FULL_DISK_CASES = [
     ("w.safetensors", True),
-    ("saved_modelname", True),
-    ("w.h5", True),
-    ("w.weights.h5", True),
-    ("m.keras", False),
+    ("saved_modelname", True),  # TensorFlow's SaveV2 reports ENOSPC its own way
+    ("m.keras", False),  # Keras writes this one itself
 ]
 
 
@@ -111,9 +108,13 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path: Path, name: str, weig
 
 
 @pytest.mark.parametrize(
-    "code, cause", [(errno.ENOSPC, "the disk is full"), (errno.EACCES, "permission denied"), (errno.EIO, "an I/O error")]
+    "code, cause, name",
+    [
+        (errno.ENOSPC, "the disk is full", "ckpt"),
+        (errno.EACCES, "permission denied", "w-{epoch}.safetensors"),
+        (errno.EIO, "an I/O error", "w-{epoch}.h5"),
+    ],
 )
-@pytest.mark.parametrize("name", ["w-{epoch}.safetensors", "ckpt"])
 def test_injected_write_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, cause: str, name: str) -> None:
     x, y = data()
     model = model_of()
@@ -183,8 +184,10 @@ def _flip(path: Path, offset: int) -> None:
 
 
 @pytest.mark.parametrize("template, weights_only", EVERY_FORMAT)
-def test_bit_flip_and_truncation_of_every_file_detected(tmp_path: Path, template: str, weights_only: bool | None) -> None:
-    _two_checkpoints(tmp_path, template, weights_only)
+def test_every_damage_detected_and_load_falls_back(tmp_path: Path, template: str, weights_only: bool | None) -> None:
+    """Bit flips (first, middle, last byte) and truncation of every file of the newest
+    checkpoint: verify names the file; load_weights(model, dir) takes the older one."""
+    per_epoch = _two_checkpoints(tmp_path, template, weights_only)
     newest = store.list_checkpoints(tmp_path)[0]
     manifest = store.manifest_path(newest.path)
     files = [manifest.parent / name for name in verify_manifest(manifest)["files"]]
@@ -208,13 +211,7 @@ def test_bit_flip_and_truncation_of_every_file_detected(tmp_path: Path, template
         assert store.info_for(newest.path).status == "ok"
     print(f"{template}: {len(files)} files, {checked} damages, all detected")
 
-
-@pytest.mark.parametrize("template, weights_only", EVERY_FORMAT)
-def test_load_weights_falls_back_to_the_newest_good(tmp_path: Path, template: str, weights_only: bool | None) -> None:
-    per_epoch = _two_checkpoints(tmp_path, template, weights_only)
-    newest = store.list_checkpoints(tmp_path)[0]
-    manifest = store.manifest_path(newest.path)
-    biggest = max((manifest.parent / n for n in verify_manifest(manifest)["files"]), key=lambda p: p.stat().st_size)
+    biggest = max(files, key=lambda p: p.stat().st_size)
     _flip(biggest, biggest.stat().st_size // 2)
     fresh = model_of(seed=9)
     with pytest.warns(UserWarning, match=newest.path.name):
@@ -267,13 +264,3 @@ def test_sigkill_many(tmp_path: Path) -> None:
     assert sum(r.lost for r in ours) == 0
     assert sum(r.corrupt_loaded for r in ours) == 0
     assert sum(r.partial for r in ours) == 0
-
-
-def test_harness_is_reusable_with_extra_callback_arguments(tmp_path: Path) -> None:
-    """What another helper runs: a scenario with extra keywords (one kill, small model)."""
-    scenario = Scenario("mk tiny, keep 1", filepath="w-{epoch}-{batch}.safetensors", weights_only=True, params=1.0,
-                        callback_kwargs={"max_to_keep": 1})  # fmt: skip
-    result = run_harness(scenario, tmp_path / "tiny", kills=1, seed=1, max_delay=1.0)
-    assert (result.kills, result.lost, result.corrupt_loaded, result.partial) == (1, 0, 0, 0)
-    assert result.saves_seen >= 1
-    shutil.rmtree(tmp_path / "tiny")

@@ -75,11 +75,14 @@ def run_demo(directory: Path, *, epochs: int = 5, log: Callable[[str], Any] = pr
     keras.utils.set_random_seed(0)
     x_train, y_train, x_new = tutorial_data()
     model = tutorial_model()
-    log(f"Training the tutorial's model for {epochs} epochs ...")
-    model.fit(x_train, y_train, epochs=epochs, verbose=0)
+    log(f"Training the tutorial's model for {epochs} epochs, checkpointing every epoch ...")
+    from modelkeep.checkpoint.callbacks import ModelCheckpoint
+
+    # the tutorial's callback: a TF checkpoint `saved_modelname` + `checkpoint` file, every epoch
+    checkpoint = ModelCheckpoint(str(directory / "saved_modelname"), save_weights_only=True)
+    model.fit(x_train, y_train, epochs=epochs, verbose=0, callbacks=[checkpoint])
     expected = model.predict(x_new, verbose=0)[:, 0]
 
-    save_weights(model, directory / "saved_modelname")
     save_weights(model, directory / "saved_modelname.h5")
     save_model(model, directory / "mysavedmodel")
     save_model(model, directory / "mysavedmodel.h5")
