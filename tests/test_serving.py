@@ -197,3 +197,22 @@ def test_default_bind_is_loopback():
 
     args = build_parser().parse_args(["serve", "model.keras"])
     assert args.host == "127.0.0.1" and ServeConfig(path="x").host == "127.0.0.1"
+
+
+def test_start_up_errors_are_one_line_and_exit_1(served, tmp_path):
+    import os
+    import subprocess
+
+    from test_serving_helpers import command
+
+    server, _ = served
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cases = [
+        (["serve", str(tmp_path / "missing.keras")], "does not exist"),
+        (["serve", str(tmp_path), "--policy", "oldest"], "--policy: expected latest"),
+        (["serve", str(tmp_path), "--port", str(server.port), "--grpc-port", "0"], "Choose another --port"),
+    ]
+    for args, needle in cases:
+        done = subprocess.run([*command(), *args], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 1, (args, done.stderr)
+        assert needle in done.stderr.strip().splitlines()[-1], done.stderr

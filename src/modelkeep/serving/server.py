@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,7 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
     ctx = ctx or build_context(config)
     stop = asyncio.Event()
     _STOPPING.clear()
+    http_socket = _listen(config.host, config.port, "--port")
     grpc_server = None
     if config.grpc_port:
         import grpc
@@ -110,8 +112,16 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
             ]
         )
         add_services(grpc_server, ctx)
-        if grpc_server.add_insecure_port(f"{_grpc_host(config.host)}:{config.grpc_port}") == 0:
-            raise ModelkeepError(f"serve: cannot bind gRPC to {config.host}:{config.grpc_port} (port in use?).")
+        try:
+            bound = grpc_server.add_insecure_port(f"{_grpc_host(config.host)}:{config.grpc_port}")
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
+            http_socket.close()
+            raise ModelkeepError(
+                f"serve: cannot listen for gRPC on {config.host}:{config.grpc_port} (in use, or not an address "
+                "of this machine). Choose another --grpc-port, or --grpc-port 0 for no gRPC."
+            )
         await grpc_server.start()
     poller = asyncio.get_running_loop().create_task(ctx.manager.run(config.poll_seconds, stop))
     uv_config = uvicorn.Config(
@@ -135,15 +145,30 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
         f" and grpc {config.host}:{config.grpc_port}" if grpc_server else "",
     )
     try:
-        await server.serve()
+        await server.serve(sockets=[http_socket])
     finally:
         stop.set()
         await poller
         if grpc_server is not None:
             await grpc_server.stop(grace=2.0)
         await ctx.manager.close()
-    if not server.started:
-        raise ModelkeepError(f"serve: cannot bind HTTP to {config.host}:{config.port} (port in use?).")
+
+
+def _listen(host: str, port: int, option: str) -> socket.socket:
+    """Bind the HTTP socket before anything slow, so a taken port fails at once and clearly."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ModelkeepError(
+            f"serve: cannot listen on {host}:{port}: {exc.strerror}. Is another server running there? "
+            f"Choose another {option}."
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _grpc_host(host: str) -> str:
