@@ -212,7 +212,11 @@ def test_start_up_errors_are_one_line_and_exit_1(served, tmp_path):
         (["serve", str(tmp_path), "--policy", "oldest"], "--policy: expected latest"),
         (["serve", str(tmp_path), "--port", str(server.port), "--grpc-port", "0"], "Choose another --port"),
     ]
-    for args, needle in cases:
-        done = subprocess.run([*command(), *args], capture_output=True, text=True, env=env, timeout=120)
-        assert done.returncode == 1, (args, done.stderr)
-        assert needle in done.stderr.strip().splitlines()[-1], done.stderr
+    procs = [
+        subprocess.Popen([*command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for args, _ in cases
+    ]
+    for proc, (args, needle) in zip(procs, cases):
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 1, (args, stderr)
+        assert needle in stderr.strip().splitlines()[-1], stderr
