@@ -163,7 +163,8 @@ def test_diff(saved):
 
 
 def test_convert(saved, tmp_path):
-    cases = [("keras", "exported2", True), ("tf_checkpoint", "w2.safetensors", False), ("savedmodel", "m2.h5", True)]
+    # two calls here; the whole conversion matrix runs in-process in test_tools.py
+    cases = [("keras", "exported2", True), ("tf_checkpoint", "w2.safetensors", False)]
     for key, dst, optimizer in cases:
         proc = mk("convert", saved.paths[key], tmp_path / dst)
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -213,14 +214,32 @@ def test_plot(saved, tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-TF_KERAS_FIXTURES = sorted(p for p in FIXTURES.iterdir() if p.is_dir() and (p / "ckpt.index").exists()) if FIXTURES.exists() else []
-
-
-@pytest.mark.skipif(not TF_KERAS_FIXTURES, reason="no tf-keras fixtures committed under tests/fixtures/ yet")
 def test_tf_keras_fixtures_inspect_and_verify():
-    paths = [p / name for p in TF_KERAS_FIXTURES for name in ("ckpt", "model.h5") if (p / name).exists() or (p / f"{name}.index").exists()]
+    """Files written by tf-keras (TF2-era Keras), committed by the legacy issue."""
+    fixtures = sorted(p for p in (FIXTURES / "tfkeras").iterdir() if (p / "ckpt.index").exists())
+    assert len(fixtures) >= 2, "the tf-keras fixtures under tests/fixtures/tfkeras/ are missing"
+    paths = [p / name for p in fixtures for name in ("ckpt", "model.h5", "sm") if (p / name).exists() or (p / f"{name}.index").exists()]
     docs = mk_json("inspect", *paths)
-    docs = docs if isinstance(docs, list) else [docs]
-    assert all(any(v["group"] == "model" for v in d["variables"]) for d in docs)
-    doc = mk_json("verify", *paths, *[p / "sm" for p in TF_KERAS_FIXTURES if (p / "sm").exists()])
-    assert doc["ok"], doc
+    for path, doc in zip(paths, docs):
+        expected = np.load(path.parent / "expected.npz")
+        model_vars = [v for v in doc["variables"] if v["group"] == "model"]
+        assert model_vars and all(v["dtype"] == "float32" for v in model_vars), path
+        assert doc["format"] == {"ckpt": "TF checkpoint", "model.h5": "HDF5", "sm": "SavedModel"}[path.name], path
+        if path.name != "ckpt":  # whole-model files: architecture and optimizer from the Keras 2 config
+            assert doc["model"]["total_params"] == sum(int(np.prod(v["shape"])) for v in model_vars), path
+            assert doc["optimizer"]["iterations"] >= 1, path
+        if path.name == "sm":
+            assert "serving_default" in doc["signatures"], path
+        saved_shapes = sorted(tuple(expected[k].shape) for k in expected.files if k.startswith("w/"))
+        assert sorted(tuple(v["shape"]) for v in model_vars) == saved_shapes, path
+    doc = mk_json("verify", FIXTURES / "tfkeras")  # a folder of folders: searched two levels down
+    assert doc["ok"] and doc["checked"] >= len(paths), doc
+
+
+def test_predict_with_tf_keras_savedmodel(tmp_path):
+    fixture = FIXTURES / "tfkeras" / "tutorial"
+    expected = np.load(fixture / "expected.npz")
+    np.save(tmp_path / "x.npy", expected["x"])
+    proc = mk("predict", fixture / "sm", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert np.allclose(np.load(tmp_path / "y.npy"), expected["pred_0"], rtol=0, atol=1e-5)

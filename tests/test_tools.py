@@ -299,3 +299,25 @@ def test_plot_run_writes_png(saved, tmp_path):
     empty.mkdir()
     with pytest.raises(ModelkeepError, match="no checkpoint"):
         plot_run(empty, tmp_path / "none.png")
+
+
+def test_describe_savedmodel_without_keras_part(tmp_path):
+    import tensorflow as tf
+
+    class Plain(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(tf.reshape(tf.range(6, dtype=tf.float32), (3, 2)))
+
+        @tf.function(input_signature=[tf.TensorSpec((None, 3), tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": tf.matmul(x, self.w)}
+
+    module = Plain()
+    tf.saved_model.save(module, str(tmp_path / "plain"), signatures=module.__call__)
+    info = describe(tmp_path / "plain")
+    assert info["format"] == "SavedModel" and "without a Keras part" in info["note"]
+    assert [(v["name"], v["shape"]) for v in info["variables"]] == [("model/w", [3, 2])]
+    assert info["signatures"]["serving_default"]["inputs"] == {"x": {"dtype": "float32", "shape": [None, 3]}}
+    assert info["signatures"]["serving_default"]["outputs"] == {"y": {"dtype": "float32", "shape": [None, 2]}}
+    [result] = verify_paths([tmp_path / "plain"])
+    assert result.ok

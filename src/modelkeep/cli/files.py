@@ -119,6 +119,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 def _print_description(con: Any, info: dict[str, Any], max_variables: int) -> None:
     files = ", ".join(f"{f['name']} ({human_size(f['size'])})" for f in info["files"])
     con.print(f"[bold]{info['path']}[/bold]: {info['format']}, {human_size(info['total_size'])} in {len(info['files'])} file(s): {files}")
+    if info.get("note"):
+        con.print(f"[yellow]note:[/yellow] {info['note']}")
     model = info["model"]
     if model:
         out = table(f"Model: {model['class']} '{model['name']}'", [("layer", "left"), ("class", "left"), ("output shape", "left"), ("params", "right")])

@@ -13,17 +13,26 @@ from pathlib import Path
 from typing import Any
 
 from modelkeep.checkpoint import store
+from modelkeep.errors import UnsupportedModelError
 from modelkeep.formats import registry
 from modelkeep.state import MODEL, OPTIMIZER, ModelState
 from modelkeep.storage.checksums import read_manifest
-from modelkeep.tools.reading import BACKUP, detect, read_state
+from modelkeep.tools.reading import BACKUP, detect, read_state, read_tf_checkpoint_raw
 
 
 def describe(path: Path | str, *, signatures: bool = True) -> dict[str, Any]:
     """Everything ``modelkeep inspect`` shows, as plain JSON-able data."""
     path = registry.strip_tf_suffix(Path(path))
-    fmt_name, state = read_state(path)
     fmt = detect(path)
+    note = None
+    try:
+        fmt_name, state = read_state(path)
+    except UnsupportedModelError as exc:
+        if fmt is not registry.SAVED_MODEL:
+            raise
+        # a SavedModel without a Keras part still has variables and signatures to show
+        fmt_name, state = fmt.name, read_tf_checkpoint_raw(path / "variables" / "variables")
+        note = str(exc).splitlines()[0]
     files = [path / store.STORE_STATE, path / store.STORE_MANIFEST] if fmt_name == BACKUP else fmt.files(path)
     info: dict[str, Any] = {
         "path": str(path),
@@ -35,6 +44,7 @@ def describe(path: Path | str, *, signatures: bool = True) -> dict[str, Any]:
         "compile": _compile_summary(state.compile_config),
         "metadata": _metadata(state, path, fmt_name),
         "signatures": None,
+        "note": note,
     }
     info["total_size"] = sum(f["size"] for f in info["files"])
     if signatures and fmt is registry.SAVED_MODEL:
@@ -127,7 +137,8 @@ def optimizer_summary(state: ModelState) -> dict[str, Any] | None:
         settings = config.get("config") or {}
         keep = ("learning_rate", "beta_1", "beta_2", "epsilon", "momentum", "nesterov", "weight_decay", "clipnorm")
         out["config"] = {k: settings[k] for k in keep if settings.get(k) is not None}
-    iteration = optimizer_vars.get("iteration", optimizer_vars.get("iterations"))
+    counters = [v for k, v in optimizer_vars.items() if k.rsplit("/", 1)[-1] in ("iteration", "iterations", "_iterations")]
+    iteration = counters[0] if counters else None
     if iteration is not None and iteration.size == 1:
         out["iterations"] = int(iteration.reshape(()))
     return out

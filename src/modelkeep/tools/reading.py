@@ -65,6 +65,24 @@ def read_state(path: Path | str, *, like: Path | str | None = None) -> tuple[str
     return fmt.name, fmt.read(path)
 
 
+def read_tf_checkpoint_raw(prefix: Path) -> ModelState:
+    """Every tensor of a TF checkpoint under its checkpoint key (object-graph entries left out).
+
+    What a SavedModel without a Keras part (``tf.saved_model.save`` of a ``tf.Module``) can
+    still show: its variables, though not which layer each belongs to.
+    """
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    keys = sorted(k for k in reader.get_variable_to_shape_map() if not k.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    variables = {}
+    for key in keys:
+        value = reader.get_tensor(key)
+        if not isinstance(value, bytes):
+            variables[f"{MODEL}/{key.removesuffix('/.ATTRIBUTES/VARIABLE_VALUE')}"] = np.asarray(value)
+    return ModelState(variables, None, None, {"stored_names": True})
+
+
 def _through_model(path: Path, like: Path) -> ModelState:
     from modelkeep.api import load_model
     from modelkeep.capture import capture

@@ -77,13 +77,21 @@ def verify_paths(paths: Iterable[Path | str]) -> list[VerifyResult]:
     return results
 
 
-def verify_directory(directory: Path) -> list[VerifyResult]:
-    """Verify every checkpoint of a directory and its ``checkpoint`` state file."""
+def verify_directory(directory: Path, *, depth: int = 2) -> list[VerifyResult]:
+    """Verify every checkpoint of a directory and its ``checkpoint`` state file.
+
+    A directory that holds no checkpoint itself (a folder of runs) is searched
+    ``depth`` levels down.
+    """
     infos = store.list_checkpoints(directory, verify=False)
     results = [verify_one(info.path) for info in infos]
     state_file = directory / STATE_FILE
     if state_file.exists():
         results.append(_verify_state_file(state_file))
+    if not results and depth > 0:
+        for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
+            found = verify_directory(sub, depth=depth - 1)
+            results.extend(r for r in found if r.format != "directory")
     if not results:
         results.append(VerifyResult(directory, "directory", False, problem=f"{directory} holds no checkpoint or saved model"))
     return results
