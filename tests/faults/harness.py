@@ -84,6 +84,10 @@ OURS = [
     Scenario("mk .h5 whole model (fixed name)", filepath="model.h5"),
     Scenario("mk .safetensors {batch}, keep 2", "mk", "w-{epoch}-{batch}.safetensors", True, 2, 20.0, {"max_to_keep": 2}),
     Scenario("mk SavedModel dir (fixed name)", filepath="saved_model", params=8.0),
+    # ModelCheckpoint writes in the background by default (async_save=True, every format but
+    # .keras/.weights.h5/SavedModel, which Keras writes from the live model); one sync run too
+    Scenario("mk .h5 weights {batch}, sync", "mk", "w-{epoch}-{batch}.h5", True, 2, 20.0,
+             {"max_to_keep": 2, "async_save": False}),  # fmt: skip
 ]
 KERAS = [
     Scenario("keras .keras (fixed name)", impl="keras", filepath="ckpt.keras"),
