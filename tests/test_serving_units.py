@@ -121,3 +121,19 @@ def test_check_inputs_messages_name_expected_and_received():
     ok = predictor.check_inputs({name: [[1, 2, 3, 4, 5, 6]]}, allow_non_finite=False)
     assert ok[0].dtype == np.float32 and ok[0].shape == (1, 6)
     assert predictor.check_inputs({name: [[np.nan] * 6]}, allow_non_finite=True)[0].shape == (1, 6)
+
+
+def test_dict_inputs_and_outputs_are_fed_and_read_by_name():
+    import keras
+
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    x = keras.layers.Concatenate()([a, b])
+    model = keras.Model({"a": a, "b": b}, {"y": keras.layers.Dense(2, name="y")(x), "z": keras.layers.Dense(1, name="z")(x)})
+    predictor = Predictor.from_model(model)
+    assert (predictor.input_names, predictor.output_names) == (["a", "b"], ["y", "z"])
+    rng = np.random.default_rng(2)
+    feed = {"a": rng.random((4, 3), dtype=np.float32), "b": rng.random((4, 2), dtype=np.float32)}
+    got = predictor.run(predictor.check_inputs(feed))
+    expected = model.predict(feed, verbose=0)
+    for name, value in zip(predictor.output_names, got):
+        np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6)

@@ -91,10 +91,16 @@ def tf_function_forward(model: Any, input_specs: list[Any]) -> Forward:
 
     signature = [tf.TensorSpec((None, *s.shape[1:]), tf.as_dtype(s.dtype), name=_safe(s.name)) for s in input_specs]
     single = len(input_specs) == 1
+    # a Functional model built on a dict of inputs is called with a dict, else with a list
+    keyed = isinstance(getattr(model, "_inputs_struct", None), dict)
+    names = [s.name for s in input_specs]
 
     @tf.function(input_signature=signature, reduce_retracing=True)
     def call(*xs: Any) -> Any:
-        out = model(xs[0] if single else list(xs), training=False)
+        if keyed:
+            out = model(dict(zip(names, xs)), training=False)
+        else:
+            out = model(xs[0] if single else list(xs), training=False)
         if isinstance(out, dict):
             return list(out.values())
         return list(out) if isinstance(out, (list, tuple)) else [out]

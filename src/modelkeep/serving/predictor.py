@@ -128,10 +128,15 @@ class Predictor:
     def check_against_predict(self, rows: int) -> None:
         """Fall back to the next path when this one disagrees with ``model.predict``."""
         arrays = self.sample_inputs(rows)
-        expected = self.model.predict(arrays if len(arrays) > 1 else arrays[0], verbose=0)
-        expected = expected if isinstance(expected, (list, tuple)) else [expected]
+        if isinstance(getattr(self.model, "_inputs_struct", None), dict):
+            feed: Any = dict(zip(self.input_names, arrays))
+        else:
+            feed = arrays if len(arrays) > 1 else arrays[0]
+        expected = self.model.predict(feed, verbose=0)
         if isinstance(expected, dict):
             expected = [expected[n] for n in self.output_names]
+        elif not isinstance(expected, (list, tuple)):
+            expected = [expected]
         got = self.run(arrays)
         if all(np.allclose(g, np.asarray(e), rtol=1e-4, atol=1e-5) for g, e in zip(got, expected)):
             return
