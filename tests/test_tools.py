@@ -301,7 +301,7 @@ def test_plot_run_writes_png(saved, tmp_path):
         plot_run(empty, tmp_path / "none.png")
 
 
-def test_describe_savedmodel_without_keras_part(tmp_path):
+def test_savedmodel_without_keras_part_inspect_verify_predict(tmp_path):
     import tensorflow as tf
 
     class Plain(tf.Module):
@@ -321,3 +321,8 @@ def test_describe_savedmodel_without_keras_part(tmp_path):
     assert info["signatures"]["serving_default"]["outputs"] == {"y": {"dtype": "float32", "shape": [None, 2]}}
     [result] = verify_paths([tmp_path / "plain"])
     assert result.ok
+    x = np.arange(15, dtype=np.float32).reshape(5, 3)
+    np.save(tmp_path / "x.npy", x)
+    predicted = predict_tools.predict_files(tmp_path / "plain", [tmp_path / "x.npy"], batch_size=2)
+    assert predicted.names == ["y"]
+    assert np.array_equal(predicted.outputs[0], x @ np.arange(6, dtype=np.float32).reshape(3, 2))

@@ -118,6 +118,36 @@ def predict_arrays(model: Any, inputs: list[np.ndarray], *, batch_size: int = 32
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
 
+class SignatureModel:
+    """A SavedModel's ``serving_default`` signature with the two things ``predict`` uses of a
+    Keras model (``inputs``, ``predict_on_batch``), for SavedModels without a Keras part."""
+
+    def __init__(self, path: Path | str) -> None:
+        from modelkeep.serving.predictor import Predictor
+
+        self._predictor = Predictor.from_saved_model(str(path))
+        self.inputs = self._predictor.inputs
+        self.output_names = self._predictor.output_names
+
+    def predict_on_batch(self, batch: Any) -> list[np.ndarray]:
+        return self._predictor.run(list(batch) if isinstance(batch, list) else [batch])
+
+
+def load_for_predict(path: Path | str) -> Any:
+    """``modelkeep.load_model`` (uncompiled); a SavedModel without a Keras part is run
+    through its serving signature instead."""
+    from modelkeep.api import load_model
+    from modelkeep.errors import UnsupportedModelError
+    from modelkeep.formats import registry
+
+    try:
+        return load_model(path, compile=False)
+    except UnsupportedModelError:
+        if not (Path(path) / "saved_model.pb").exists() or registry.detect(Path(path)) is not registry.SAVED_MODEL:
+            raise
+        return SignatureModel(path)
+
+
 @dataclass
 class PredictResult:
     outputs: list[np.ndarray]
@@ -147,12 +177,10 @@ def predict_files(
     on_loaded: Callable[[Any], None] | None = None,
 ) -> PredictResult:
     """Load a saved model (``modelkeep.load_model``), predict on the input files, optionally write."""
-    from modelkeep.api import load_model
-
     if batch_size < 1:
         raise ValueError(f"predict: --batch-size must be at least 1. Received: {batch_size}")
     arrays = [read_array(p) for p in inputs]
-    model = load_model(model_path, compile=False)
+    model = load_for_predict(model_path)
     if on_loaded:
         on_loaded(model)
     arrays = _check_inputs(model, arrays, [str(p) for p in inputs])
