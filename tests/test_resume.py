@@ -25,13 +25,19 @@ from modelkeep.errors import IncompatibleModelError
 from resume import harness
 
 CHAINS = {
-    # scenario: kill points, in the order they are reached (see tests/resume/train_child.py)
+    # scenario: kill points, in the order they are reached (see tests/resume/train_child.py):
+    # mid-epoch, right after a backup, during validation
     "arrays": ["step:4", "after_save:9", "val:1"],
-    "callbacks": ["step:13"],
-    "pydataset": ["after_save:6"],
-    "tfdata": ["val:0"],
 }
 KERAS_CHAINS = {"keras save_freq=3": ("3", ["step:5"])}
+SLOW_CHAINS = {
+    "arrays": ["step:2", "after_save:6", "epoch_end:1", "val:2", "step:23"],
+    "callbacks": ["step:5", "val:2", "epoch_end:2", "step:31"],
+    "pydataset": ["step:4", "epoch_end:0", "after_save:12", "step:22"],
+    "tfdata": ["step:5", "val:1", "after_save:18"],
+}
+SLOW_KERAS_CHAINS = {"keras save_freq=3": ("3", ["step:5"]), "keras save_freq=epoch": ("epoch", ["step:8"])}
+SYNC_SAVE = {"callbacks", "pydataset"}  # these write backups on the training thread; the rest use async_save
 SLOW_CHAINS = {
     "arrays": ["step:2", "after_save:6", "epoch_end:1", "val:2", "step:23"],
     "callbacks": ["step:5", "val:2", "epoch_end:2", "step:31"],
@@ -45,8 +51,9 @@ def _run_all(tmp: Path, chains: dict, keras_chains: dict) -> dict:
     jobs = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         for scenario, points in chains.items():
-            jobs[("base", scenario)] = pool.submit(harness.baseline, scenario, tmp / f"{scenario}-base")
-            jobs[("chain", scenario)] = pool.submit(harness.chain, scenario, tmp / f"{scenario}-killed", points)
+            extra = ("--sync-save",) if scenario in SYNC_SAVE else ()
+            jobs[("base", scenario)] = pool.submit(harness.baseline, scenario, tmp / f"{scenario}-base", extra)
+            jobs[("chain", scenario)] = pool.submit(harness.chain, scenario, tmp / f"{scenario}-killed", points, extra)
         if keras_chains:
             jobs[("base", "keras")] = pool.submit(harness.baseline, "arrays", tmp / "keras-base", ("--keras-backup",))
         for name, (freq, points) in keras_chains.items():
@@ -88,9 +95,11 @@ def test_killed_and_resumed_runs_equal_the_uninterrupted_run_bit_for_bit(outcome
         killed = outcomes[("chain", scenario)]
         assert [r.killed_at for r in killed.runs[:-1]] == points, "every kill point was reached and killed"
         assert killed.runs[-1].returncode == 0
-        for run in killed.runs[1:]:
-            resumed = [line for line in run.lines if line.startswith("mk.fit: resumed from ckpt-")]
-            assert len(resumed) == 1 and resumed[0].endswith("everything restored"), run.lines
+        resumed = [line for run in killed.runs[1:] for line in run.lines if line.startswith("mk.fit: resumed")]
+        # with async saving a kill can land before the newest backup is committed; a run
+        # then resumes from an older one (or starts over), but most runs do resume
+        assert len(resumed) >= max(1, len(points) - 1), [run.lines for run in killed.runs]
+        assert all(line.endswith("everything restored") for line in resumed), resumed
 
 
 def _report_keras(outcomes: dict, keras_chains: dict, capsys) -> None:
@@ -146,6 +155,38 @@ def test_random_kill_points_sweep(tmp_path, capsys):
 # --------------------------------------------------------------------------- in-process
 class Crash(Exception):
     pass
+
+
+def _crash(where):
+    raise Crash(where)
+
+
+def _variables(model) -> list:
+    arrays = [v.numpy() for v in model.variables + model.optimizer.variables]
+    return arrays + [v.numpy() for m in model.metrics for v in m.variables]
+
+
+@pytest.mark.parametrize(
+    "scenario, points",
+    [
+        ("callbacks", ["step:13", "val:2"]),  # class_weight, validation_data, ReduceLROnPlateau, LR scheduler
+        ("pydataset", ["after_save:6", "step:20"]),  # PyDataset drawing from the global NumPy RNG
+        ("tfdata", ["val:0", "step:19"]),  # shuffled tf.data, tf.data validation
+    ],
+)
+def test_in_process_crashes_resume_exactly(scenario, points, tmp_path):
+    """The kill harness's scenarios, crashed by an exception instead of SIGKILL (fast)."""
+    from resume import train_child
+
+    straight, h_straight = train_child.train(scenario, tmp_path / "straight", verbose=0)
+    for point in points:
+        with pytest.raises(Crash):
+            train_child.train(scenario, tmp_path / "crashed", kill_at=point, on_kill=_crash, verbose=0)
+    resumed, h_resumed = train_child.train(scenario, tmp_path / "crashed", verbose=0)
+    bad = [i for i, (a, b) in enumerate(zip(_variables(straight), _variables(resumed))) if not np.array_equal(a, b)]
+    assert bad == []
+    assert h_resumed.history == h_straight.history and h_resumed.epoch == h_straight.epoch
+    assert int(resumed.optimizer.iterations.numpy()) == int(straight.optimizer.iterations.numpy())
 
 
 class Counter(keras.callbacks.Callback):

@@ -36,12 +36,12 @@ SAVE_FREQ = 3
 class KillPoint(keras.callbacks.Callback):
     """Stops the process at one point of training, waiting for the parent's SIGKILL."""
 
-    def __init__(self, point: str | None, save_freq: int) -> None:
+    def __init__(self, point: str | None, save_freq: int, on_kill=None) -> None:
         super().__init__()
         self.kind, _, value = (point or "none:-1").partition(":")
         self.value = int(value)
         self.save_freq = save_freq
-        self.in_val = False
+        self.on_kill = on_kill  # in-process tests raise here instead of waiting for SIGKILL
 
     def get_state(self) -> dict:  # nothing to keep; says so explicitly
         return {}
@@ -50,6 +50,12 @@ class KillPoint(keras.callbacks.Callback):
         pass
 
     def _stop(self, where: str) -> None:
+        # mk.fit writes backups in the background (async_save=True): the kill points name
+        # states where the backup taken before them is committed, so let the writer finish
+        # (a kill during a background write is tested in tests/test_writer.py and tests/faults)
+        mk.wait_for_saves()
+        if self.on_kill is not None:
+            self.on_kill(where)
         print(f"KILLPOINT {where}", flush=True)
         time.sleep(120)
         os._exit(3)  # the parent did not kill us
@@ -151,6 +157,26 @@ def result(model, history, workdir: Path) -> None:
     (workdir / "history.json").write_text(json.dumps(doc))
 
 
+def train(scenario: str, workdir: Path, *, kill_at: str | None = None, on_kill=None, save_freq="3",
+          sync_save: bool = False, keras_backup: bool = False, verbose=2):
+    """The training script proper; returns ``(model, history)``."""
+    keras.utils.set_random_seed(SEED)
+    tf.config.experimental.enable_op_determinism()
+    model = build(scenario)
+    kwargs = fit_kwargs(scenario)
+    save_freq = "epoch" if save_freq == "epoch" else int(save_freq)
+    kill = KillPoint(kill_at, save_freq if isinstance(save_freq, int) else 10**9, on_kill)
+    kwargs["callbacks"] = kwargs.get("callbacks", []) + [kill]
+    if keras_backup:
+        backup = keras.callbacks.BackupAndRestore(str(workdir / "keras_backup"), save_freq=save_freq)
+        kwargs["callbacks"].append(backup)
+        return model, model.fit(verbose=0, **kwargs)
+    # the one line that makes this script resumable:
+    history = mk.fit(model, backup_dir=workdir / "backups", save_freq=save_freq, verbose=verbose,
+                     async_save=not sync_save, **kwargs)
+    return model, history
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario")
@@ -158,21 +184,10 @@ def main() -> int:
     parser.add_argument("--kill-at")
     parser.add_argument("--keras-backup", action="store_true")
     parser.add_argument("--save-freq", default=str(SAVE_FREQ))
+    parser.add_argument("--sync-save", action="store_true", help="write backups on the training thread")
     args = parser.parse_args()
-    keras.utils.set_random_seed(SEED)
-    tf.config.experimental.enable_op_determinism()
-    model = build(args.scenario)
-    kwargs = fit_kwargs(args.scenario)
-    save_freq = "epoch" if args.save_freq == "epoch" else int(args.save_freq)
-    kill = KillPoint(args.kill_at, save_freq if isinstance(save_freq, int) else 10**9)
-    kwargs["callbacks"] = kwargs.get("callbacks", []) + [kill]
-    if args.keras_backup:
-        backup = keras.callbacks.BackupAndRestore(str(args.workdir / "keras_backup"), save_freq=save_freq)
-        kwargs["callbacks"].append(backup)
-        history = model.fit(verbose=0, **kwargs)
-    else:
-        # the one line that makes this script resumable:
-        history = mk.fit(model, backup_dir=args.workdir / "backups", save_freq=save_freq, verbose=2, **kwargs)
+    model, history = train(args.scenario, args.workdir, kill_at=args.kill_at, save_freq=args.save_freq,
+                           sync_save=args.sync_save, keras_backup=args.keras_backup)
     result(model, history, args.workdir)
     print("DONE", int(model.optimizer.iterations.numpy()), flush=True)
     return 0
