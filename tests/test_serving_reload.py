@@ -14,6 +14,7 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 
 import modelkeep as mk
 from modelkeep.capture import build_model
@@ -71,6 +72,57 @@ def load_version(run, step: int):
     return mk.load_model(info.path, compile=False)
 
 
+class LoadLoop:
+    """Client threads posting the same rows until stopped; answers grouped by version."""
+
+    def __init__(self, url: str, rows: np.ndarray, threads: int = 4):
+        self.url, self.rows = url, rows
+        self.answers: dict[int, list[np.ndarray]] = {}
+        self.failures: list[str] = []
+        self.done = threading.Event()
+        self.threads = [threading.Thread(target=self._client) for _ in range(threads)]
+
+    def _client(self) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not self.done.is_set():
+                try:
+                    r = http.post(f"{self.url}/v1/models/tutorial:predict", json={"instances": self.rows.tolist()})
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                    continue
+                if r.status_code != 200:
+                    self.failures.append(f"{r.status_code}: {r.text}")
+                    continue
+                self.answers.setdefault(int(r.headers["X-Model-Version"]), []).append(np.array(r.json()["predictions"]))
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        for t in self.threads:
+            t.join(30)
+
+    def run_while(self, proc: subprocess.Popen, limit: float = 120, tail: float = 1.5) -> None:
+        self.start()
+        deadline = time.monotonic() + limit
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(tail)  # let the last checkpoint be picked up under load
+        self.stop()
+
+    def check(self, run) -> int:
+        total = sum(len(v) for v in self.answers.values())
+        print(f"{total} requests during reloads, {len(self.failures)} failed, versions seen {sorted(self.answers)}")
+        assert self.failures == []
+        for step, got in self.answers.items():  # each answer is exactly that version's output
+            want = load_version(run, step).predict(self.rows, verbose=0)
+            for prediction in got:
+                np.testing.assert_allclose(prediction, want, rtol=1e-5, atol=1e-6)
+        return total
+
+
 def test_hot_reload_under_load(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -79,57 +131,74 @@ def test_hot_reload_under_load(tmp_path):
     script.write_text(TRAINER)
     trainer = subprocess.Popen([sys.executable, str(script), str(run), str(go)])
     server = ServerProcess(run, "--name", "tutorial", "--poll-seconds", "0.2", log_dir=tmp_path, grpc=False)
-    rows = tutorial_rows(2, seed=5)
-    answers: dict[int, list[np.ndarray]] = {}
-    failures: list[str] = []
-    done = threading.Event()
-
-    def client() -> None:
-        with httpx.Client(timeout=30) as http:
-            while not done.is_set():
-                try:
-                    r = http.post(f"{server.url}/v1/models/tutorial:predict", json={"instances": rows.tolist()})
-                except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
-                    continue
-                if r.status_code != 200:
-                    failures.append(f"{r.status_code}: {r.text}")
-                    continue
-                answers.setdefault(int(r.headers["X-Model-Version"]), []).append(np.array(r.json()["predictions"]))
-
+    load = LoadLoop(server.url, tutorial_rows(2, seed=5))
     try:
         server.wait(timeout=120)
         go.touch()
-        threads = [threading.Thread(target=client) for _ in range(4)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 90
-        while trainer.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.5)  # let the last checkpoint be picked up under load
-        done.set()
-        for t in threads:
-            t.join(30)
+        load.run_while(trainer, limit=90)
         status = httpx.get(f"{server.url}/v1/models/tutorial").json()["model_version_status"]
         metrics = httpx.get(f"{server.url}/metrics").text
     finally:
-        done.set()
+        load.done.set()
         trainer.wait(60)
         assert server.stop() == 0, server.log()
     assert trainer.returncode == 0
-    total = sum(len(v) for v in answers.values())
-    print(f"{total} requests during reloads, {len(failures)} failed, versions seen {sorted(answers)}")
-    assert failures == []
+    load.check(run)
     good_steps = [e * STEPS_PER_EPOCH for e in range(1, EPOCHS + 1)]
-    assert set(answers) <= set(good_steps), sorted(answers)
-    assert len(answers) >= 4, sorted(answers)
-    assert EPOCHS * STEPS_PER_EPOCH in answers  # the last checkpoint was swapped in
-    for step, got in answers.items():  # each answer is exactly that version's output
-        want = load_version(run, step).predict(rows, verbose=0)
-        for prediction in got:
-            np.testing.assert_allclose(prediction, want, rtol=1e-5, atol=1e-6)
+    assert set(load.answers) <= set(good_steps), sorted(load.answers)
+    assert len(load.answers) >= 4, sorted(load.answers)
+    assert EPOCHS * STEPS_PER_EPOCH in load.answers  # the last checkpoint was swapped in
     states = {int(s["version"]): s for s in status}
     assert states[EPOCHS * STEPS_PER_EPOCH]["state"] == "AVAILABLE"
     assert states[CORRUPT_STEP]["status"]["error_code"] == "DATA_LOSS"
     assert 'modelkeep_checkpoints_rejected_total{model="tutorial",reason="corrupt"} 1' in metrics
     assert 'reason="incomplete"' in metrics
+
+
+FIT_TRAINER = """
+import sys, time
+from pathlib import Path
+import keras
+import modelkeep as mk
+from modelkeep.demo import tutorial_data, tutorial_model
+
+run, go = Path(sys.argv[1]), Path(sys.argv[2])
+keras.utils.set_random_seed(0)
+x, y, _ = tutorial_data()
+model = tutorial_model()
+
+class Pace(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        while epoch == 0 and not go.exists():
+            time.sleep(0.05)
+        time.sleep(0.5)
+
+model.fit(x, y, epochs=6, batch_size=64, verbose=0,
+          callbacks=[mk.ModelCheckpoint(str(run / "model-{epoch:02d}.keras")), Pace()])
+print("trainer done", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_hot_reload_follows_modelcheckpoint_during_fit(tmp_path):
+    """The real thing: ``model.fit`` with ``mk.ModelCheckpoint`` writing into the served run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    go = tmp_path / "go"
+    script = tmp_path / "fit.py"
+    script.write_text(FIT_TRAINER)
+    trainer = subprocess.Popen([sys.executable, str(script), str(run), str(go)])
+    server = ServerProcess(run, "--name", "tutorial", "--poll-seconds", "0.2", log_dir=tmp_path, grpc=False)
+    load = LoadLoop(server.url, tutorial_rows(2, seed=6))
+    try:
+        server.wait(timeout=120)
+        go.touch()
+        load.run_while(trainer, limit=120)
+    finally:
+        load.done.set()
+        trainer.wait(60)
+        assert server.stop() == 0, server.log()
+    assert trainer.returncode == 0
+    load.check(run)
+    steps = sorted(c.step for c in store.list_checkpoints(run) if c.status == "ok")
+    assert set(load.answers) <= set(steps) and steps[-1] in load.answers and len(load.answers) >= 3
