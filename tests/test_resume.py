@@ -328,3 +328,32 @@ def test_resume_with_other_data_is_refused(tmp_path):
         _fit(_model(), tmp_path, [Counter(crash_at=3)])
     with pytest.raises(IncompatibleModelError, match="batches per pass"):
         _fit(_model(), tmp_path, [Counter()], batch_size=4)
+
+
+def test_callback_states_survive_a_crash(tmp_path, capsys):
+    """EarlyStopping, ReduceLROnPlateau and mk.ModelCheckpoint keep their best values and counters."""
+
+    def callbacks(crash_at=None, run="a"):
+        return [
+            Counter(crash_at),
+            keras.callbacks.EarlyStopping("val_loss", patience=1, min_delta=1.0),
+            keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=0, min_delta=1.0),
+            mk.ModelCheckpoint(str(tmp_path / run / "best.weights.h5"), monitor="val_loss",
+                               save_best_only=True, save_weights_only=True),
+        ]
+
+    straight_cbs = callbacks(run="straight")
+    straight = _model()
+    h_straight = _fit(straight, tmp_path / "a", straight_cbs, epochs=6)
+    with pytest.raises(Crash):
+        _fit(_model(), tmp_path / "b", callbacks(crash_at=8, run="b"))
+    capsys.readouterr()
+    resumed_cbs = callbacks(run="b")
+    resumed = _model()
+    h_resumed = _fit(resumed, tmp_path / "b", resumed_cbs, epochs=6, verbose=2)
+    assert "everything restored" in capsys.readouterr().out
+    _assert_same(straight, resumed)
+    assert h_resumed.history == h_straight.history
+    assert len(h_straight.epoch) < 6  # EarlyStopping stopped the run, in both
+    for a, b in zip(straight_cbs[1:], resumed_cbs[1:]):
+        assert a.best == b.best and a.wait == b.wait if hasattr(a, "wait") else a.best == b.best

@@ -51,10 +51,27 @@ def _keras_attrs(callback: Any) -> tuple[str, ...] | None:
     return None
 
 
+def _is_modelkeep_checkpoint(callback: Any) -> bool:
+    return type(callback).__module__ == "modelkeep.checkpoint.callbacks" and hasattr(callback, "_frequency")
+
+
+def _modelkeep_checkpoint_state(callback: Any) -> dict[str, Any]:
+    # until mk.ModelCheckpoint implements get_state/set_state itself
+    return {
+        "best": callback.best,
+        "_current_epoch": getattr(callback, "_current_epoch", 0),
+        "_batches_total": getattr(callback, "_batches_total", 0),
+        "seen_since_save": callback._frequency.seen_since_save,
+        "last_batch": callback._frequency.last_batch,
+    }
+
+
 def get_state(callback: Any) -> dict[str, Any] | None:
     """The callback's state, or ``None`` when it has none that modelkeep knows how to keep."""
     if callable(getattr(callback, "get_state", None)):
         return dict(callback.get_state())
+    if _is_modelkeep_checkpoint(callback):
+        return _modelkeep_checkpoint_state(callback)
     attrs = _keras_attrs(callback)
     if attrs is None:
         return None
@@ -65,6 +82,10 @@ def set_state(callback: Any, state: dict[str, Any]) -> None:
     if callable(getattr(callback, "set_state", None)):
         callback.set_state(state)
         return
+    if _is_modelkeep_checkpoint(callback):
+        state = dict(state)
+        callback._frequency.seen_since_save = state.pop("seen_since_save")
+        callback._frequency.last_batch = state.pop("last_batch")
     for name, value in state.items():
         setattr(callback, name, value)
 
