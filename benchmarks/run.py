@@ -412,7 +412,7 @@ def print_report(results: dict[str, Any]) -> None:
     print("\ntargets:")
     for row in results["targets"]:
         mark = "met" if row["met"] else "MISSED"
-        print(f"  {row['target']:48s} {_fmt(row['ratio']):>6s}  (<= {row['limit']})  {mark}")
+        print(f"  {row['target']:48s} {row['ratio']:7.3f}  (<= {row['limit']})  {mark}" if row["ratio"] is not None else f"  {row['target']:48s}     n/a")
 
 
 def _fmt(value: float | None) -> str:
