@@ -20,6 +20,7 @@ from modelkeep.cli._output import (
     human_size,
     number,
     print_json,
+    progress,
     table,
 )
 
@@ -200,7 +201,9 @@ def _add_verify(subparsers: argparse._SubParsersAction) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     from modelkeep.tools.verify import verify_paths
 
-    results = verify_paths(args.paths)
+    with progress(transient=True) as bar:
+        task = bar.add_task("verifying", total=None)
+        results = verify_paths(args.paths, on_item=lambda path: bar.update(task, advance=1, description=f"verifying {path}"))
     failed = [r for r in results if not r.ok]
     if args.json:
         print_json({"ok": not failed, "checked": len(results), "failed": len(failed), "results": [r.as_dict() for r in results]})

@@ -63,34 +63,43 @@ class VerifyResult:
         return {"path": str(self.path), "format": self.format, "ok": self.ok, "checks": self.checks, "problem": self.problem}
 
 
-def verify_paths(paths: Iterable[Path | str]) -> list[VerifyResult]:
-    """Verify files, prefixes, SavedModel and backup directories, or directories of checkpoints."""
+def verify_paths(paths: Iterable[Path | str], *, on_item: Callable[[Path], None] | None = None) -> list[VerifyResult]:
+    """Verify files, prefixes, SavedModel and backup directories, or directories of checkpoints.
+
+    ``on_item(path)`` is called before each checkpoint is checked (for a progress display).
+    """
     results: list[VerifyResult] = []
     for raw in paths:
         path = registry.strip_tf_suffix(Path(raw))
         if path.name == STATE_FILE and path.is_file():
             results.append(_verify_state_file(path))
         elif path.is_dir() and not (path / "saved_model.pb").exists() and not is_backup_dir(path):
-            results.extend(verify_directory(path))
+            results.extend(verify_directory(path, on_item=on_item))
         else:
-            results.append(verify_one(path))
+            results.append(_one(path, on_item))
     return results
 
 
-def verify_directory(directory: Path, *, depth: int = 2) -> list[VerifyResult]:
+def _one(path: Path, on_item: Callable[[Path], None] | None) -> VerifyResult:
+    if on_item is not None:
+        on_item(path)
+    return verify_one(path)
+
+
+def verify_directory(directory: Path, *, depth: int = 2, on_item: Callable[[Path], None] | None = None) -> list[VerifyResult]:
     """Verify every checkpoint of a directory and its ``checkpoint`` state file.
 
     A directory that holds no checkpoint itself (a folder of runs) is searched
     ``depth`` levels down.
     """
     infos = store.list_checkpoints(directory, verify=False)
-    results = [verify_one(info.path) for info in infos]
+    results = [_one(info.path, on_item) for info in infos]
     state_file = directory / STATE_FILE
     if state_file.exists():
         results.append(_verify_state_file(state_file))
     if not results and depth > 0:
         for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
-            found = verify_directory(sub, depth=depth - 1)
+            found = verify_directory(sub, depth=depth - 1, on_item=on_item)
             results.extend(r for r in found if r.format != "directory")
     if not results:
         results.append(VerifyResult(directory, "directory", False, problem=f"{directory} holds no checkpoint or saved model"))
