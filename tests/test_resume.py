@@ -357,3 +357,34 @@ def test_callback_states_survive_a_crash(tmp_path, capsys):
     assert len(h_straight.epoch) < 6  # EarlyStopping stopped the run, in both
     for a, b in zip(straight_cbs[1:], resumed_cbs[1:]):
         assert a.best == b.best and a.wait == b.wait if hasattr(a, "wait") else a.best == b.best
+
+
+def test_dict_inputs_and_steps_per_epoch_resume_exactly(tmp_path):
+    """Two named inputs, two outputs, and epochs shorter than one pass over the data."""
+
+    def model():
+        keras.utils.set_random_seed(9)
+        a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+        h = keras.layers.Dropout(0.2)(keras.layers.Dense(6, activation="relu")(keras.layers.Concatenate()([a, b])))
+        out1, out2 = keras.layers.Dense(1, name="y1")(h), keras.layers.Dense(1, name="y2")(h)
+        m = keras.Model({"a": a, "b": b}, {"y1": out1, "y2": out2})
+        m.compile(keras.optimizers.RMSprop(0.01), {"y1": "mse", "y2": "mae"})
+        return m
+
+    rng = np.random.default_rng(0)
+    x = {"a": rng.normal(size=(45, 3)), "b": rng.normal(size=(45, 2))}  # float64: cast to float32
+    y = {"y1": rng.normal(size=(45, 1)), "y2": rng.normal(size=(45, 1))}
+
+    def fit(m, directory, callbacks=()):
+        return mk.fit(m, x, y, backup_dir=directory, batch_size=10, epochs=4, steps_per_epoch=3,
+                      save_freq=2, verbose=0, callbacks=list(callbacks))
+
+    straight = model()
+    h_straight = fit(straight, tmp_path / "a", [Counter()])
+    with pytest.raises(Crash):
+        fit(model(), tmp_path / "b", [Counter(crash_at=8)])
+    resumed = model()
+    h_resumed = fit(resumed, tmp_path / "b", [Counter()])
+    _assert_same(straight, resumed)
+    assert h_resumed.history == h_straight.history
+    assert int(resumed.optimizer.iterations.numpy()) == 12
