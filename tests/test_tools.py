@@ -224,6 +224,14 @@ def test_convert_refuses_what_it_cannot_do(saved, tmp_path):
         convert(saved.paths["keras"], tmp_path / "w.safetensors", kind="model")
     result = convert(saved.paths["h5_model"], tmp_path / "w.h5", kind="weights")
     assert not result.optimizer_carried and result.notes
+    with pytest.raises(UnsupportedModelError, match="--like"):
+        convert(saved.paths["weights_h5"], tmp_path / "from_weights.keras")
+    result = convert(saved.paths["keras"], tmp_path / "no_opt.keras", include_optimizer=False)
+    assert not result.optimizer_carried
+    fresh = read_state(tmp_path / "no_opt.keras")[1].group("optimizer")  # Keras rebuilds a new, unused optimizer
+    assert not fresh or (int(fresh["iteration"]) == 0 and not any(v.any() for k, v in fresh.items() if k.startswith("slots/")))
+    result = convert(saved.paths["weights_h5"], tmp_path / "through.safetensors", like=saved.paths["keras"])
+    assert read_state(tmp_path / "through.safetensors")[1].group("model").keys() == read_state(saved.paths["keras"])[1].group("model").keys()
 
 
 # ------------------------------------------------------------------------------ predict
