@@ -59,6 +59,7 @@ class HarnessResult:
     corrupt_loaded: int = 0
     partial: int = 0
     incomplete: int = 0
+    mid_save: int = 0  # kills that landed while a save was being written
     saves_seen: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -66,7 +67,8 @@ class HarnessResult:
     def line(self) -> str:
         return (
             f"{self.scenario:<34} kills={self.kills:<3} lost={self.lost:<3} corrupt_loaded={self.corrupt_loaded:<3} "
-            f"partial={self.partial:<3} incomplete={self.incomplete:<3} saves={self.saves_seen:<4} "
+            f"partial={self.partial:<3} incomplete={self.incomplete:<3} mid_save={self.mid_save:<3} "
+            f"saves={self.saves_seen:<4} "
             f"({self.seconds:.0f} s)"
         )
 
@@ -125,6 +127,11 @@ class _Child:
 
     def saves(self) -> list[int]:
         return [int(line.split()[1]) for line in list(self.lines) if line.startswith("saved ")]
+
+    def saving_when_killed(self) -> bool:
+        """True when the last save the child started had not returned."""
+        events = [line.split()[0] for line in list(self.lines) if line.startswith(("saving ", "saved "))]
+        return bool(events) and events[-1] == "saving"
 
     def fingerprints(self) -> dict[int, int]:
         out = {}
@@ -249,6 +256,7 @@ def run_harness(
         result.kills += 1
         saves = child.saves()
         result.saves_seen += len(saves)
+        result.mid_save += child.saving_when_killed()
         check_directory(scenario, directory, saves, child.fingerprints(), result)
         if log:
             log(f"  kill {attempt + 1}/{kills}: {result.line()}")
@@ -292,7 +300,8 @@ def print_table(results: list[HarnessResult]) -> None:
         if group:
             print(
                 f"  {label:<10} kills={sum(r.kills for r in group)} lost={sum(r.lost for r in group)} "
-                f"corrupt_loaded={sum(r.corrupt_loaded for r in group)} partial={sum(r.partial for r in group)}"
+                f"corrupt_loaded={sum(r.corrupt_loaded for r in group)} partial={sum(r.partial for r in group)} "
+                f"mid_save={sum(r.mid_save for r in group)}"
             )
 
 

@@ -5,6 +5,7 @@ after a SIGKILL:
 
 * ``ready``                 training is about to start
 * ``fp <step> <crc>``       fingerprint of the model's weights after optimizer step <step>
+* ``saving <step>``         a checkpoint save starts
 * ``saved <step> <path>``   a checkpoint save returned
 
 Run: ``python tests/faults/train_child.py --dir D --impl mk --filepath ckpt.keras``.
@@ -75,6 +76,7 @@ def make_callbacks(args, model):
 
         class Reporting(keras.callbacks.ModelCheckpoint):
             def _save_model(self, epoch, batch, logs):
+                say("saving", _step(self.model))
                 super()._save_model(epoch, batch, logs)
                 say("saved", _step(self.model), path)
 
@@ -84,6 +86,7 @@ def make_callbacks(args, model):
 
         class Reporting(mk.ModelCheckpoint):
             def write(self, job):
+                say("saving", job.metadata["step"])
                 info = super().write(job)
                 if info is not None:
                     say("saved", job.metadata["step"], job.path)
