@@ -85,8 +85,23 @@ def number(value: Any) -> str:
     return str(value)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps each paragraph of a description or epilog; indented lines (examples) stay as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        lines = []
+        for line in text.splitlines():
+            if line.startswith("  ") or not line.strip():
+                lines.append(indent + line)
+            else:
+                lines.append(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent))
+        return "\n".join(lines)
+
+
 def formatter() -> type[argparse.HelpFormatter]:
-    return argparse.RawDescriptionHelpFormatter
+    return _HelpFormatter
 
 
 def progress(transient: bool = False) -> Any:
