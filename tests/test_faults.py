@@ -243,9 +243,11 @@ def _report(results: list) -> None:
 
 
 def test_sigkill_fast_subset(tmp_path: Path) -> None:
-    """~5 kills of ours (a 20M-parameter model saving every 2 batches), 2 of Keras's for scale."""
-    ours = [run_harness(s, tmp_path / f"ours{i}", kills=n, seed=11 + i) for i, (s, n) in enumerate(FAST)]
-    theirs = [run_harness(KERAS[0], tmp_path / "keras", kills=2, seed=5)]
+    """5 kills of ours (a 20M-parameter model saving every 2 batches), 1 of Keras's for scale.
+
+    The Keras figure is printed, not asserted (``make test-slow`` runs 12 per Keras case)."""
+    ours = [run_harness(s, tmp_path / f"ours{i}", kills=n, seed=11 + i, max_delay=4.0) for i, (s, n) in enumerate(FAST)]
+    theirs = [run_harness(KERAS[0], tmp_path / "keras", kills=1, seed=5, max_delay=4.0)]
     _report(ours + theirs)
     assert sum(r.kills for r in ours) == 5
     assert sum(r.lost for r in ours) == 0
