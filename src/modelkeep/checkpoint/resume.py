@@ -26,6 +26,7 @@ import contextlib
 import copy
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -226,43 +227,72 @@ def fit(
         model.stop_training = progress.stopped
         if verbose != 0:
             print(_resume_line(info.path, progress, epochs, steps_per_epoch or source.num_batches, notes))
-    done = progress.finished and (progress.stopped or progress.epoch >= epochs)
-    if not done:
+    if not (progress.finished and (progress.stopped or progress.epoch >= epochs)):
         progress.finished = False
-
-        writer = AsyncWriter(name="modelkeep-fit") if async_save else None
-
-        def save() -> None:
-            if writer is None:
-                write_backup(backup_dir, snapshot(model, progress, source, user_callbacks, history),
-                             step=progress.step, keep=keep_backups)
-                return
-            writer.save(  # waits for the backup in flight, then copies the state here
-                lambda: (snapshot(model, progress, source, user_callbacks, history), progress.step),
-                lambda taken: write_backup(backup_dir, taken[0], step=taken[1], keep=keep_backups),
-                label=f"backup at step {progress.step}",
-            )
-
+        backups = _Backups(backup_dir, keep_backups, model, progress, source, user_callbacks, history,
+                           AsyncWriter(name="modelkeep-fit") if async_save else None)
         loop = TrainingLoop(
             model, source, cbs, progress, epochs, steps_per_epoch=steps_per_epoch,
             validation=_validation_kwargs(validation_data, batch_size, validation_batch_size, validation_steps),
-            validation_freq=validation_freq, save_freq=save_freq, save=save,
+            validation_freq=validation_freq, save_freq=save_freq, save=backups.save,
             step_function=make_step_function(model, spec_batch),
         )
-        try:
-            loop.run()
-        except BaseException:
-            if writer is not None:  # leave no backup half-written behind a raised exception
-                wait_for_saves(raise_errors=False)
-            raise
-        if epochs > 0 and isinstance(model.optimizer, keras.optimizers.Optimizer):
-            model.optimizer.finalize_variable_values(model.trainable_weights)
-        progress.finished = True
-        save()
-        if writer is not None:
-            writer.close()  # the final backup is committed (or its error raised) before returning
+        _train(loop, backups, epochs)
     cbs.on_train_end(logs=progress.epoch_logs)
     return history
+
+
+@dataclass
+class _Backups:
+    """Takes the backups of one ``fit`` call: snapshot on the training thread, write on the
+    writer's thread (or here, without one)."""
+
+    directory: Path
+    keep: int
+    model: Any
+    progress: Progress
+    source: Any
+    callbacks: list[Any]
+    history: Any
+    writer: AsyncWriter | None = None
+
+    def _snapshot(self) -> ModelState:
+        return snapshot(self.model, self.progress, self.source, self.callbacks, self.history)
+
+    def save(self) -> None:
+        if self.writer is None:
+            write_backup(self.directory, self._snapshot(), step=self.progress.step, keep=self.keep)
+            return
+        self.writer.save(  # waits for the backup in flight, then copies the state here
+            lambda: (self._snapshot(), self.progress.step),
+            lambda taken: write_backup(self.directory, taken[0], step=taken[1], keep=self.keep),
+            label=f"backup at step {self.progress.step}",
+        )
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()  # the final backup is committed (or its error raised) before returning
+
+    def abandon(self) -> None:
+        if self.writer is not None:  # leave no backup half-written behind a raised exception
+            wait_for_saves(raise_errors=False)
+
+
+def _train(loop: TrainingLoop, backups: _Backups, epochs: int) -> None:
+    """Run the loop to the end, finalize the optimizer and take the final backup."""
+    import keras
+
+    try:
+        loop.run()
+    except BaseException:
+        backups.abandon()
+        raise
+    model = loop.model
+    if epochs > 0 and isinstance(model.optimizer, keras.optimizers.Optimizer):
+        model.optimizer.finalize_variable_values(model.trainable_weights)
+    loop.progress.finished = True
+    backups.save()
+    backups.close()
 
 
 def _check_arguments(model: Any, save_freq: Any, callbacks: Any, class_weight: Any, sample_weight: Any) -> None:
