@@ -100,7 +100,7 @@ def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="file, TF checkpoint prefix, or directory")
     parser.add_argument("--max-variables", type=int, default=40, metavar="N", help="variables shown in the table (default 40; --json shows all)")
-    _json_flag(parser)
+    parser.add_argument("--json", action="store_true", help="print parseable JSON on stdout: one object, or a list of them for several PATHs")
     parser.set_defaults(handler=run_inspect)
 
 
