@@ -170,6 +170,9 @@ def test_rest_limits_unknown_routes_and_service_endpoints(served):
     assert len(big) > 20000
     r = httpx.post(f"{server.url}/v1/models/{NAME}:predict", content=big)
     assert r.status_code == 413 and "20000" in r.json()["error"]
+    chunks = (big[i : i + 4096] for i in range(0, len(big), 4096))  # chunked: no Content-Length to trust
+    r = httpx.post(f"{server.url}/v1/models/{NAME}:predict", content=chunks)
+    assert r.status_code == 413 and "exceeds the limit of 20000" in r.json()["error"]
     r = httpx.post(f"{server.url}/v1/models/{NAME}/versions/7:predict", json={"instances": [[0.0] * 10]})
     assert r.status_code == 404 and "version 7" in r.json()["error"]
     r = httpx.post(f"{server.url}/v1/models/..%2F..%2Fetc:predict", json={"instances": [[0.0] * 10]})

@@ -22,7 +22,7 @@ from modelkeep.checkpoint import store
 from test_serving_helpers import ServerProcess, tutorial_rows
 
 STEPS_PER_EPOCH = 8
-EPOCHS = 7
+EPOCHS = 6
 CORRUPT_STEP = 3 * STEPS_PER_EPOCH + 1  # written right after epoch 3's good checkpoint
 INCOMPLETE_STEP = 4 * STEPS_PER_EPOCH + 1  # files without a manifest, after epoch 4's
 
@@ -59,7 +59,7 @@ for epoch in range(1, {EPOCHS} + 1):
     if epoch == 1:
         while not go.exists():
             time.sleep(0.05)
-    time.sleep(0.8)
+    time.sleep(0.5)
 print("trainer done", flush=True)
 """
 
