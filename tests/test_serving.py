@@ -167,6 +167,7 @@ def test_rest_bad_input_is_a_400_that_says_what_was_expected(served, body, needl
 def test_rest_limits_unknown_routes_and_service_endpoints(served):
     server, _ = served
     assert httpx.post(f"{server.url}/v1/models/{NAME}:predict", json={"instances": [[0.5] * 10]}).status_code == 200
+    assert httpx.post(f"{server.url}/v1/models/{NAME}:predict", json={"instances": [[0.5] * 9]}).status_code == 400
     big = json.dumps({"instances": tutorial_rows(400).tolist()}).encode()
     assert len(big) > 20000
     r = httpx.post(f"{server.url}/v1/models/{NAME}:predict", content=big)
