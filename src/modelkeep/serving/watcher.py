@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -149,7 +148,6 @@ class VersionManager:
                     self._reject(c, c.status, c.problem or c.status)
                 elif (str(c.path), c.stamp) not in self._failed:
                     usable.setdefault(c.version, c)
-            before = set(self.loaded)
             wanted = self.policy.wanted(list(usable))
             for version in wanted:
                 if version not in self.loaded:
@@ -158,8 +156,6 @@ class VersionManager:
             if keep:
                 for version in [v for v in self.loaded if v not in keep]:
                     await self._retire(version)
-            if set(self.loaded) != before:
-                settle_memory()
 
     def _reject(self, c: Candidate, reason: str, problem: str) -> None:
         key = (str(c.path), reason, c.stamp)
@@ -244,20 +240,6 @@ class VersionManager:
 
     def describe(self) -> dict[str, Any]:
         return {v: e.predictor.path for v, e in self.loaded.items()}
-
-
-def settle_memory() -> None:
-    """Collect once, then freeze what is left out of the garbage collector's reach.
-
-    A process holding TensorFlow and Keras has hundreds of thousands of long-lived objects;
-    every full collection walks them all (about 0.3 s here), and request handling triggers
-    several a minute. Freezing them after each load removes those pauses (measured: GC time
-    per request fell from ~300 us to a few us under load). The price: one collection per
-    version change, which also frees the retired versions' reference cycles.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 _ERROR_CODES = {"corrupt": "DATA_LOSS", "incomplete": "UNAVAILABLE", "load_failed": "FAILED_PRECONDITION"}
