@@ -168,6 +168,36 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> Non
     raise TimeoutError("server did not become ready")
 
 
+def forward_passes(model_path: Path) -> dict[str, dict[str, float]]:
+    """Per-call time of one row through model.predict, the tf.function path and the NumPy path."""
+    import numpy as np
+
+    import modelkeep as mk
+    from modelkeep.serving.predictor import Predictor
+
+    model = mk.load_model(model_path, compile=False)
+    x = np.random.default_rng(1).random((1, 10), dtype=np.float32)
+    expected = model.predict(x, verbose=0)
+    paths = {
+        "model.predict": (lambda: model.predict(x, verbose=0), 20),
+        "tf.function": (lambda p=Predictor.from_model(model, allow_numpy=False): p.run([x])[0], 2000),
+        "numpy": (lambda p=Predictor.from_model(model): p.run([x])[0], 20000),
+    }
+    out = {}
+    for name, (call, n) in paths.items():
+        call()
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            got = call()
+            times.append(time.perf_counter() - started)
+        times.sort()
+        out[name] = {"median_ms": times[len(times) // 2] * 1000, "max_abs_diff": float(np.abs(got - expected).max())}
+        print(f"forward pass, 1 row: {name:>13} {out[name]['median_ms']:9.4f} ms (median of {n})   "
+              f"max |diff| to model.predict {out[name]['max_abs_diff']:.1e}", flush=True)
+    return out
+
+
 def make_model(directory: Path) -> Path:
     import keras
 
@@ -212,6 +242,7 @@ def main() -> int:
     results: dict[str, dict[int, dict[str, float]]] = {k: {} for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         model_path = make_model(Path(tmp))
+        results["forward"] = forward_passes(model_path)  # type: ignore[assignment]
         procs: dict[str, tuple[int, subprocess.Popen]] = {}
         try:
             for kind in kinds:  # all up at once; an idle asyncio server costs no CPU
@@ -244,11 +275,16 @@ def main() -> int:
     report(results, levels)
     if args.json:
         Path(args.json).write_text(json.dumps({k: {str(c): r for c, r in v.items()} for k, v in results.items()}, indent=2))
+
     return 0
 
 
 def report(results: dict, levels: list[int]) -> None:
     mk, echo, pred = results.get("modelkeep"), results.get("echo"), results.get("predict")
+    if "forward" in results:
+        fw = results["forward"]
+        print(f"forward pass: model.predict / numpy = {fw['model.predict']['median_ms'] / fw['numpy']['median_ms']:.0f}x, "
+              f"tf.function / numpy = {fw['tf.function']['median_ms'] / fw['numpy']['median_ms']:.0f}x")
     if mk and echo and 32 in levels:
         ratio = mk[32]["rps"] / echo[32]["rps"]
         print(f"c=32: modelkeep / echo throughput = {ratio:.0%} (target >= 60%): {'met' if ratio >= 0.6 else 'MISSED'}")
