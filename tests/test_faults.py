@@ -188,7 +188,9 @@ def test_every_damage_detected_and_load_falls_back(tmp_path: Path, template: str
     """Bit flips (first, middle, last byte) and truncation of every file of the newest
     checkpoint: verify names the file; load_weights(model, dir) takes the older one."""
     per_epoch = _two_checkpoints(tmp_path, template, weights_only)
-    newest = store.list_checkpoints(tmp_path)[0]
+    infos = store.list_checkpoints(tmp_path)
+    assert [(i.epoch, i.step, i.status) for i in infos] == [(2, 4, "ok"), (1, 2, "ok")]
+    newest = infos[0]
     manifest = store.manifest_path(newest.path)
     files = [manifest.parent / name for name in verify_manifest(manifest)["files"]]
     assert len(files) >= (2 if template.startswith(("ckpt", "sm")) else 1)
