@@ -1,4 +1,6 @@
-"""``modelkeep serve`` on the tutorial's model, used as a client would (subprocess, loopback)."""
+"""``modelkeep serve`` on the tutorial's model, used as a client would (subprocess, loopback):
+both REST forms, the official gRPC stubs, status and metadata, bad input, limits, start-up
+errors, and a hypothesis fuzz run of the REST API (one server for all, to keep the run short)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import httpx
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -214,7 +218,6 @@ def test_start_up_errors_are_one_line_and_exit_1(served, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     cases = [
         (["serve", str(tmp_path / "missing.keras")], "does not exist"),
-        (["serve", str(tmp_path), "--policy", "oldest"], "--policy: expected latest"),
         (["serve", str(tmp_path), "--port", str(server.port), "--grpc-port", "0"], "Choose another --port"),
     ]
     procs = [
@@ -225,3 +228,81 @@ def test_start_up_errors_are_one_line_and_exit_1(served, tmp_path):
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 1, (args, stderr)
         assert needle in stderr.strip().splitlines()[-1], stderr
+
+
+# ---------------------------------------------------------------------- fuzz
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(-(2**70), 2**70)
+    | st.text(max_size=6)
+)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=24
+)
+numbers = st.floats(allow_nan=True, allow_infinity=True, width=64) | st.integers(-(2**40), 2**40)
+rows = st.lists(st.lists(numbers, min_size=0, max_size=12), min_size=0, max_size=4)
+named_rows = st.lists(st.dictionaries(st.sampled_from(["input_layer", "x", "keras_tensor", ""]), rows, max_size=2), max_size=3)
+predict_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "instances": rows | named_rows | json_values,
+        "inputs": rows | st.dictionaries(st.text(max_size=8), rows, max_size=2) | json_values,
+        "signature_name": st.sampled_from(["", "serving_default", "other"]) | json_values,
+        "extra": json_values,
+    },
+)
+bodies = (
+    predict_bodies.map(lambda b: json.dumps(b, allow_nan=True).encode())
+    | json_values.map(lambda b: json.dumps(b, allow_nan=True).encode())
+    | st.binary(max_size=300)
+    | st.just(b"[" * 5000)
+)
+random_paths = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/:._-%~", max_size=40).map(lambda p: "/" + p)
+
+
+@st.composite
+def requests(draw, doc_paths):
+    if draw(st.integers(0, 9)) < 6:  # most requests: a predict call with a fuzzed body
+        path = draw(st.sampled_from([f"/v1/models/{NAME}:predict", f"/v1/models/{NAME}/versions/1:predict"]))
+        return "POST", path, draw(bodies), "application/json"
+    if draw(st.booleans()):
+        path = draw(st.sampled_from(doc_paths)).replace("{version}", str(draw(st.integers(-2, 3) | st.just(10**20))))
+    else:
+        path = draw(st.sampled_from(["/v1/models/", "/v1/models/tutorial", ""]) ) + draw(random_paths)
+    method = draw(st.sampled_from(["POST", "POST", "GET", "PUT", "DELETE"]))
+    content_type = draw(st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"]))
+    return method, path, draw(bodies), content_type
+
+
+def test_fuzz_rest_api_never_answers_5xx(served):
+    """Property-based fuzz run (hypothesis): paths from the server's OpenAPI document and random
+    text, bodies from random JSON, near-valid predict requests and raw bytes; no answer >= 500."""
+    server, model = served
+    client = httpx.Client(base_url=server.url, timeout=30)
+    doc_paths = sorted(client.get("/openapi.json").json()["paths"])
+
+    count = {"requests": 0, "by_status": {}}
+
+    @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(requests(doc_paths))
+    def one(req):
+        method, path, body, content_type = req
+        r = client.request(method, path, content=body, headers={"content-type": content_type})
+        count["requests"] += 1
+        count["by_status"][r.status_code] = count["by_status"].get(r.status_code, 0) + 1
+        assert r.status_code < 500, (method, path, body[:200], r.status_code, r.text)
+        if r.status_code >= 400:
+            assert set(r.json()) == {"error"}, r.text
+
+    one()
+    print(f"fuzz: {count['requests']} requests, 0 server errors; status counts {count['by_status']}")
+    assert count["requests"] >= 500
+    assert server.proc.poll() is None
+    x = tutorial_rows(3)
+    assert count["by_status"].get(400, 0) > 100  # the fuzzer reached the input checks
+    r = client.post(f"/v1/models/{NAME}:predict", json={"instances": x.tolist()})
+    np.testing.assert_allclose(r.json()["predictions"], model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert "modelkeep_request_errors_total" in client.get("/metrics").text
+    client.close()

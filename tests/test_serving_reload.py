@@ -7,6 +7,7 @@ its numbers agree), and never serve a corrupt or incomplete checkpoint.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -27,7 +28,8 @@ CORRUPT_STEP = 3 * STEPS_PER_EPOCH + 1  # written right after epoch 3's good che
 INCOMPLETE_STEP = 4 * STEPS_PER_EPOCH + 1  # files without a manifest, after epoch 4's
 
 TRAINER = f"""
-import shutil, sys, time
+import json, shutil, sys, time
+import numpy as np
 from pathlib import Path
 import keras
 import modelkeep as mk
@@ -37,6 +39,8 @@ from modelkeep.demo import tutorial_data, tutorial_model
 from modelkeep.formats import registry
 
 run, go = Path(sys.argv[1]), Path(sys.argv[2])
+rows = np.load(run.parent / "rows.npy")
+expected = {{}}
 keras.utils.set_random_seed(0)
 x, y, _ = tutorial_data()
 model = tutorial_model()
@@ -56,6 +60,8 @@ for epoch in range(1, {EPOCHS} + 1):
         data = bytearray(bad.read_bytes()); data[len(data) // 2] ^= 0x40; bad.write_bytes(bytes(data))
     if epoch == 4:  # a save that never finished: no manifest
         mk.save_model(model, run / f"model-{INCOMPLETE_STEP}.keras")
+    expected[step] = np.asarray(model(rows, training=False)).tolist()  # what version `step` must answer
+    (run.parent / "expected.json").write_text(json.dumps(expected))
     if epoch == 1:
         while not go.exists():
             time.sleep(0.05)
@@ -64,8 +70,8 @@ print("trainer done", flush=True)
 """
 
 
-def load_version(run, step: int):
-    (info,) = [c for c in store.list_checkpoints(run) if c.step == step]
+def load_version(infos, step: int):
+    (info,) = [c for c in infos if c.step == step]
     assert info.status == "ok"
     if info.format == "modelkeep backup":
         return build_model(store.load_state(info.path), compile=False)
@@ -112,12 +118,18 @@ class LoadLoop:
         time.sleep(tail)  # let the last checkpoint be picked up under load
         self.stop()
 
-    def check(self, run) -> int:
+    def check(self, run, expected: dict[int, np.ndarray] | None = None) -> int:
+        """No failure, and every answer equals the output of the version its header names
+        (``expected`` by step, else each version is loaded from the run and called)."""
         total = sum(len(v) for v in self.answers.values())
         print(f"{total} requests during reloads, {len(self.failures)} failed, versions seen {sorted(self.answers)}")
         assert self.failures == []
-        for step, got in self.answers.items():  # each answer is exactly that version's output
-            want = load_version(run, step).predict(self.rows, verbose=0)
+        infos = store.list_checkpoints(run)
+        for step, got in self.answers.items():
+            if expected is not None:
+                want = expected[step]
+            else:
+                want = np.asarray(load_version(infos, step)(self.rows, training=False))
             for prediction in got:
                 np.testing.assert_allclose(prediction, want, rtol=1e-5, atol=1e-6)
         return total
@@ -129,9 +141,11 @@ def test_hot_reload_under_load(tmp_path):
     go = tmp_path / "go"
     script = tmp_path / "trainer.py"
     script.write_text(TRAINER)
+    rows = tutorial_rows(2, seed=5)
+    np.save(tmp_path / "rows.npy", rows)
     trainer = subprocess.Popen([sys.executable, str(script), str(run), str(go)])
     server = ServerProcess(run, "--name", "tutorial", "--poll-seconds", "0.2", log_dir=tmp_path, grpc=False)
-    load = LoadLoop(server.url, tutorial_rows(2, seed=5))
+    load = LoadLoop(server.url, rows)
     try:
         server.wait(timeout=120)
         go.touch()
@@ -143,7 +157,8 @@ def test_hot_reload_under_load(tmp_path):
         trainer.wait(60)
         assert server.stop() == 0, server.log()
     assert trainer.returncode == 0
-    load.check(run)
+    expected = {int(k): np.array(v) for k, v in json.loads((tmp_path / "expected.json").read_text()).items()}
+    load.check(run, expected)
     good_steps = [e * STEPS_PER_EPOCH for e in range(1, EPOCHS + 1)]
     assert set(load.answers) <= set(good_steps), sorted(load.answers)
     assert len(load.answers) >= 4, sorted(load.answers)

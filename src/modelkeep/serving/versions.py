@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from modelkeep.checkpoint import store
-from modelkeep.errors import CheckpointNotFoundError
+from modelkeep.errors import CheckpointNotFoundError, CorruptCheckpointError
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -50,6 +50,7 @@ class ModelSource:
     def __init__(self, path: Path, kind: str):
         self.path = path
         self.kind = kind  # 'single' | 'base' | 'run'
+        self._verified: dict[tuple[str, float, float, int], store.CheckpointInfo] = {}
 
     @classmethod
     def detect(cls, path: str | Path) -> ModelSource:
@@ -95,20 +96,33 @@ class ModelSource:
         return sorted(found, key=lambda c: c.version, reverse=True)
 
     def _scan_run(self) -> list[Candidate]:
+        """List without reading the checkpoints; verify each new one once (cached by mtime and size)."""
         found = []
-        for info in store.list_checkpoints(self.path):
+        for info in store.list_checkpoints(self.path, verify=False):
+            if info.status == store.OK:
+                key = (str(info.path), _stamp(store.manifest_path(info.path)), _stamp(info.path), info.size)
+                if key not in self._verified:
+                    self._verified[key] = store.info_for(info.path, verify=True)
+                info = self._verified[key]
             if info.step is None:  # no manifest (yet): no version to give it; reported, not served
                 if info.status != store.OK:
                     found.append(Candidate(-1, info.path, info.status, problem=info.problem, stamp=_stamp(info.path)))
                 continue
             backup = info.format == "modelkeep backup"
-            found.append(
-                Candidate(int(info.step), info.path, info.status, backup, info.problem, _stamp(info.path))
-            )
+            found.append(Candidate(int(info.step), info.path, info.status, backup, info.problem, _stamp(info.path)))
         return found
 
+    def verify(self, candidate: Candidate) -> None:
+        """Check a run checkpoint's checksums again just before loading it."""
+        if self.kind != "run":
+            return
+        info = store.info_for(candidate.path, verify=True)
+        if info.status != store.OK:
+            raise CorruptCheckpointError(f"serve: {candidate.path} is {info.status} now: {info.problem}")
+
     def load(self, candidate: Candidate) -> Any:
-        """The Keras model of a candidate (uncompiled: serving needs no optimizer)."""
+        """The Keras model of a candidate (uncompiled: serving needs no optimizer), checksums checked again."""
+        self.verify(candidate)
         if candidate.backup:
             from modelkeep.capture import build_model
 

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelkeep.errors import UnsupportedModelError
+from modelkeep.errors import CorruptCheckpointError, UnsupportedModelError
 from modelkeep.serving.batching import MicroBatcher
 from modelkeep.serving.metrics import Metrics
 from modelkeep.serving.predictor import Predictor
@@ -187,7 +187,8 @@ class VersionManager:
             predictor = await asyncio.get_running_loop().run_in_executor(self._io, self._build, candidate)
         except Exception as exc:  # noqa: BLE001 - an unloadable checkpoint is skipped, not fatal
             self._failed[(str(candidate.path), candidate.stamp)] = str(exc)
-            self._reject(candidate, "load_failed", f"{type(exc).__name__}: {exc}")
+            reason = "corrupt" if isinstance(exc, CorruptCheckpointError) else "load_failed"
+            self._reject(candidate, reason, f"{type(exc).__name__}: {exc}")
             return
         batcher = MicroBatcher(
             predictor.run,
