@@ -287,8 +287,9 @@ def gil_share(model: Any, work: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ training stall
-def stall_figures(model: Any, work: Path, sync_save_s: float, copy_s: float, epochs: int) -> dict[str, Any]:
-    """fit with a backup checkpoint every epoch (sync, async) minus fit without, per checkpoint."""
+def stall_figures(model: Any, work: Path, sync_save_s: float, copy_s: float, epochs: int, rounds: int) -> dict[str, Any]:
+    """fit with a backup checkpoint every epoch minus fit without, per checkpoint; modes are
+    interleaved for ``rounds`` rounds and medians kept (other processes share the CPUs)."""
     import keras
 
     from modelkeep.capture import capture
@@ -297,14 +298,12 @@ def stall_figures(model: Any, work: Path, sync_save_s: float, copy_s: float, epo
 
     width = model.inputs[0].shape[-1]
     x = np.random.default_rng(1).standard_normal((64, width), dtype=np.float32)
+    model.fit(x[:16], x[:16], batch_size=8, epochs=1, verbose=0)  # warm up tracing
     start = time.perf_counter()
-    model.fit(x[:8], x[:8], batch_size=8, epochs=1, verbose=0)  # warm up tracing
-    step_s = max(time.perf_counter() - start, 1e-3)
-    start = time.perf_counter()
-    model.fit(x[:8], x[:8], batch_size=8, epochs=1, verbose=0)
-    step_s = time.perf_counter() - start
-    # an epoch must outlast a background write, or the next save waits on the previous one
-    steps = max(2, min(64, int(2.5 * sync_save_s / step_s) + 1))
+    model.fit(x[:16], x[:16], batch_size=8, epochs=1, verbose=0)
+    step_s = (time.perf_counter() - start) / 2
+    # an epoch should outlast a background write, or the next save waits on the previous one
+    steps = max(4, min(64, int(2.0 * sync_save_s / step_s) + 1))
     data = np.resize(x, (steps * 8, width))
 
     class Every(keras.callbacks.Callback):
@@ -315,7 +314,7 @@ def stall_figures(model: Any, work: Path, sync_save_s: float, copy_s: float, epo
         def __init__(self, mode: str) -> None:
             super().__init__()
             self.mode, self.writer = mode, AsyncWriter(nice=0 if mode == "async_nice0" else 10)
-            self.buffers = SnapshotBuffers()
+            self.buffers, self.blocked = SnapshotBuffers(), []
 
         def take(self) -> Any:
             if self.mode == "async_cow":
@@ -325,13 +324,14 @@ def stall_figures(model: Any, work: Path, sync_save_s: float, copy_s: float, epo
             return self.buffers.copy(capture(self.model, copy=False))
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            target = work / f"stall-{self.mode}"
+            target, begin = work / f"stall-{self.mode}", time.perf_counter()
             if self.mode == "sync":
                 store.save_state(target, capture(self.model, copy=False), step=epoch)
             elif self.mode != "none":
                 self.writer.save(self.take, lambda s: store.save_state(target, s, step=epoch))
+            self.blocked.append(time.perf_counter() - begin)
 
-    def fit_time(mode: str) -> tuple[float, float]:
+    def fit_time(mode: str) -> tuple[float, float, float]:
         callback = Every(mode)
         begin = time.perf_counter()
         model.fit(data, data, batch_size=8, epochs=epochs, verbose=0, callbacks=[callback])
@@ -339,20 +339,28 @@ def stall_figures(model: Any, work: Path, sync_save_s: float, copy_s: float, epo
         callback.writer.close()
         drain = time.perf_counter() - begin - fitted
         shutil.rmtree(work / f"stall-{mode}", ignore_errors=True)
-        return fitted, drain
+        return fitted, drain, statistics.median(callback.blocked)
 
-    base = [fit_time("none")[0] for _ in range(2)]
-    sync, _ = fit_time("sync")
-    asyn, drain = fit_time("async")
-    variants = {mode: fit_time(mode)[0] for mode in ("async_fresh", "async_nice0", "async_cow")}
-    base.append(fit_time("none")[0])  # the baseline before and after, against drift in load
-    base_s = min(base)
-    sync_stall = max(0.0, sync - base_s) / epochs
-    async_stall = max(0.0, asyn - base_s) / epochs
+    runs: dict[str, list[tuple[float, float, float]]] = {"none": [], "sync": [], "async": []}
+    for _ in range(max(1, rounds)):
+        for mode in runs:
+            runs[mode].append(fit_time(mode))
+    variants = {mode: fit_time(mode) for mode in ("async_fresh", "async_nice0", "async_cow")}
+    base_s = statistics.median(r[0] for r in runs["none"])
+
+    def per_ckpt(fit_s: float) -> float:
+        return max(0.0, fit_s - base_s) / epochs
+
+    sync_stall = per_ckpt(statistics.median(r[0] for r in runs["sync"]))
+    async_stall = per_ckpt(statistics.median(r[0] for r in runs["async"]))
     return {
-        "epochs": epochs, "steps_per_epoch": steps, "fit_none_s": base, "fit_sync_s": sync, "fit_async_s": asyn,
-        "other_designs_stall_per_ckpt_s": {m: max(0.0, t - base_s) / epochs for m, t in variants.items()},
-        "async_final_drain_s": drain, "sync_stall_per_ckpt_s": sync_stall, "async_stall_per_ckpt_s": async_stall,
+        "epochs": epochs, "steps_per_epoch": steps, "step_s": step_s, "rounds": rounds,
+        "fit_s": {mode: [r[0] for r in rs] for mode, rs in runs.items()},
+        "blocked_in_callback_s": {mode: statistics.median(r[2] for r in rs) for mode, rs in runs.items() if mode != "none"},
+        "other_designs_stall_per_ckpt_s": {m: per_ckpt(r[0]) for m, r in variants.items()},
+        "other_designs_blocked_in_callback_s": {m: r[2] for m, r in variants.items()},
+        "async_final_drain_s": statistics.median(r[1] for r in runs["async"]),
+        "sync_stall_per_ckpt_s": sync_stall, "async_stall_per_ckpt_s": async_stall,
         "copy_floor_s": copy_s, "async_stall_over_copy": async_stall / copy_s if copy_s else None,
         "async_stall_over_sync_stall": async_stall / sync_stall if sync_stall else None,
         "async_stall_over_sync_save": async_stall / sync_save_s if sync_save_s else None,
@@ -399,7 +407,10 @@ def print_report(results: dict[str, Any]) -> None:
           f"sync {stall['sync_stall_per_ckpt_s']:.3f} s, async {stall['async_stall_per_ckpt_s']:.3f} s "
           f"(async/sync stall {_fmt(stall['async_stall_over_sync_stall'])}, async/sync save "
           f"{_fmt(stall['async_stall_over_sync_save'])}); last async save drained in {stall['async_final_drain_s']:.3f} s")  # fmt: skip
-    others = ", ".join(f"{k} {v:.3f} s" for k, v in stall["other_designs_stall_per_ckpt_s"].items())
+    blocked = stall["blocked_in_callback_s"]
+    print(f"training thread blocked in the checkpoint callback: sync {blocked['sync']:.3f} s, async {blocked['async']:.3f} s")
+    others = ", ".join(f"{k} {v:.3f} s (blocked {stall['other_designs_blocked_in_callback_s'][k]:.3f} s)"
+                       for k, v in stall["other_designs_stall_per_ckpt_s"].items())
     print(f"other writer designs, stall per checkpoint: {others} "
           "(fresh: snapshot into new arrays; nice0: writer at normal priority; cow: no snapshot copy, "
           "TF copies on the next update)")
@@ -464,7 +475,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     results["memory"] = memory_figures(model, work)
     results["gil"] = gil_share(model, work)
     sync_save = results["formats"][BACKUP]["save"]["seconds"]
-    results["stall"] = stall_figures(model, work, sync_save, results["raw"]["copy"]["seconds"], args.epochs)
+    results["stall"] = stall_figures(model, work, sync_save, results["raw"]["copy"]["seconds"], args.epochs, args.reps)
     results["targets"] = targets(results)
     return results
 
