@@ -142,7 +142,26 @@ def raw_reference(model: Any, work: Path, reps: int) -> dict[str, Any]:
            "read_assign": figure(timed(read_assign, reps), nbytes)}  # fmt: skip
     copy_times = timed(lambda: buffer.copy(), reps)
     out["copy"] = figure(copy_times, nbytes)
+    out["checksum"] = checksum_figures(buffer, reps)
     path.unlink()
+    return out
+
+
+def checksum_figures(buffer: np.ndarray, reps: int) -> dict[str, Any]:
+    """CRC-32 throughput over the state: zlib vs ISA-L (same values), one thread vs two."""
+    import zlib
+
+    from modelkeep.storage import checksums
+
+    view = memoryview(buffer).cast("B")
+    out = {"zlib_crc32": figure(timed(lambda: zlib.crc32(view), reps), view.nbytes)}
+    try:
+        from isal.isal_zlib import crc32 as isal_crc32
+
+        out["isal_crc32"] = figure(timed(lambda: isal_crc32(view), reps), view.nbytes)
+    except ImportError:
+        pass
+    out["modelkeep_crc32_2_threads"] = figure(timed(lambda: checksums.crc32_buffers([view]), reps), view.nbytes)
     return out
 
 
@@ -403,6 +422,7 @@ def print_report(results: dict[str, Any]) -> None:
               f"{save['seconds'] / raw['write_fsync']['seconds']:8.2f} {load['seconds'] / raw['read_assign']['seconds']:10.2f}")  # fmt: skip
     stall = results["stall"]
     print(f"\none in-memory copy of the state: {raw['copy']['seconds']:.3f} s")
+    print("CRC-32 over the state: " + ", ".join(f"{k} {v['gb_per_s']:.2f} GB/s" for k, v in raw["checksum"].items()))
     print(f"training stall per checkpoint ({stall['epochs']} epochs x {stall['steps_per_epoch']} steps): "
           f"sync {stall['sync_stall_per_ckpt_s']:.3f} s, async {stall['async_stall_per_ckpt_s']:.3f} s "
           f"(async/sync stall {_fmt(stall['async_stall_over_sync_stall'])}, async/sync save "

@@ -209,6 +209,7 @@ def test_benchmark_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert figures["state_bytes"] > 0.9 * 0.004 * 2**30
     for key in ("write_fsync", "read", "read_assign", "copy"):
         assert figures["raw"][key]["seconds"] > 0
+    assert {"zlib_crc32", "modelkeep_crc32_2_threads"} <= set(figures["raw"]["checksum"])
     expected = {
         "modelkeep backup ckpt (default)", "modelkeep safetensors", "modelkeep TF checkpoint",
         "modelkeep .weights.h5", "modelkeep .h5 (whole model)", "modelkeep .keras (whole model)",
