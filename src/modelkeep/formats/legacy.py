@@ -488,7 +488,9 @@ def load_h5_into(model: Any, handle: Any, source: str, *, optimizer: bool = True
 
 
 def _h5_optimizer(group: Any, k3_key_of: dict[str, str]) -> dict[str, np.ndarray]:
+    """Optimizer values by Keras 3 key, from Keras 2 names (new and legacy optimizers) or Keras 3's."""
     values: dict[str, np.ndarray] = {}
+    flat_key_of = {name.replace("/", "_"): key for name, key in k3_key_of.items()}
     for raw in group.attrs.get("weight_names", []):
         name = _h5_text(raw)
         parts = name.removesuffix(":0").split("/")
@@ -501,7 +503,16 @@ def _h5_optimizer(group: Any, k3_key_of: dict[str, str]) -> dict[str, np.ndarray
             values[f"slots/{k3_key_of['/'.join(parts[2:])]}/{SLOT_NAMES[parts[1]]}"] = array
         elif len(parts) > 2 and parts[-1] in SLOT_NAMES and "/".join(parts[1:-1]) in k3_key_of:
             values[f"slots/{k3_key_of['/'.join(parts[1:-1])]}/{SLOT_NAMES[parts[-1]]}"] = array
+        elif len(parts) == 2:  # Keras 3's own .h5: "adam/sequential_dense_kernel_momentum"
+            for slot in _KERAS3_SLOTS:
+                flat = parts[1].removesuffix("_" + slot)
+                if flat != parts[1] and flat in flat_key_of:
+                    values[f"slots/{flat_key_of[flat]}/{slot}"] = array
+                    break
     return values
+
+
+_KERAS3_SLOTS = ("velocity_hat", "average_gradient", "momentum", "velocity", "accumulator")
 
 
 def load_h5_model(path: Path, handle: Any, **kwargs: Any) -> Any:

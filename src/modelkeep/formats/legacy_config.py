@@ -153,6 +153,9 @@ def _layer(entry: dict, opts: _Options) -> dict:
     name = config.get("name", entry.get("name", "?"))
     if class_name in MODELS:
         out = _model(class_name, config, opts)
+    elif _layer_class(class_name, opts.custom_objects)[0] is None and _op_module(entry):
+        # an op node of a Keras 3 config (Keras 3's own .h5 drops its module): Keras 3 rebuilds it
+        out = {**entry, "module": _op_module(entry), "registered_name": None}
     else:
         cls, builtin = _layer_class(class_name, opts.custom_objects)
         if cls is None and opts.strict:
@@ -175,6 +178,21 @@ def _layer(entry: dict, opts: _Options) -> dict:
         out["name"] = entry.get("name", name)
         out["inbound_nodes"] = entry["inbound_nodes"]
     return out
+
+
+def _op_module(entry: dict) -> str | None:
+    """The ``keras.src.ops`` module of an op node (``NotEqual`` from ``mask_zero``) in a Keras 3 config."""
+    import importlib
+
+    if str(entry.get("module") or "").startswith("keras.src.ops"):
+        return entry["module"]
+    if not any(isinstance(node, dict) for node in entry.get("inbound_nodes") or []):
+        return None  # Keras 2 configs have no op nodes
+    for name in ("numpy", "math", "nn", "core"):
+        module = importlib.import_module(f"keras.src.ops.{name}")
+        if isinstance(getattr(module, entry.get("class_name", ""), None), type):
+            return module.__name__
+    return None
 
 
 def _layer_config(class_name: str, config: dict, opts: _Options) -> dict:
@@ -245,6 +263,8 @@ def to_keras3_compile_config(training_config: dict | None, *, single_output: boo
     if not training_config:
         return None
     tc = plain(training_config)
+    if "optimizer" in tc and "optimizer_config" not in tc:
+        return tc  # Keras 3's own .h5 writer stores its compile config as is
     metrics = _metrics(tc.get("metrics"), single_output)
     weighted = _metrics(tc.get("weighted_metrics"), single_output)
     return {
@@ -337,7 +357,8 @@ def _metrics(metrics: Any, single_output: bool) -> Any:
     if isinstance(metrics, list):
         if single_output and len(metrics) == 1 and isinstance(metrics[0], list):
             metrics = metrics[0]
-        return [(_metrics(m, True) if isinstance(m, list | dict) and "class_name" not in m else _metric(m)) for m in metrics]
+        # Keras 2 lists metrics per output, with None for an output that has none
+        return [(_metrics(m, True) if isinstance(m, list | dict) and "class_name" not in m else _metric(m)) for m in metrics if m is not None]
     return _metric(metrics)
 
 
