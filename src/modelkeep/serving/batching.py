@@ -7,7 +7,9 @@ concatenates their inputs, runs one forward pass, and hands each caller its own 
 so a lone request pays no delay and concurrent ones share a pass.
 
 Cheap forward passes (the NumPy path) run inline on the loop; others run on one worker
-thread so the loop keeps accepting and decoding requests meanwhile.
+thread so the loop keeps accepting and decoding requests meanwhile. Inline with no timeout,
+the first request of a batch runs the pass itself (one loop turn later), saving the hop to
+the worker task.
 
 Example::
 
@@ -53,6 +55,7 @@ class MicroBatcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._leading = False
 
     def start(self) -> None:
         """Start the worker task on the running loop."""
@@ -67,8 +70,26 @@ class MicroBatcher:
         rows = len(arrays[0])
         self._queue.append((arrays, rows, future))
         self._rows += rows
-        self._wake.set()
+        if self._inline and self.timeout_s == 0.0 and not self._leading:
+            await self._lead(future)
+        else:
+            self._wake.set()
         return await future
+
+    async def _lead(self, future: asyncio.Future) -> None:
+        """Inline, no timeout: the first caller runs the pass itself (no hop to the worker).
+
+        One turn of the loop lets requests already in flight queue behind it; it then runs
+        passes until its own request is answered, and leaves any rest to the worker."""
+        self._leading = True
+        try:
+            await asyncio.sleep(0)
+            while self._queue and not future.done():
+                await self._execute(self._take())
+        finally:
+            self._leading = False
+        if self._queue:
+            self._wake.set()
 
     async def close(self) -> None:
         """Finish every queued request, then stop the worker."""
