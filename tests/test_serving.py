@@ -67,6 +67,24 @@ def test_rest_row_and_columnar_forms_match_model_predict(served):
     np.testing.assert_allclose(np.array(r.json()["predictions"]), expected[:1], rtol=1e-5, atol=1e-6)
 
 
+def test_sequential_requests_are_not_delayed(served):
+    """A keep-alive client asking one row at a time gets answers in milliseconds (no Nagle /
+    delayed-ACK stall, no batching wait)."""
+    import time
+
+    server, _ = served
+    body = {"instances": tutorial_rows(1).tolist()}
+    times = []
+    with httpx.Client(base_url=server.url) as client:
+        for _ in range(40):
+            started = time.perf_counter()
+            assert client.post(f"/v1/models/{NAME}:predict", json=body).status_code == 200
+            times.append(time.perf_counter() - started)
+    median = sorted(times)[len(times) // 2]
+    print(f"sequential predict: median {median * 1000:.2f} ms")
+    assert median < 0.02
+
+
 def test_rest_status_and_metadata_in_tf_serving_shape(served):
     server, _ = served
     status = httpx.get(f"{server.url}/v1/models/{NAME}").json()
