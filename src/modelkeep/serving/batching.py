@@ -70,8 +70,10 @@ class MicroBatcher:
         rows = len(arrays[0])
         self._queue.append((arrays, rows, future))
         self._rows += rows
-        if self._inline and self.timeout_s == 0.0 and not self._leading:
-            await self._lead(future)
+        if self._inline and self.timeout_s == 0.0:
+            if not self._leading:
+                await self._lead(future)
+            # else the leader running now takes it (or hands it to the worker)
         else:
             self._wake.set()
         return await future
@@ -133,7 +135,8 @@ class MicroBatcher:
                 continue
             await self._gather_more()
             batch = self._take()
-            await self._execute(batch)
+            if batch:  # a leader may have taken everything meanwhile
+                await self._execute(batch)
 
     async def _execute(self, batch: list[tuple[list[np.ndarray], int, asyncio.Future]]) -> None:
         n_inputs = len(batch[0][0])
