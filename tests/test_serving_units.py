@@ -137,3 +137,29 @@ def test_dict_inputs_and_outputs_are_fed_and_read_by_name():
     expected = model.predict(feed, verbose=0)
     for name, value in zip(predictor.output_names, got):
         np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_batcher_under_waves_of_requests_answers_everyone_and_keeps_its_worker():
+    seen = []
+
+    def run(arrays):
+        seen.append(len(arrays[0]))
+        return [arrays[0] + 1]
+
+    async def scenario():
+        batcher = MicroBatcher(run, inline=True, max_batch_size=8, timeout_s=0.0)
+        batcher.start()
+
+        async def one(i):
+            await asyncio.sleep((i % 7) * 1e-4)
+            return await batcher.submit([np.array([[float(i)]], np.float32)])
+
+        results = await asyncio.gather(*(one(i) for i in range(300)))
+        alive = not batcher._task.done()
+        await batcher.close()
+        return results, alive
+
+    results, alive = asyncio.run(scenario())
+    assert alive  # the worker survived leaders taking its work
+    assert [float(r[0][0, 0]) for r in results] == [i + 1.0 for i in range(300)]
+    assert sum(seen) == 300 and max(seen) <= 8 and len(seen) < 300
