@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import modelkeep as mk
-from modelkeep.capture import model_variable_keys, optimizer_variable_keys
+from modelkeep.capture import capture, model_variable_keys, optimizer_variable_keys
 from modelkeep.errors import UnsupportedModelError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -36,7 +36,8 @@ _spec.loader.exec_module(zoo)
 NAMES = list(zoo.BUILDERS)
 #: the default run generates these (every layer kind of the issue; ``tutorial`` and
 #: ``legacy_adam`` are also committed under fixtures/tfkeras); the slow run generates all
-DEFAULT = ["dense_bn_dropout", "conv2d", "conv1d", "embed_bigru_mask", "bilstm", "layernorm_reshape", "multi_io", "nested"]
+DEFAULT = ["dense_bn_dropout", "conv2d", "conv1d", "embed_bigru_mask", "bilstm", "layernorm_reshape", "multi_io", "nested",
+           "mixed_float16"]
 #: tf-keras writes SavedModels slowly (recurrent ones: megabytes of traced functions); the
 #: default run writes these, the slow run all
 FAST_SM = ["dense_bn_dropout", "multi_io", "nested"]
@@ -265,6 +266,8 @@ def test_tf_keras_reads_modelkeep_files_every_model(tmp_path):
 def check_reverse(tmp_path: Path, names: list[str]) -> None:
     import tensorflow as tf
 
+    from modelkeep.formats import registry
+
     for name in names:
         keras.utils.set_random_seed(1)
         model = zoo.BUILDERS[name](keras)
@@ -274,16 +277,23 @@ def check_reverse(tmp_path: Path, names: list[str]) -> None:
         mk.save_weights(model, folder / "mk_ckpt")
         mk.save_model(model, folder / "mk_model.h5")
         arrays = {f"x_{k}": v for k, v in x.items()} if isinstance(x, dict) else {"x": x}
+        # a TF checkpoint with optimizer state (what a converter or backup writes)
+        registry.TF_CHECKPOINT.write(capture(model), folder / "mk_state")
+        slots = [v.numpy() for k, v in optimizer_variable_keys(model) if k != "learning_rate"]
+        arrays.update({f"opt_{i}": v for i, v in enumerate(slots)})
         arrays.update({f"pred_{i}": p for i, p in enumerate(_predictions(model, x))})
         np.savez(folder / "mk_expected.npz", **arrays)
     listed = [k for k, _ in tf.train.list_variables(str(tmp_path / "bilstm" / "mk_ckpt"))]
     assert "layer_with_weights-0/forward_layer/cell/kernel/.ATTRIBUTES/VARIABLE_VALUE" in listed
     results = [json.loads(line[7:]) for line in run_tool("read", str(tmp_path), *names).splitlines() if line.startswith("RESULT ")]
-    assert len(results) == 2 * len(names)
+    assert len(results) == 3 * len(names)
     problems = []
     for r in results:
         if "error" in r:
             problems.append(f"{r['name']} {r['file']}: {r['error']}")
+        elif r["file"] == "mk_state":
+            if r["iterations"] != 2 or not r["optimizer_equal"]:
+                problems.append(f"{r['name']} mk_state: optimizer state not restored by tf-keras: {r}")
         elif not r["equal"] and r["max_abs_diff"] > TOLERANCE.get(r["name"], 0.0):
             problems.append(f"{r['name']} {r['file']}: predictions differ by {r['max_abs_diff']}")
         elif r["file"] == "mk_model.h5" and r["iterations"] != 2:

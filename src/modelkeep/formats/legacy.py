@@ -499,10 +499,9 @@ def _h5_optimizer(group: Any, k3_key_of: dict[str, str]) -> dict[str, np.ndarray
             values["iteration"] = array
         elif parts[-1] in _LEARNING_RATE:
             values["learning_rate"] = array
-        elif len(parts) > 2 and parts[1] in SLOT_NAMES and "/".join(parts[2:]) in k3_key_of:
-            values[f"slots/{k3_key_of['/'.join(parts[2:])]}/{SLOT_NAMES[parts[1]]}"] = array
-        elif len(parts) > 2 and parts[-1] in SLOT_NAMES and "/".join(parts[1:-1]) in k3_key_of:
-            values[f"slots/{k3_key_of['/'.join(parts[1:-1])]}/{SLOT_NAMES[parts[-1]]}"] = array
+        elif _keras2_slot(parts, k3_key_of):  # "Adam/m/dense/kernel", "Adam/dense/kernel/m", under wrappers too
+            key, slot = _keras2_slot(parts, k3_key_of)
+            values[f"slots/{key}/{slot}"] = array
         elif len(parts) == 2:  # Keras 3's own .h5: "adam/sequential_dense_kernel_momentum"
             for slot in _KERAS3_SLOTS:
                 flat = parts[1].removesuffix("_" + slot)
@@ -510,6 +509,15 @@ def _h5_optimizer(group: Any, k3_key_of: dict[str, str]) -> dict[str, np.ndarray
                     values[f"slots/{flat_key_of[flat]}/{slot}"] = array
                     break
     return values
+
+
+def _keras2_slot(parts: list[str], k3_key_of: dict[str, str]) -> tuple[str, str] | None:
+    for i in range(len(parts) - 1):
+        if parts[i] in SLOT_NAMES and "/".join(parts[i + 1 :]) in k3_key_of:  # new optimizers
+            return k3_key_of["/".join(parts[i + 1 :])], SLOT_NAMES[parts[i]]
+        if parts[-1] in SLOT_NAMES and "/".join(parts[i:-1]) in k3_key_of:  # legacy optimizers
+            return k3_key_of["/".join(parts[i:-1])], SLOT_NAMES[parts[-1]]
+    return None
 
 
 _KERAS3_SLOTS = ("velocity_hat", "average_gradient", "momentum", "velocity", "accumulator")

@@ -285,6 +285,9 @@ def to_keras3_optimizer(config: dict | None) -> Any:
     if not config:
         return "rmsprop"
     class_name = config["class_name"].split(">")[-1]
+    if class_name.startswith("LossScaleOptimizer") and "inner_optimizer" in (config.get("config") or {}):
+        # Keras 3's compile wraps the optimizer itself under a mixed_float16 policy
+        return to_keras3_optimizer(config["config"]["inner_optimizer"])
     cls = getattr(keras.optimizers, class_name, None)
     if cls is None:
         raise UnsupportedModelError(

@@ -63,7 +63,33 @@ def object_paths(keys: list[str]) -> list[str]:
     """Object paths for state keys: Keras 2's names where they stay unambiguous."""
     plain = [object_path(k) for k in keys]
     translated = [keras2_path(p) if k.startswith(MODEL + "/") else p for k, p in zip(keys, plain)]
+    optimizer = keras2_optimizer_paths([k for k in keys if k.startswith(OPTIMIZER + "/")])
+    translated = [optimizer.get(k, p) for k, p in zip(keys, translated)]
     return translated if len(set(translated)) == len(translated) else plain
+
+
+def keras2_optimizer_paths(keys: list[str]) -> dict[str, str]:
+    """Optimizer state keys -> where tf-keras's optimizers track them (``optimizer/_variables/N``).
+
+    tf-keras keeps the iteration count as ``_variables/0`` (tracked as ``_iterations``) and
+    each slot as ``_variables/N`` in creation order, which is Keras 3's order too. Only
+    translated when the state holds nothing else (an optimizer with extra variables keeps
+    modelkeep's own names rather than risk a wrong match).
+    """
+    prefix = OPTIMIZER + "/"
+    names = [k[len(prefix) :] for k in keys]
+    if not names or any(n not in ("iteration", "learning_rate") and not n.startswith("slots/") for n in names):
+        return {}
+    out, index = {}, 1
+    for key, name in zip(keys, names):
+        if name == "iteration":
+            out[key] = "optimizer/_iterations"
+        elif name == "learning_rate":
+            out[key] = "optimizer/_learning_rate"
+        else:
+            out[key] = f"optimizer/_variables/{index}"
+            index += 1
+    return out
 
 
 def build_object_graph(paths: list[str]) -> bytes:
