@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=30
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
