@@ -99,30 +99,11 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
     stop = asyncio.Event()
     _STOPPING.clear()
     http_socket = _listen(config.host, config.port, "--port")
-    grpc_server = None
-    if config.grpc_port:
-        import grpc
-
-        from modelkeep.serving.grpc_service import add_services
-
-        grpc_server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", config.max_request_bytes),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        add_services(grpc_server, ctx)
-        try:
-            bound = grpc_server.add_insecure_port(f"{_grpc_host(config.host)}:{config.grpc_port}")
-        except RuntimeError:
-            bound = 0
-        if bound == 0:
-            http_socket.close()
-            raise ModelkeepError(
-                f"serve: cannot listen for gRPC on {config.host}:{config.grpc_port} (in use, or not an address "
-                "of this machine). Choose another --grpc-port, or --grpc-port 0 for no gRPC."
-            )
-        await grpc_server.start()
+    try:
+        grpc_server = await _start_grpc(config, ctx) if config.grpc_port else None
+    except BaseException:
+        http_socket.close()
+        raise
     poller = asyncio.get_running_loop().create_task(ctx.manager.run(config.poll_seconds, stop))
     uv_config = uvicorn.Config(
         build_app(ctx),
@@ -152,6 +133,29 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
         if grpc_server is not None:
             await grpc_server.stop(grace=2.0)
         await ctx.manager.close()
+
+
+async def _start_grpc(config: ServeConfig, ctx: ServeContext) -> object:
+    """The gRPC server with both TF Serving services, listening; a clear error if it cannot."""
+    import grpc
+
+    from modelkeep.serving.grpc_service import add_services
+
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", config.max_request_bytes), ("grpc.so_reuseport", 0)]
+    )
+    add_services(server, ctx)
+    try:
+        bound = server.add_insecure_port(f"{_grpc_host(config.host)}:{config.grpc_port}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise ModelkeepError(
+            f"serve: cannot listen for gRPC on {config.host}:{config.grpc_port} (in use, or not an address "
+            "of this machine). Choose another --grpc-port, or --grpc-port 0 for no gRPC."
+        )
+    await server.start()
+    return server
 
 
 def _listen(host: str, port: int, option: str) -> socket.socket:
