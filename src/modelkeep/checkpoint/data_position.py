@@ -37,7 +37,7 @@ import numpy as np
 from modelkeep.errors import IncompatibleModelError
 
 
-class _Source:
+class DataSource:
     """A stream of ``(x, y, sample_weight)`` batches with a ``(pass, offset)`` position."""
 
     kind = "source"
@@ -87,9 +87,6 @@ class _Source:
         """True when the current pass has no batch left (known without fetching)."""
         return self.pass_done or (self.num_batches is not None and self.offset >= self.num_batches)
 
-    def mark_pass_done(self) -> None:
-        self.pass_done = True
-
     def _standardize(self, batch: Any) -> tuple:
         from keras.src.trainers.data_adapters import data_adapter_utils
 
@@ -125,7 +122,7 @@ class _Source:
 
 
 # --------------------------------------------------------------------------- arrays
-class ArraySource(_Source):
+class ArraySource(DataSource):
     kind = "arrays"
 
     def __init__(self, x: Any, y: Any, sample_weight: Any, *, batch_size: int, shuffle: bool,
@@ -192,7 +189,7 @@ def _to_tensor(array: np.ndarray) -> Any:
 
 
 # --------------------------------------------------------------------------- PyDataset
-class PyDatasetSource(_Source):
+class PyDatasetSource(DataSource):
     kind = "PyDataset"
 
     def __init__(self, dataset: Any, *, shuffle: bool, seed: int, class_weight: dict | None = None) -> None:
@@ -230,7 +227,7 @@ class PyDatasetSource(_Source):
 
 
 # --------------------------------------------------------------------------- tf.data
-class TFDataSource(_Source):
+class TFDataSource(DataSource):
     kind = "tf.data"
 
     def __init__(self, dataset: Any, *, class_weight: dict | None = None) -> None:
@@ -281,7 +278,7 @@ class TFDataSource(_Source):
 
 # --------------------------------------------------------------------------- factory
 def make_source(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: int | None,
-                shuffle: bool, seed: int, class_weight: dict | None = None) -> _Source:
+                shuffle: bool, seed: int, class_weight: dict | None = None) -> DataSource:
     """The positionable source for what ``fit`` was given as ``x``; refuses generators."""
     import keras
     import tensorflow as tf

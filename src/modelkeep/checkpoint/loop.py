@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from modelkeep.checkpoint.data_position import _Source
+from modelkeep.checkpoint.data_position import DataSource
 
 
 @dataclass
@@ -106,7 +106,7 @@ def make_step_function(model: Any, spec_batch: tuple) -> Callable[[tuple], Any]:
 @dataclass
 class TrainingLoop:
     model: Any
-    source: _Source
+    source: DataSource
     callbacks: Any  # keras.callbacks.CallbackList
     progress: Progress
     epochs: int
