@@ -235,14 +235,15 @@ def _assert_same(model_a, model_b):
         assert np.array_equal(a.numpy(), b.numpy()), a.path
 
 
-def test_in_process_crash_resume_with_user_callback_state(tmp_path):
+@pytest.mark.parametrize("save_freq", [2, "epoch"])
+def test_in_process_crash_resume_with_user_callback_state(tmp_path, save_freq):
     straight = _model()
-    h_straight = _fit(straight, tmp_path / "a", [Counter()])
+    h_straight = _fit(straight, tmp_path / "a", [Counter()], save_freq=save_freq)
     crashing = _model()
     with pytest.raises(Crash):
-        _fit(crashing, tmp_path / "b", [Counter(crash_at=7)])
+        _fit(crashing, tmp_path / "b", [Counter(crash_at=7)], save_freq=save_freq)
     resumed, counter = _model(), Counter()
-    h_resumed = _fit(resumed, tmp_path / "b", [counter])
+    h_resumed = _fit(resumed, tmp_path / "b", [counter], save_freq=save_freq)
     _assert_same(straight, resumed)
     assert h_resumed.history == h_straight.history
     assert counter.batches == int(resumed.optimizer.iterations.numpy()) == 15
