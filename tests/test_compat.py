@@ -131,6 +131,12 @@ def test_tutorial_forms_write_tf2_layouts(compat, tmp_path):
     model.save(str(tmp_path / "mysavedmodel"))
     loaded = keras.models.load_model(str(tmp_path / "mysavedmodel"))
     assert isinstance(loaded, keras.Model) and np.array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    # Keras 2's save_format="h5" on a name without extension
+    import h5py
+
+    model.save_weights(str(tmp_path / "w_noext"), save_format="h5")
+    model.save(str(tmp_path / "m_noext"), save_format="h5")
+    assert h5py.is_hdf5(tmp_path / "w_noext") and h5py.is_hdf5(tmp_path / "m_noext")
 
 
 def test_keras3_forms_keep_keras3_behaviour(compat, tmp_path):

@@ -40,7 +40,7 @@ DEFAULT = ["dense_bn_dropout", "conv2d", "conv1d", "embed_bigru_mask", "bilstm",
            "mixed_float16"]
 #: tf-keras writes SavedModels slowly (recurrent ones: megabytes of traced functions); the
 #: default run writes these, the slow run all
-FAST_SM = ["dense_bn_dropout", "multi_io", "nested"]
+FAST_SM = ["multi_io"]
 #: the reverse direction's default run: the layers whose names or configs differ in Keras 2
 REVERSE = ["bilstm", "embed_bigru_mask", "nested"]
 

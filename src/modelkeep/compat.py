@@ -35,6 +35,7 @@ import keras
 
 from modelkeep import api
 from modelkeep.checkpoint.callbacks import ModelCheckpoint as _MKModelCheckpoint
+from modelkeep.formats import registry
 
 _CALLBACK_MODULES = ("keras.callbacks", "tensorflow.keras.callbacks", "keras._tf_keras.keras.callbacks")
 _LOAD_MODULES = (
@@ -61,11 +62,18 @@ def _is_h5(name: str) -> bool:
 
 
 # --------------------------------------------------------------------------- patched methods
-def save_weights(self: Any, filepath: Any, overwrite: bool = True, max_shard_size: Any = None) -> Any:
-    """``Model.save_weights``: Keras 3 for ``.weights.h5``; modelkeep for a prefix or ``.h5``."""
+def save_weights(self: Any, filepath: Any, overwrite: bool = True, max_shard_size: Any = None, **kwargs: Any) -> Any:
+    """``Model.save_weights``: Keras 3 for ``.weights.h5``; modelkeep for a prefix or ``.h5``.
+
+    Keras 2's ``save_format="h5"``/``"tf"`` is honoured for paths without an extension.
+    """
     name = _name(filepath)
+    save_format = kwargs.pop("save_format", None)
     if not name or name.endswith((".weights.h5", ".weights.json")):
-        return _ORIGINAL_SAVE_WEIGHTS(self, filepath, overwrite=overwrite, max_shard_size=max_shard_size)
+        return _ORIGINAL_SAVE_WEIGHTS(self, filepath, overwrite=overwrite, max_shard_size=max_shard_size, **kwargs)
+    if save_format == "h5" and not _is_h5(name):
+        registry.HDF5.save_weights(self, Path(filepath))
+        return None
     api.save_weights(self, filepath)
     return None
 
@@ -93,9 +101,12 @@ def _keras3_h5_ok(filepath: Any) -> bool:
 def save(self: Any, filepath: Any, overwrite: bool = True, zipped: Any = None, **kwargs: Any) -> Any:
     """``Model.save``: Keras 3 for ``.keras``/``.h5``; a SavedModel directory for a bare path."""
     name = _name(filepath)
-    if not name or name.endswith(".keras") or _is_h5(name) or zipped is not None:
+    if not name or name.endswith(".keras") or (_is_h5(name) and "save_format" not in kwargs) or zipped is not None:
         return _ORIGINAL_SAVE(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
     include_optimizer = kwargs.pop("include_optimizer", True)
+    if kwargs.pop("save_format", None) == "h5":  # Keras 2: one HDF5 file under any name
+        registry.HDF5.save_model(self, Path(filepath), include_optimizer=include_optimizer)
+        return None
     api.save_model(self, filepath, include_optimizer=include_optimizer)
     return None
 
