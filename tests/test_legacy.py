@@ -316,6 +316,11 @@ def test_lambda_layer_is_refused_by_name(unsupported, kind):
         mk.load_model(unsupported / "lambda" / kind)
 
 
+def test_tf_op_layer_is_refused_by_name(unsupported):
+    with pytest.raises(UnsupportedModelError, match=r"'tf.math.square' \(TFOpLambda\).*keras.ops.*load_weights"):
+        mk.load_model(unsupported / "tfop" / "model.h5")
+
+
 def test_unregistered_class_is_refused_by_name(unsupported):
     with pytest.raises(UnsupportedModelError, match=r"'my_scale' is of class 'MyScale'.*custom_objects"):
         mk.load_model(unsupported / "custom" / "model.h5")
