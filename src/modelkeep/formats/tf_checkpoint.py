@@ -141,7 +141,7 @@ def update_state_file(prefix: Path, *, keep: list[Path] | None = None) -> None:
     import tensorflow as tf
     from google.protobuf import text_format
 
-    directory = prefix.parent
+    directory = prefix.parent.absolute()  # a relative save_dir makes TF write "../name"
     previous = _read_state(directory)
     others = keep if keep is not None else [Path(p) for p in previous if Path(p).name != prefix.name]
     names = [_relative(p, directory) for p in others if _relative(p, directory) != prefix.name]
