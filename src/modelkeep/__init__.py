@@ -47,8 +47,12 @@ __all__ = [
 
 
 def __getattr__(name: str):  # the callbacks import Keras; `import modelkeep` stays light
-    if name in ("ModelCheckpoint", "BackupAndRestore"):
-        from modelkeep.checkpoint import callbacks
+    if name == "ModelCheckpoint":
+        from modelkeep.checkpoint.callbacks import ModelCheckpoint
 
-        return getattr(callbacks, name)
+        return ModelCheckpoint
+    if name == "BackupAndRestore":
+        from modelkeep.checkpoint.backup import BackupAndRestore
+
+        return BackupAndRestore
     raise AttributeError(f"module 'modelkeep' has no attribute {name!r}")

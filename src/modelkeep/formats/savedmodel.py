@@ -87,6 +87,14 @@ class SavedModelFormat(Format):
     def save_model(self, model: Any, path: Path, *, include_optimizer: bool = True) -> list[Path]:
         return self.write(capture(model, include_optimizer=include_optimizer), path, model=model)
 
+    def load_model(self, path: Path, **kwargs: Any) -> Any:
+        if not (path / HEADER_FILE).exists() and (path / LEGACY_METADATA).exists():
+            from modelkeep.formats import legacy
+
+            # built once, with the caller's custom_objects, optimizer state included
+            return legacy.load_savedmodel(path, **kwargs)
+        return super().load_model(path, **kwargs)
+
     def read(self, path: Path) -> ModelState:
         import tensorflow as tf
 

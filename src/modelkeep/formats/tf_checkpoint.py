@@ -166,6 +166,22 @@ def _read_state(directory: Path) -> list[str]:
     return list(state.all_model_checkpoint_paths) if state else []
 
 
+def write_bundle(state: ModelState, prefix: Path) -> None:
+    """Write ``prefix.index`` + ``prefix.data-00000-of-00001`` (no commit, no state file).
+
+    Object paths are the Keras 2 ones (``cell``, ``forward_layer``) so tf-keras reads them;
+    the header records them with the variable order.
+    """
+    paths = object_paths(list(state.variables))
+    named: dict[str, Any] = {p + VALUE_SUFFIX: v for p, v in zip(paths, state.variables.values())}
+    header = json.loads(state.header_json())
+    header["order"] = list(state.variables)
+    header["paths"] = paths
+    named[HEADER_KEY] = np.array(json.dumps(header).encode(), dtype=object)
+    named[OBJECT_GRAPH_KEY] = np.array(build_object_graph(paths), dtype=object)
+    save_tensors(prefix, named)
+
+
 class TFCheckpointFormat(Format):
     name = "TF checkpoint"
     holds = ("weights",)
@@ -196,18 +212,11 @@ class TFCheckpointFormat(Format):
             )
 
     def write(self, state: ModelState, path: Path, *, model: Any = None) -> list[Path]:
-        paths = object_paths(list(state.variables))
-        named: dict[str, Any] = {p + VALUE_SUFFIX: v for p, v in zip(paths, state.variables.values())}
-        header = json.loads(state.header_json())
-        header["order"] = list(state.variables)
-        header["paths"] = paths
-        named[HEADER_KEY] = np.array(json.dumps(header).encode(), dtype=object)
-        named[OBJECT_GRAPH_KEY] = np.array(build_object_graph(paths), dtype=object)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp_prefix = temp_sibling(path)
         final = self.files(path)
         try:
-            save_tensors(tmp_prefix, named)
+            write_bundle(state, tmp_prefix)
             temps = [Path(str(tmp_prefix) + DATA_SUFFIX), Path(str(tmp_prefix) + INDEX_SUFFIX)]
             commit_group([(temps[0], final[1]), (temps[1], final[0])])
         except OSError as exc:
