@@ -326,13 +326,13 @@ def stall_figures(model: Any, work: Path, sync_save_s: float, copy_s: float, epo
     data = np.resize(x, (steps * 8, width))
 
     class Every(keras.callbacks.Callback):
-        """sync; async (the design: copy into reused buffers, niced writer thread); async_fresh
-        (copy into fresh arrays); async_nice0 (writer at normal priority); async_cow (no
+        """sync; async (the design: copy into reused buffers, writer at normal priority); async_fresh
+        (copy into fresh arrays); async_nice10 (writer niced by 10); async_cow (no
         copy: views that TF copies-on-write at the next update)."""
 
         def __init__(self, mode: str) -> None:
             super().__init__()
-            self.mode, self.writer = mode, AsyncWriter(nice=0 if mode == "async_nice0" else 10)
+            self.mode, self.writer = mode, AsyncWriter(nice=10 if mode == "async_nice10" else 0)
             self.buffers, self.blocked = SnapshotBuffers(), []
 
         def take(self) -> Any:
@@ -364,7 +364,7 @@ def stall_figures(model: Any, work: Path, sync_save_s: float, copy_s: float, epo
     for _ in range(max(1, rounds)):
         for mode in runs:
             runs[mode].append(fit_time(mode))
-    variants = {mode: fit_time(mode) for mode in ("async_fresh", "async_nice0", "async_cow")}
+    variants = {mode: fit_time(mode) for mode in ("async_fresh", "async_nice10", "async_cow")}
     base_s = statistics.median(r[0] for r in runs["none"])
 
     def per_ckpt(fit_s: float) -> float:
@@ -432,7 +432,7 @@ def print_report(results: dict[str, Any]) -> None:
     others = ", ".join(f"{k} {v:.3f} s (blocked {stall['other_designs_blocked_in_callback_s'][k]:.3f} s)"
                        for k, v in stall["other_designs_stall_per_ckpt_s"].items())
     print(f"other writer designs, stall per checkpoint: {others} "
-          "(fresh: snapshot into new arrays; nice0: writer at normal priority; cow: no snapshot copy, "
+          "(fresh: snapshot into new arrays; nice10: writer niced by 10; cow: no snapshot copy, "
           "TF copies on the next update)")
     gil = results["gil"]
     print(f"writer thread GIL footprint: a Python loop runs at {gil['python_loop_speed_during_write_over_alone']:.2f}x "

@@ -145,3 +145,21 @@ def test_unregistered_custom_class_is_named(tmp_path):
         mk.load_model(tmp_path / "custom.h5")
     loaded = mk.load_model(tmp_path / "custom.h5", custom_objects={"Unregistered": Unregistered})
     assert np.array_equal(loaded.predict(np.zeros((1, 3), np.float32), verbose=0), np.ones((1, 3), np.float32))
+
+
+def test_flipped_bit_in_hdf5_weights_is_caught_without_a_manifest(model, tmp_path):
+    import h5py
+
+    path = tmp_path / "model.h5"
+    mk.save_model(model, path)
+    with h5py.File(path, "r") as f:
+        first = f["model_weights"].attrs["layer_names"][0]
+        kernel = f["model_weights"][first.decode() if isinstance(first, bytes) else first]
+        dataset = next(kernel[n] for n in kernel.attrs["weight_names"] if kernel[n].ndim == 2)
+        chunk = dataset.id.get_chunk_info(0)
+        offset = chunk.byte_offset + chunk.size // 2
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match=r"fails its checksum"):
+        mk.load_model(path)

@@ -326,13 +326,12 @@ def training_state_keys(model: Any) -> list[tuple[str, Any]]:
 
         [k for k, _ in training_state_keys(model)]  # ['rng/layers/0', 'metrics/0/0', ...]
     """
-    weight_ids = {id(v) for v in model.weights}
     metric_vars = []
     for i, metric in enumerate(getattr(model, "metrics", [])):
         metric_vars += [(f"{METRIC_STATES}/{i}/{j}", v) for j, v in enumerate(metric.variables)]
     metric_ids = {id(v) for _, v in metric_vars}
-    others = [v for v in model.variables if id(v) not in weight_ids and id(v) not in metric_ids]
-    return [(f"{SEED_STATES}/{i}", v) for i, v in enumerate(others)] + metric_vars
+    seeds = [v for _, v in rng_variable_keys(model) if id(v) not in metric_ids]
+    return [(f"{SEED_STATES}/{i}", v) for i, v in enumerate(seeds)] + metric_vars
 
 
 def capture_training_state(model: Any) -> dict[str, np.ndarray]:

@@ -23,10 +23,11 @@ Rules:
 Why a thread and not a process: every step of the write either runs in C with the GIL
 released (``os.writev``, ``fsync``, ``zlib.crc32`` over large buffers) or is tiny
 Python, so the thread barely holds the GIL; the snapshot already is the one copy a
-process would also need (into shared memory). The thread lowers its own scheduling
-priority (``nice``), so on a machine with few cores, training's threads get the CPU
-first and the writer takes what is left. ``benchmarks/run.py`` prints the figures
-(``gil_share``, stall sync vs async).
+process would also need (into shared memory). The writer runs at normal priority by
+default: on a quiet 2-core machine a niced writer (``nice=10``) stalled training more
+(2.04 s against 1.29 s per 1 GiB checkpoint, ``benchmarks/run.py``), because the next
+save then waits for a starved writer; on a crowded machine the niced one can do better.
+``benchmarks/run.py`` prints the figures (``gil_share``, stall sync vs async, designs).
 
 Example::
 
@@ -79,11 +80,11 @@ class SaveRecord:
 class AsyncWriter:
     """Runs save jobs on one background thread, one at a time (see the module docstring).
 
-    ``nice`` (default 10) is added to the writer thread's scheduling priority on Linux;
+    ``nice`` (default 0) is added to the writer thread's scheduling priority on Linux;
     0 leaves it as is. ``history`` keeps the last ``keep_history`` ``SaveRecord``s.
     """
 
-    def __init__(self, *, when_busy: str = WAIT, nice: int = 10, name: str = "modelkeep-writer",
+    def __init__(self, *, when_busy: str = WAIT, nice: int = 0, name: str = "modelkeep-writer",
                  keep_history: int = 100) -> None:  # fmt: skip
         if when_busy not in (WAIT, SKIP):
             raise ValueError(f"AsyncWriter: when_busy must be 'wait' or 'skip', not {when_busy!r}.")

@@ -57,7 +57,7 @@ def _write_weight_groups(
         weight_names = [f"{name}/{rest}:0" for _, rest, _ in items]
         layer_group.attrs["weight_names"] = [w.encode() for w in weight_names]
         for weight_name, (key, _, array) in zip(weight_names, items):
-            layer_group.create_dataset(weight_name, data=array)
+            _dataset(layer_group, weight_name, array)
             where[key] = f"{layer_group.name}/{weight_name}"
     group.attrs["layer_names"] = [n.encode() for n in names]
     return where
@@ -96,6 +96,14 @@ def _read_weight_groups(group: Any, path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def _dataset(group: Any, name: str, array: np.ndarray) -> None:
+    """One weight as a dataset with HDF5's Fletcher-32 filter, so a flipped bit fails its read.
+
+    (Scalars and empty arrays cannot be chunked, so they go without.)
+    """
+    group.create_dataset(name, data=array, fletcher32=array.ndim > 0 and array.size > 0)
+
+
 def _open(path: Path) -> Any:
     import h5py
 
@@ -117,10 +125,16 @@ def _open(path: Path) -> Any:
 def _read_by_name(f: Any, doc: dict, path: Path) -> ModelState:
     variables = {}
     for key in doc["order"]:
+        name = doc["datasets"][key]
         try:
-            variables[key] = np.asarray(f[doc["datasets"][key]])
+            variables[key] = np.asarray(f[name])
         except KeyError as exc:
             raise CorruptCheckpointError(f"load: {path} lists '{key}' but does not hold it; the file is damaged.") from exc
+        except OSError as exc:  # h5py: a chunk that fails its Fletcher-32 checksum or is cut short
+            raise CorruptCheckpointError(
+                f"load: dataset '{name}' of {path} fails its checksum or is truncated ({exc}); the file "
+                "is corrupt. Use another copy or an older checkpoint."
+            ) from exc
     return ModelState(variables, doc.get("model_config"), doc.get("compile_config"), doc.get("metadata") or {})
 
 
@@ -161,14 +175,14 @@ class HDF5Format(Format):
                     listed = [n for n in optimizer if n == "iteration" or n.startswith("slots/")]
                     opt_group.attrs["weight_names"] = [n.encode() for n in listed]
                     for name, array in optimizer.items():
-                        opt_group.create_dataset(name, data=array)
+                        _dataset(opt_group, name, array)
                         datasets[f"{OPTIMIZER}/{name}"] = f"{opt_group.name}/{name}"
                 rng = state.group(RNG)
                 if rng:
                     rng_group = f.create_group("modelkeep_rng")
                     rng_group.attrs["weight_names"] = [n.encode() for n in rng]
                     for name, array in rng.items():
-                        rng_group.create_dataset(name, data=array)
+                        _dataset(rng_group, name, array)
                         datasets[f"{RNG}/{name}"] = f"{rng_group.name}/{name}"
                 f.attrs[HEADER_ATTR] = json.dumps({**json.loads(state.header_json()), "order": order, "datasets": datasets})
         return [path]
