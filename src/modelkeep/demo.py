@@ -23,6 +23,7 @@ WHAT = {
     ".data-00000-of-00001": "TF checkpoint: the weight values",
     ".manifest.json": "modelkeep manifest: sizes and checksums",
     "saved_model.pb": "SavedModel: the TensorFlow graph (serving_default)",
+    "fingerprint.pb": "SavedModel: its fingerprint",
     "variables": "SavedModel: the weight values",
     "modelkeep.json": "SavedModel: what rebuilds the Keras model",
     "modelkeep_optimizer.safetensors": "SavedModel: the optimizer state",
@@ -90,13 +91,13 @@ def run_demo(directory: Path, *, epochs: int = 5, log: Callable[[str], Any] = pr
 
     report = DemoReport(directory=directory, new_rows=x_new)
     report.predictions["trained"] = expected.tolist()
-    for name in ("saved_modelname", "saved_modelname.h5"):
+    for name, label in (("saved_modelname", "TF ckpt"), ("saved_modelname.h5", "HDF5 weights")):
         fresh = tutorial_model(compiled=False)
         load_weights(fresh, directory / name)
-        report.predictions[f"weights {name}"] = fresh.predict(x_new, verbose=0)[:, 0].tolist()
-    for name in ("mysavedmodel", "mysavedmodel.h5"):
+        report.predictions[label] = fresh.predict(x_new, verbose=0)[:, 0].tolist()
+    for name, label in (("mysavedmodel", "SavedModel"), ("mysavedmodel.h5", "HDF5 model")):
         loaded = load_model(directory / name)
-        report.predictions[f"model {name}"] = loaded.predict(x_new, verbose=0)[:, 0].tolist()
+        report.predictions[label] = loaded.predict(x_new, verbose=0)[:, 0].tolist()
     report.all_equal = all(np.array_equal(np.float32(v), expected) for v in report.predictions.values())
     for path in sorted(directory.rglob("*")):
         if path.is_file():

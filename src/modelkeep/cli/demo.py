@@ -31,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     report = run_demo(Path(args.dir), epochs=args.epochs, log=console.print)
     listing = Table(title=f"What modelkeep wrote in {report.directory}")
-    for column in ("path", "bytes", "what it holds"):
-        listing.add_column(column, justify="right" if column == "bytes" else "left")
+    listing.add_column("path", no_wrap=True)
+    listing.add_column("bytes", justify="right")
+    listing.add_column("what it holds")
     for path, size, what in report.files:
         listing.add_row(path, f"{size:,}", what)
     console.print(listing)
