@@ -24,10 +24,9 @@ Why a thread and not a process: every step of the write either runs in C with th
 released (``os.writev``, ``fsync``, ``zlib.crc32`` over large buffers) or is tiny
 Python, so the thread barely holds the GIL; the snapshot already is the one copy a
 process would also need (into shared memory). The writer runs at normal priority by
-default: on a quiet 2-core machine a niced writer (``nice=10``) stalled training more
-(2.04 s against 1.29 s per 1 GiB checkpoint, ``benchmarks/run.py``), because the next
-save then waits for a starved writer; on a crowded machine the niced one can do better.
-``benchmarks/run.py`` prints the figures (``gil_share``, stall sync vs async, designs).
+default; ``nice=10`` lowers it. On a quiet 2-core machine neither was better in two runs of
+``benchmarks/run.py`` (whichever design was measured first stalled training more), so the
+default is the simpler one. ``benchmarks/run.py`` prints the figures (``gil_share``, stall sync vs async, designs).
 
 Example::
 
