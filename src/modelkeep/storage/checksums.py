@@ -26,8 +26,10 @@ from modelkeep.storage.commit import write_bytes
 
 try:  # ISA-L's CRC-32: the same values as zlib.crc32, ~6x faster (SIMD); releases the GIL
     from isal.isal_zlib import crc32 as _crc32
+    from isal.isal_zlib import crc32_combine as _crc32_combine
 except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
     _crc32 = zlib.crc32
+    _crc32_combine = None
 
 CHUNK = 8 << 20
 MANIFEST_VERSION = 1
@@ -56,44 +58,13 @@ def file_crc32(path: str | os.PathLike) -> int:
 # halves, joined with crc32_combine, halve the time when a second core is free. On this
 # machine zlib runs at ~2 GB/s per core, ISA-L at ~12 GB/s.
 PARALLEL_MIN = 64 << 20
-_POLY = 0xEDB88320
-
-
-def _gf2_times(matrix: list[int], vector: int) -> int:
-    out, i = 0, 0
-    while vector:
-        if vector & 1:
-            out ^= matrix[i]
-        vector >>= 1
-        i += 1
-    return out
-
-
-def _gf2_square(matrix: list[int]) -> list[int]:
-    return [_gf2_times(matrix, matrix[n]) for n in range(32)]
 
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """CRC-32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)`` (zlib's algorithm)."""
-    if len2 <= 0:
-        return crc1
-    odd = [_POLY] + [1 << n for n in range(31)]  # the operator for one zero bit
-    even = _gf2_square(odd)  # two zero bits
-    odd = _gf2_square(even)  # four zero bits
-    while True:  # apply len2 zero bytes to crc1, one bit of len2 at a time
-        even = _gf2_square(odd)
-        if len2 & 1:
-            crc1 = _gf2_times(even, crc1)
-        len2 >>= 1
-        if not len2:
-            break
-        odd = _gf2_square(even)
-        if len2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
-    return crc1 ^ crc2
+    """CRC-32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)`` (ISA-L's, in C)."""
+    if _crc32_combine is None:  # pragma: no cover - isal is a dependency
+        raise RuntimeError("crc32_combine needs the isal package; install it (pip install isal).")
+    return _crc32_combine(crc1, crc2, len2)
 
 
 def _bytes_view(buffer: Any) -> memoryview:
@@ -111,7 +82,7 @@ def crc32_buffers(buffers: Sequence[Any], *, threads: int = 2) -> int:
     """
     views = [_bytes_view(b) for b in buffers]
     total = sum(v.nbytes for v in views)
-    if threads <= 1 or total < PARALLEL_MIN:
+    if threads <= 1 or total < PARALLEL_MIN or _crc32_combine is None:
         return _crc_ranges(views, 0, total)
     bounds = [total * i // threads for i in range(threads + 1)]
     results = [0] * threads
