@@ -16,3 +16,10 @@ def _seeded():
 
     keras.utils.set_random_seed(1234)
     yield
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say where this run happened: float results depend on the CPU and TF's kernel settings."""
+    from machine import machine_line
+
+    terminalreporter.write_line(machine_line())
