@@ -232,7 +232,7 @@ def _bad_metadata(meta: dict[str, Any]) -> str | None:
     return None
 
 
-def _escapes(directory: Path, path: Path) -> str | None:
+def escapes(directory: Path, path: Path) -> str | None:
     """Why a checkpoint found in ``directory`` may not be read (a symlink leaving it), or None."""
     fmt = _format_of(path) if guard.inside(directory, path) else None
     files = [path / STORE_STATE] if _is_store_dir(path) else (fmt.files(path) if fmt else [])
@@ -263,7 +263,7 @@ def list_checkpoints(directory: Path | str, *, verify: bool = True) -> list[Chec
         raise CheckpointNotFoundError(f"list_checkpoints: {directory} is not a directory.")
     infos = []
     for candidate in _candidates(directory):
-        problem = _escapes(directory, candidate)
+        problem = escapes(directory, candidate)
         if problem is not None:  # never stat'ed or read: only its name is reported
             infos.append(CheckpointInfo(candidate, "unknown", CORRUPT, problem=problem))
         else:

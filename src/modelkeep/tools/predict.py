@@ -30,7 +30,13 @@ def read_array(path: Path | str) -> np.ndarray:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        try:
+            return np.load(path, allow_pickle=False)  # never unpickles: an object array is refused
+        except (ValueError, OSError, EOFError) as exc:
+            raise FormatError(
+                f"predict: {path} is not a plain numeric .npy array ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                "object arrays (pickles) are never loaded. Save the inputs with numpy.save of a numeric array."
+            ) from exc
     if suffix != ".csv":
         raise FormatError(f"predict: cannot read {path}: expected a .npy or .csv file. Received: {path.name}")
     with open(path, newline="") as handle:

@@ -37,8 +37,9 @@ from typing import Any
 from modelkeep.checkpoint import store
 from modelkeep.errors import CorruptCheckpointError, FormatError, UnsafeFileError
 from modelkeep.formats import registry
+from modelkeep.formats.keras_zip import RNG_MEMBER, _load_member_tensors
 from modelkeep.formats.savedmodel import HEADER_FILE, OPTIMIZER_FILE
-from modelkeep.formats.tf_checkpoint import STATE_FILE
+from modelkeep.formats.tf_checkpoint import HEADER_KEY, OBJECT_GRAPH_KEY, STATE_FILE
 from modelkeep.storage import guard, limits
 from modelkeep.storage.checksums import verify_manifest
 from modelkeep.tools.reading import BACKUP, is_backup_dir
@@ -91,7 +92,10 @@ def verify_directory(directory: Path, *, depth: int = 2, on_item: Callable[[Path
     ``depth`` levels down.
     """
     infos = store.list_checkpoints(directory, verify=False)
-    results = [_one(info.path, on_item) for info in infos]
+    results = []
+    for info in infos:
+        escaped = store.escapes(directory, info.path)  # a symlink leaving the directory is never read
+        results.append(VerifyResult(info.path, info.format, False, problem=escaped) if escaped else _one(info.path, on_item))
     state_file = directory / STATE_FILE
     if state_file.exists():
         results.append(_verify_state_file(state_file))
@@ -174,12 +178,33 @@ def check_tf_checkpoint(prefix: Path) -> str:
     index, data = registry.TF_CHECKPOINT.files(prefix)
     reader = guard.open_tf_checkpoint(prefix)  # companions beside the prefix, declared sizes checked
     keys = sorted(reader.get_variable_to_shape_map())
+    values = {}
     for key in keys:
         try:
-            reader.get_tensor(key)
+            value = reader.get_tensor(key)
         except (tf.errors.OpError, ValueError) as exc:
             raise CorruptCheckpointError(f"tensor '{key}' in {data.name} fails its check: {_first_line(exc)}") from exc
+        if key in (HEADER_KEY, OBJECT_GRAPH_KEY):
+            values[key] = value
+    _check_tf_structure(prefix, values)
     return f"TF checkpoint: {len(keys)} tensors read, each matches its crc32c"
+
+
+def _check_tf_structure(prefix: Path, values: dict[str, Any]) -> None:
+    """modelkeep's header parses (JSON caps, an ``order`` list); the object graph parses."""
+    if HEADER_KEY in values:
+        raw = values[HEADER_KEY]
+        header = guard.load_json(raw.decode() if isinstance(raw, bytes) else str(raw), source=prefix, what="modelkeep header tensor")
+        if not isinstance(header.get("order"), list):
+            raise CorruptCheckpointError("modelkeep's header tensor has no 'order' list: corrupt")
+    if OBJECT_GRAPH_KEY in values:
+        from google.protobuf.message import DecodeError
+        from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+        try:
+            trackable_object_graph_pb2.TrackableObjectGraph().ParseFromString(values[OBJECT_GRAPH_KEY])
+        except (DecodeError, TypeError, ValueError) as exc:
+            raise CorruptCheckpointError(f"the object graph tensor does not parse ({_first_line(exc)}): corrupt") from exc
 
 
 def _read_hdf5(handle: Any) -> int:
@@ -219,8 +244,12 @@ def check_keras_zip(path: Path) -> str:
             if bad is not None:
                 raise CorruptCheckpointError(f"zip member '{bad}' fails its CRC-32 check")
             names = archive.namelist()
-            guard.load_json(guard.read_member(archive, "config.json", source=f"{path}!config.json"),
-                            source=f"{path}!config.json", what="config.json")
+            config = guard.load_json(guard.read_member(archive, "config.json", source=f"{path}!config.json"),
+                                     source=f"{path}!config.json", what="config.json")
+            if not isinstance(config.get("class_name"), str) or not isinstance(config.get("config"), dict):
+                raise CorruptCheckpointError("config.json has no 'class_name' string and 'config' object")
+            if RNG_MEMBER in names:
+                _load_member_tensors(archive, path)
             count = 0
             if "model.weights.h5" in names:
                 with archive.open("model.weights.h5") as member, \
@@ -269,6 +298,7 @@ def check_safetensors(path: Path) -> str:
     for key in ("modelkeep", "modelkeep_order"):
         if key in metadata:
             guard.load_json(metadata[key], source=path, what=f"{key} metadata", expect=None)
+    registry.SAFETENSORS.read(path)  # modelkeep's metadata and order parse and name real tensors
     return f"safetensors: header parsed, {len(header)} tensors fill the file exactly (no checksum of the numbers)"
 
 
