@@ -122,8 +122,11 @@ def check_library(entry: Hostile, op: str, ctx: dict[str, Any]) -> tuple[bool, s
 
 
 def _judge_result(entry: Hostile, op: str, result: Any) -> tuple[bool, str]:
-    """A call that did not raise: fine only where the right answer is to skip the bad part."""
+    """A call that did not raise: fine only where the right answer is to skip the bad part, or
+    where the entry point runs nothing of the file (``entry.tolerant``)."""
     good_step = entry.extra.get("good_step")
+    if op in entry.tolerant:
+        return True, f"{op} succeeded and ran nothing"
     if op == "verify":
         bad = [r for r in result if not r.ok]
         if bad and all(_names(entry, str(r.path) + " " + (r.problem or "")) for r in bad):
@@ -196,6 +199,8 @@ def check_cli(entry: Hostile, argv: list[str], ctx: dict[str, Any]) -> tuple[boo
     if argv[0] in ("ls", "prune") and code == 0:
         flagged = any(word in out.getvalue() for word in ("corrupt", "refused", "incomplete", "no manifest")) or "0 checkpoint" in out.getvalue()
         return (flagged, f"exit 0, bad entry flagged={flagged}")
+    if argv[0] in entry.tolerant and code == 0:
+        return True, f"{argv[0]} exit 0, ran nothing"
     if argv[0] == "verify":
         named = _names(entry, text)
         return (code == 1 and named), f"verify exit {code}, names the file: {named}"

@@ -47,6 +47,16 @@ class Hostile:
     keras: str | None = None       # what Keras alone is given: "load_model" | "load_weights" | None (no Keras API)
     keras_path: Path | None = None  # the file Keras is given, when not ``path``
     extra: dict[str, Any] = field(default_factory=dict)
+    #: entry points that may *succeed* (they run nothing of the file): inspecting a Lambda model
+    #: or a SavedModel with WriteFile is fine, loading or running it is not
+    tolerant: frozenset[str] = frozenset()
+
+
+#: attacks that are harmful only when the file's code or graph runs (inspect/verify may read them)
+RUN_ONLY = {"h5_lambda.h5", "h5_header_gadget.h5", "h5_header_os_system.h5", "h5_shape_vs_model.h5", "keras_lambda.keras",
+            "keras_os_system.keras", "keras_enable_unsafe.keras", "keras_get_file.keras", "keras_config_types.keras",
+            "sm_writefile", "sm_readfile", "sm_pyfunc", "sm_init_writefile", "sm_keras_lambda"}
+INSPECTING = frozenset({"describe", "verify", "inspect", "diff"})
 
 
 def build_model() -> Any:
@@ -433,6 +443,11 @@ def build(root: Path) -> tuple[list[Hostile], dict[str, Path]]:
     # ---------------------------------------------------------------- predict inputs
     np.save(add("input_pickle.npy", "an object array whose unpickling creates SENTINEL", "input", ("predict_input",), None),
             np.array([_Pickled(str(sentinel))], dtype=object), allow_pickle=True)
+    for entry in entries:
+        if entry.name in RUN_ONLY:
+            entry.tolerant = INSPECTING
+        if entry.name == "keras_rng_header_bomb.keras":  # uncompiled loads never read that member
+            entry.tolerant = frozenset({"serve", "predict"})
     return entries, {"outside": outside, "secret": secret, "sentinel": sentinel, "good_h5": good_h5, "good_keras": good_keras,
                      "good_st": good_st, "good_ckpt": good_ckpt}
 

@@ -313,8 +313,10 @@ def malformed(path: Any, action: str = "load") -> Iterator[None]:
     """
     try:
         yield
-    except ModelkeepError:
-        raise
+    except ModelkeepError as exc:
+        if str(path) in str(exc) or Path(str(path)).name in str(exc):
+            raise
+        raise _naming(exc, path) from exc
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError, OverflowError,
             UnicodeError, OSError, MemoryError, EOFError, AssertionError, RuntimeError, LookupError) as exc:
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
@@ -322,6 +324,16 @@ def malformed(path: Any, action: str = "load") -> Iterator[None]:
             f"{action}: {path} is malformed ({type(exc).__name__}{': ' + detail if detail else ''}). It is damaged, "
             "hostile, or not what its name says; use another copy."
         ) from exc
+
+
+def _naming(exc: ModelkeepError, path: Any) -> ModelkeepError:
+    """The same error, its message prefixed with the file it is about (attributes kept)."""
+    try:
+        named = type(exc)(f"{path}: {exc}")
+    except TypeError:  # a subclass with another signature: keep the original
+        return exc
+    named.__dict__.update(exc.__dict__)
+    return named
 
 
 def guarded(action: str, path_arg: int = 0) -> Callable[[F], F]:

@@ -224,10 +224,44 @@ def _read_hdf5(handle: Any) -> int:
     return count
 
 
+def _check_h5_layout(handle: Any, path: Path) -> None:
+    """The Keras layouts' own bookkeeping: modelkeep's header parses and names real datasets;
+    ``layer_names``/``weight_names`` are lists of names that exist; ``model_config`` is a JSON object."""
+    import numpy as np
+
+    def names(value: Any, what: str) -> list[str]:
+        array = np.asarray(value)
+        if array.ndim != 1 or not all(isinstance(v, (bytes, str, np.bytes_, np.str_)) for v in array.tolist()):
+            raise CorruptCheckpointError(f"attribute {what} is not a list of names")
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in array.tolist()]
+
+    header = handle.attrs.get("modelkeep")
+    if header is not None:
+        doc = guard.load_json(header.decode() if isinstance(header, bytes) else str(header), source=path, what="modelkeep header")
+        if not isinstance(doc.get("order", []), list) or not isinstance(doc.get("datasets", {}), dict):
+            raise CorruptCheckpointError("modelkeep's header has an 'order' or 'datasets' of the wrong type")
+        missing = [str(v) for v in doc.get("datasets", {}).values() if not isinstance(v, str) or v not in handle]
+        if missing:
+            raise CorruptCheckpointError(f"modelkeep's header names dataset {missing[0][:80]!r}, which is not in the file")
+    for key in ("model_config", "training_config"):
+        if key in handle.attrs:
+            raw = handle.attrs[key]
+            guard.load_json(raw.decode() if isinstance(raw, bytes) else str(raw), source=path, what=key)
+    group = handle["model_weights"] if "model_weights" in handle else handle
+    if "layer_names" in group.attrs:
+        for layer in names(group.attrs["layer_names"], "layer_names"):
+            if layer not in group:
+                raise CorruptCheckpointError(f"layer_names lists {layer!r}, which is not in the file")
+            for weight in names(group[layer].attrs.get("weight_names", []), f"weight_names of {layer!r}"):
+                if weight not in group[layer]:
+                    raise CorruptCheckpointError(f"layer {layer!r} lists weight {weight!r}, which is not in the file")
+
+
 def check_hdf5(path: Path) -> str:
-    """Open an HDF5 file and read every dataset and attribute."""
+    """Open an HDF5 file, check its layout's bookkeeping, and read every dataset and attribute."""
     try:
         with guard.open_hdf5(path) as handle:  # links, layouts and declared sizes checked first
+            _check_h5_layout(handle, path)
             count = _read_hdf5(handle)
     except UnsafeFileError:
         raise
