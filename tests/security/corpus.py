@@ -56,7 +56,7 @@ class Hostile:
 RUN_ONLY = {"h5_lambda.h5", "h5_header_gadget.h5", "h5_header_os_system.h5", "h5_shape_vs_model.h5", "keras_lambda.keras",
             "keras_os_system.keras", "keras_enable_unsafe.keras", "keras_get_file.keras", "keras_config_types.keras",
             "sm_writefile", "sm_readfile", "sm_pyfunc", "sm_init_writefile", "sm_keras_lambda"}
-INSPECTING = frozenset({"describe", "verify", "inspect", "diff"})
+INSPECTING = frozenset({"describe", "verify", "inspect", "diff", "convert"})  # read as data, never run
 
 
 def build_model() -> Any:

@@ -36,7 +36,7 @@ def _limit() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (LIMIT_AS, LIMIT_AS))
 
 
-def child(tool: str, root: Path, start: int) -> None:
+def child(tool: str, root: Path, start: int, first_only: bool = False) -> None:
     """Judge entries ``start..`` with one tool; one JSON line per entry on stdout."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(HERE))
@@ -55,6 +55,9 @@ def child(tool: str, root: Path, start: int) -> None:
         try:
             if tool == "keras":
                 verdicts.append(("keras", *keras_attempt(entry, ctx)))
+            elif tool == "cli":
+                commands = cli_commands(entry, ctx)[:1] if first_only else cli_commands(entry, ctx)
+                verdicts += [(" ".join(a[:1]), *check_cli(entry, a, ctx)) for a in commands]
             else:
                 verdicts += [(op, *check_library(entry, op, ctx)) for op in entry.ops]
                 verdicts += [(" ".join(a[:1]), *check_cli(entry, a, ctx)) for a in cli_commands(entry, ctx)]
@@ -97,10 +100,11 @@ def main() -> int:
     parser.add_argument("--root")
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--only", default="")
+    parser.add_argument("--first-command-only", action="store_true", help="(--child cli) one command per entry")
     parser.add_argument("--details", action="store_true", help="print each entry's verdicts")
     args = parser.parse_args()
     if args.child:
-        child(args.child, Path(args.root), args.start)
+        child(args.child, Path(args.root), args.start, args.first_command_only)
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(HERE))
@@ -135,20 +139,27 @@ def main() -> int:
     return 0
 
 
+def prepare(root: Path, only: str = "") -> tuple[list, dict]:
+    """Build the corpus under ``root`` and pickle ``(entries, ctx)`` for the children."""
+    import numpy as np
+    from corpus import build
+
+    entries, ctx = build(root / "corpus")
+    entries = [e for e in entries if e.name.startswith(only)]
+    ctx["tmp"] = root / "tmp"
+    ctx["tmp"].mkdir()
+    ctx["input"] = root / "x.npy"
+    np.save(ctx["input"], np.ones((3, 4), np.float32))
+    (root / "entries.pkl").write_bytes(pickle.dumps((entries, ctx)))
+    return entries, ctx
+
+
 _BUILD = """
-import os, pickle, sys
+import os, sys
 from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import numpy as np
-from corpus import build
-root, only = Path(sys.argv[1]), sys.argv[2]
-entries, ctx = build(root / "corpus")
-entries = [e for e in entries if e.name.startswith(only)]
-ctx["tmp"] = root / "tmp"
-ctx["tmp"].mkdir()
-ctx["input"] = root / "x.npy"
-np.save(ctx["input"], np.ones((3, 4), np.float32))
-(root / "entries.pkl").write_bytes(pickle.dumps((entries, ctx)))
+from measure import prepare
+prepare(Path(sys.argv[1]), sys.argv[2])
 """
 
 if __name__ == "__main__":
