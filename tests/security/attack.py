@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from corpus import SECRET, Hostile, build_model  # noqa: E402
+from corpus import KERAS_IGNORES, SECRET, Hostile, build_model  # noqa: E402
 
 
 def _leaks(text: str) -> bool:
@@ -224,7 +224,7 @@ def keras_attempt(entry: Hostile, ctx: dict[str, Any]) -> tuple[bool, str]:
                 layer = keras.layers.TFSMLayer(str(target), call_endpoint="serving_default")
                 result: Any = layer(np.ones((1, 4), np.float32))
             elif entry.kind == "input":
-                result = np.load(target, allow_pickle=True)  # what a user does for an object array
+                result = np.load(target)  # numpy's default: allow_pickle=False
             elif entry.keras == "load_model":
                 result = keras.saving.load_model(target)
             elif entry.kind == "run" and Path(target).is_dir():
@@ -255,4 +255,6 @@ def keras_attempt(entry: Hostile, ctx: dict[str, Any]) -> tuple[bool, str]:
         return False, "executed: SENTINEL written"
     if _leaks(repr(result)):
         return False, "leaked the secret into the result"
+    if entry.name in KERAS_IGNORES:
+        return True, "loaded it; the hostile part is one Keras never reads"
     return False, "loaded it"
