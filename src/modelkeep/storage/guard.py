@@ -321,8 +321,8 @@ def malformed(path: Any, action: str = "load") -> Iterator[None]:
             UnicodeError, OSError, MemoryError, EOFError, AssertionError, RuntimeError, LookupError) as exc:
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise CorruptCheckpointError(
-            f"{action}: {path} is malformed ({type(exc).__name__}{': ' + detail if detail else ''}). It is damaged, "
-            "hostile, or not what its name says; use another copy."
+            f"{action}: {path} cannot be read ({type(exc).__name__}{': ' + detail if detail else ''}). The file is "
+            "damaged, hostile, not what its name says, or uses something modelkeep does not handle; use another copy."
         ) from exc
 
 
