@@ -26,7 +26,13 @@ from attack import check_library  # noqa: E402
 from measure import prepare  # noqa: E402
 
 import modelkeep as mk  # noqa: E402
-from modelkeep.errors import GraphOnlyModelError, ModelkeepError, UnsafeFileError, UnsupportedModelError  # noqa: E402
+from modelkeep.errors import (  # noqa: E402
+    GraphOnlyModelError,
+    IncompatibleModelError,
+    ModelkeepError,
+    UnsafeFileError,
+    UnsupportedModelError,
+)
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +138,8 @@ def test_size_bombs_are_refused_from_their_declared_shapes(corpus):
             (mk.load_model if name.endswith(".keras") else lambda p: mk.load_weights(_model(), p))(path)
     with pytest.raises(UnsafeFileError, match="zip-bomb"):
         mk.load_model(entries["keras_declared_bomb.keras"].path)
+    with pytest.raises(IncompatibleModelError, match="declares 67108908 bytes of weights.*nothing was read"):
+        mk.load_weights(_model(), entries["h5_shape_vs_model.h5"].path)  # 64 MiB declared for a 92-byte model
 
 
 def test_keras_config_gadgets_run_nothing_and_leave_safe_mode_on(corpus):

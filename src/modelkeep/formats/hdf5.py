@@ -127,6 +127,33 @@ def _read_by_name(f: Any, doc: dict, path: Path) -> ModelState:
     return ModelState(variables, doc.get("model_config"), doc.get("compile_config"), doc.get("metadata") or {})
 
 
+def _fits_model(f: Any, model: Any, path: Path) -> None:
+    """Refuse a file whose weight datasets declare far more bytes than the model's weights
+    (twice the model, for float64 files, plus 1 MiB), before reading any of them."""
+    import h5py
+
+    from modelkeep.errors import IncompatibleModelError
+
+    weights = list(getattr(model, "weights", None) or [])
+    if not weights:
+        return
+    expected = sum(int(np.prod(w.shape)) * np.dtype(str(getattr(w, "dtype", "float32"))).itemsize for w in weights)
+    group = f["model_weights"] if "model_weights" in f else f
+    declared = 0
+
+    def visit(name: str, item: Any) -> None:
+        nonlocal declared
+        if isinstance(item, h5py.Dataset) and not name.startswith(("optimizer", "modelkeep_rng")):
+            declared += int(item.size) * item.dtype.itemsize
+
+    group.visititems(visit)  # structure only: hard links, checked by the guard
+    if declared > 2 * expected + (1 << 20):
+        raise IncompatibleModelError(
+            f"load_weights: {path} declares {declared} bytes of weights but the model's weights take {expected}. "
+            "The file was saved from a different (larger) architecture; nothing was read."
+        )
+
+
 def _header(raw: Any, path: Path) -> dict | None:
     from modelkeep.storage.guard import load_json
 
@@ -187,6 +214,7 @@ class HDF5Format(Format):
     def load_weights(self, model: Any, path: Path) -> None:
         self.require(path)
         with _open(path) as f:
+            _fits_model(f, model, path)  # declared sizes against the model, before any dataset is read
             if f.attrs.get(HEADER_ATTR) is None:  # written by Keras itself: match by structure
                 from modelkeep.formats import legacy
 

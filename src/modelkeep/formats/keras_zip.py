@@ -108,10 +108,11 @@ class KerasWeightsFormat(Format):
         return [path]
 
     def load_weights(self, model: Any, path: Path) -> None:
-        from modelkeep.formats.hdf5 import _open
+        from modelkeep.formats.hdf5 import _fits_model, _open
 
         self.require(path)
-        _open(path).close()  # a clear error for a file that is not HDF5
+        with _open(path) as f:  # a clear error for a file that is not HDF5; links and sizes checked
+            _fits_model(f, model, path)
         try:
             model.load_weights(path)
         except ValueError as exc:
