@@ -128,8 +128,9 @@ def _read_by_name(f: Any, doc: dict, path: Path) -> ModelState:
 
 
 def _fits_model(f: Any, model: Any, path: Path) -> None:
-    """Refuse a file whose weight datasets declare far more bytes than the model's weights
-    (twice the model, for float64 files, plus 1 MiB), before reading any of them."""
+    """Refuse a file whose numeric weight datasets declare far more bytes than the model's weights
+    (twice the model, for float64 files, plus 16 MiB for layers' own state such as integer lookup
+    tables), before reading any of them. String datasets are not counted."""
     import h5py
 
     from modelkeep.errors import IncompatibleModelError
@@ -143,11 +144,11 @@ def _fits_model(f: Any, model: Any, path: Path) -> None:
 
     def visit(name: str, item: Any) -> None:
         nonlocal declared
-        if isinstance(item, h5py.Dataset) and not name.startswith(("optimizer", "modelkeep_rng")):
+        if isinstance(item, h5py.Dataset) and item.dtype.kind in "biufc" and not name.startswith(("optimizer", "modelkeep_rng")):
             declared += int(item.size) * item.dtype.itemsize
 
     group.visititems(visit)  # structure only: hard links, checked by the guard
-    if declared > 2 * expected + (1 << 20):
+    if declared > 2 * expected + (16 << 20):
         raise IncompatibleModelError(
             f"load_weights: {path} declares {declared} bytes of weights but the model's weights take {expected}. "
             "The file was saved from a different (larger) architecture; nothing was read."
