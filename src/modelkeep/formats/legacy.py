@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,7 +321,7 @@ def savedmodel_root_metadata(path: Path) -> dict[str, Any]:
     try:
         nodes = _parse_saved_metadata(guard.read_regular(path / METADATA_FILE, max_bytes=limits.current().max_protobuf_bytes))
         root = next(n for n in nodes if n.get("node_path") == "root")
-        return json.loads(root["metadata"])
+        return guard.load_json(root["metadata"], source=path / METADATA_FILE, what="root metadata")
     except (OSError, ValueError, StopIteration, IndexError, KeyError) as exc:
         raise CorruptCheckpointError(
             f"load_model: {path / METADATA_FILE} cannot be read ({exc}); the Keras part of the "
@@ -526,8 +525,9 @@ def load_h5_model(path: Path, handle: Any, **kwargs: Any) -> Any:
             "be rebuilt. Build the model in code and call modelkeep.load_weights(model, path)."
         )
     training = handle.attrs.get("training_config")
-    model = build_keras3_model(json.loads(_h5_text(raw)), json.loads(_h5_text(training)) if training is not None else None,
-                               source=str(path), **kwargs)
+    config = guard.load_json(_h5_text(raw), source=path, what="model_config", expect=None)
+    training = guard.load_json(_h5_text(training), source=path, what="training_config", expect=None) if training is not None else None
+    model = build_keras3_model(config, training, source=str(path), **kwargs)
     load_h5_into(model, handle, str(path), optimizer=kwargs.get("compile", True))
     return model
 
@@ -540,6 +540,6 @@ def read_keras2_h5(path: Path, handle: Any, variables: dict[str, np.ndarray]) ->
         except UnsupportedModelError as exc:
             if not getattr(exc, "unknown_class", False):
                 raise
-        config = json.loads(_h5_text(handle.attrs["model_config"]))
+        config = guard.load_json(_h5_text(handle.attrs["model_config"]), source=path, what="model_config", expect=None)
         return ModelState(variables, legacy_config.to_keras3_model_config(config, strict=False), None, {"written_by": "keras-h5"})
     return ModelState(variables, None, None, {"written_by": "keras-h5"})
