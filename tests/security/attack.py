@@ -63,7 +63,7 @@ def _library_call(entry: Hostile, op: str, ctx: dict[str, Any]) -> Any:
     raise ValueError(op)
 
 
-def _serve_once(path: Path) -> Any:
+def _serve_once(path: Path, *, allow_unsafe_ops: bool = False) -> Any:
     from modelkeep.serving.metrics import Metrics
     from modelkeep.serving.versions import ModelSource
     from modelkeep.serving.watcher import Policy, VersionManager
@@ -78,7 +78,8 @@ def _serve_once(path: Path) -> Any:
     logger = logging.getLogger("modelkeep.serve")
     logger.addHandler(handler)
     try:
-        manager = VersionManager("m", ModelSource.detect(path), Policy.parse("newest:8"), Metrics(), max_batch_size=2)
+        manager = VersionManager("m", ModelSource.detect(path), Policy.parse("newest:8"), Metrics(), max_batch_size=2,
+                                 allow_unsafe_ops=allow_unsafe_ops)
 
         async def run() -> dict[int, Any]:
             await manager.poll_once()

@@ -228,6 +228,22 @@ def test_server_skips_a_hostile_checkpoint_and_serves_the_good_one(corpus, caplo
     assert any("evil.safetensors" in line and "path-containment" in line for line in result["log"]), result["log"]
 
 
+def test_serve_refuses_a_graph_with_file_ops_unless_the_flag_is_given(corpus):
+    from attack import _serve_once
+
+    from modelkeep.cli.main import build_parser
+
+    _, entries, ctx = corpus
+    path = entries["sm_writefile"].path
+    refused = _serve_once(path)
+    assert refused["loaded"] == [] and any("graph-ops" in line and "WriteFile" in line for line in refused["log"])
+    assert not ctx["sentinel"].exists()
+    assert build_parser().parse_args(["serve", str(path), "--allow-unsafe-ops"]).allow_unsafe_ops is True
+    assert _serve_once(path, allow_unsafe_ops=True)["loaded"] == [1]  # opted in: served (and its warm-up wrote the file)
+    assert ctx["sentinel"].exists()
+    ctx["sentinel"].unlink()
+
+
 def test_manifest_traversal_reveals_nothing_of_the_outside_file(corpus):
     from modelkeep.storage.checksums import file_crc32, verify_manifest
 
