@@ -89,11 +89,14 @@ def load_weights(self: Any, filepath: Any, skip_mismatch: bool = False, **kwargs
 
 def _keras3_h5_ok(filepath: Any) -> bool:
     # Keras 3 reads Keras-2-layout .h5 weights; modelkeep's own .h5 files carry more (optimizer)
-    import h5py
+    from modelkeep.errors import ModelkeepError
+    from modelkeep.storage.guard import open_hdf5
 
     try:
-        with h5py.File(filepath, "r") as f:
+        with open_hdf5(filepath) as f:  # links and sizes checked before anything is read
             return "modelkeep" not in f.attrs
+    except ModelkeepError:
+        return False  # modelkeep's loader reports the refusal, naming the file and the check
     except OSError:
         return True  # let Keras report it
 

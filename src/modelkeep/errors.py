@@ -32,3 +32,22 @@ class UnsupportedModelError(ModelkeepError, ValueError):
 
 class CheckpointWriteError(ModelkeepError, OSError):
     """A save that failed (disk full, permission denied, I/O error); nothing was replaced."""
+
+
+class UnsafeFileError(CorruptCheckpointError):
+    """A file refused before anything in it is used: it reaches outside itself (HDF5 external
+    link, a path leaving its checkpoint directory), declares sizes over a cap, or holds code or
+    graph ops that would run. ``path`` names the file, ``check`` the rule it broke.
+
+    Example: ``except UnsafeFileError as exc: print(exc.path, exc.check)``.
+    """
+
+    def __init__(self, message: str, *, path: object = None, check: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.check = check
+
+
+class GraphOnlyModelError(UnsupportedModelError):
+    """A SavedModel with no Keras part at all: only its serving graph can be run (never raised
+    for a Keras model that was refused, so a refusal never falls back to the graph)."""

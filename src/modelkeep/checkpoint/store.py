@@ -29,12 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelkeep.errors import CheckpointNotFoundError, CorruptCheckpointError, FormatError
+from modelkeep.errors import CheckpointNotFoundError, CorruptCheckpointError, FormatError, ModelkeepError
 from modelkeep.formats import registry
 from modelkeep.formats.base import Format
 from modelkeep.formats.safetensors import SafetensorsFormat
 from modelkeep.formats.tf_checkpoint import DATA_SUFFIX, INDEX_SUFFIX, STATE_FILE
 from modelkeep.state import ModelState
+from modelkeep.storage import guard
 from modelkeep.storage.checksums import (
     MANIFEST_VERSION,
     describe_files,
@@ -161,8 +162,20 @@ def _format_of(path: Path) -> Format | None:
 
 
 def info_for(path: Path, *, verify: bool = True) -> CheckpointInfo:
-    """Status and metadata of one checkpoint; with ``verify``, every checksum is checked."""
+    """Status and metadata of one checkpoint; with ``verify``, every checksum is checked.
+
+    A checkpoint that cannot even be described (a hostile or mangled manifest) is reported
+    ``corrupt`` with the reason, so one bad entry never stops the listing of a directory.
+    """
     path = Path(path)
+    try:
+        with guard.malformed(path, "list"):
+            return _info_for(path, verify=verify)
+    except ModelkeepError as exc:
+        return CheckpointInfo(path, "unknown", CORRUPT, problem=str(exc))
+
+
+def _info_for(path: Path, *, verify: bool) -> CheckpointInfo:
     fmt = _format_of(path)
     fmt_name = "modelkeep backup" if _is_store_dir(path) else (fmt.name if fmt else "unknown")
     mpath = manifest_path(path)
@@ -181,10 +194,13 @@ def info_for(path: Path, *, verify: bool = True) -> CheckpointInfo:
     except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
         status, problem = CORRUPT, str(exc)
         try:
-            doc = json.loads(mpath.read_text())
-        except (ValueError, OSError):
+            doc = guard.read_json(mpath, what="manifest")
+        except (ModelkeepError, OSError):
             doc = {}
     meta = doc.get("metadata", {}) if isinstance(doc, dict) else {}
+    bad = _bad_metadata(meta if isinstance(meta, dict) else {"metadata": meta})
+    if bad:
+        status, problem, meta = CORRUPT, f"{mpath}: {bad}; the manifest is corrupt.", {}
     return CheckpointInfo(
         path,
         meta.get("format", fmt_name),
@@ -197,6 +213,34 @@ def info_for(path: Path, *, verify: bool = True) -> CheckpointInfo:
         problem=problem,
         metadata=meta,
     )
+
+
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "step": (int,), "epoch": (int,), "wall_time": (int, float), "logs": (dict,), "format": (str,), "metadata": (dict,),
+}
+
+
+def _bad_metadata(meta: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's metadata fields that listing relies on, if anything."""
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            return f"metadata field {key!r} is a {type(value).__name__}, expected {'/'.join(t.__name__ for t in types)}"
+    logs = meta.get("logs") or {}
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in logs.values()):
+        return "metadata field 'logs' holds values that are not numbers"
+    return None
+
+
+def escapes(directory: Path, path: Path) -> str | None:
+    """Why a checkpoint found in ``directory`` may not be read (a symlink leaving it), or None."""
+    fmt = _format_of(path) if guard.inside(directory, path) else None
+    files = [path / STORE_STATE] if _is_store_dir(path) else (fmt.files(path) if fmt else [])
+    for candidate in [path, manifest_path(path), *files]:
+        if os.path.lexists(candidate) and not guard.inside(directory, candidate):
+            return str(guard.refuse(candidate, "path-containment", f"a symlink to {os.path.realpath(candidate)}, outside {directory}",
+                                    "Replace the symlink with the file itself."))
+    return None
 
 
 def _mtime(path: Path) -> float | None:
@@ -217,7 +261,13 @@ def list_checkpoints(directory: Path | str, *, verify: bool = True) -> list[Chec
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointNotFoundError(f"list_checkpoints: {directory} is not a directory.")
-    infos = [info_for(p, verify=verify) for p in _candidates(directory)]
+    infos = []
+    for candidate in _candidates(directory):
+        problem = escapes(directory, candidate)
+        if problem is not None:  # never stat'ed or read: only its name is reported
+            infos.append(CheckpointInfo(candidate, "unknown", CORRUPT, problem=problem))
+        else:
+            infos.append(info_for(candidate, verify=verify))
     infos.sort(key=lambda c: (c.step if c.step is not None else -1, c.wall_time or 0.0), reverse=True)
     return infos
 

@@ -167,7 +167,9 @@ def _print_optimizer_and_metadata(con: Any, info: dict[str, Any]) -> None:
         out = table(f"Signature '{name}'", [("", "left"), ("name", "left"), ("dtype", "left"), ("shape", "left")])
         for kind in ("inputs", "outputs"):
             for tensor, spec in sig[kind].items():
-                out.add_row(kind[:-1], tensor, spec["dtype"], "(" + ", ".join("None" if d is None else str(d) for d in spec["shape"]) + ")")
+                shape = spec["shape"]
+                text = "unknown rank" if shape is None else "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+                out.add_row(kind[:-1], tensor, spec["dtype"], text)
         con.print(out)
 
 

@@ -131,6 +131,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", "-b", type=int, default=32, metavar="B", help="rows per batch (default 32)")
     parser.add_argument("--head", type=int, default=10, metavar="N", help="rows printed without --output (default 10)")
     parser.add_argument("--json", action="store_true", help="print all predictions as JSON")
+    parser.add_argument("--allow-unsafe-ops", action="store_true",
+                        help="run a SavedModel graph even if it holds file-system, network or Python ops (trusted files only)")
     parser.set_defaults(handler=run_predict)
 
 
@@ -143,7 +145,8 @@ def run_predict(args: argparse.Namespace) -> int:
         def on_progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, description="predicting")
 
-        result = predict_files(args.model, args.input, output=args.output, batch_size=args.batch_size, on_progress=on_progress)
+        result = predict_files(args.model, args.input, output=args.output, batch_size=args.batch_size, on_progress=on_progress,
+                               allow_unsafe_ops=args.allow_unsafe_ops)
     if args.json:
         print_json({"rows": result.rows, "outputs": dict(zip(result.names, [o.tolist() for o in result.outputs])),
                     "written": str(result.output_path) if result.output_path else None})

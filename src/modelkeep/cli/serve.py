@@ -58,6 +58,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--api-key-file", help="file holding a bearer token required on every endpoint but /healthz")
     parser.add_argument("--poll-seconds", type=_non_negative_float, default=2.0, help="how often to look for new versions (default: 2)")
     parser.add_argument("--allow-non-finite", action="store_true", help="accept NaN/Infinity in float inputs")
+    parser.add_argument("--allow-unsafe-ops", action="store_true",
+                        help="serve SavedModel graphs even if they hold file-system, network or Python ops (trusted files only)")
     parser.set_defaults(handler=run)
 
 
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         api_key=read_api_key(args.api_key_file) if args.api_key_file else None,
         poll_seconds=max(args.poll_seconds, 0.05),
         allow_non_finite=args.allow_non_finite,
+        allow_unsafe_ops=args.allow_unsafe_ops,
     )
     serve(config)
     return 0

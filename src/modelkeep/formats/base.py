@@ -15,7 +15,21 @@ from modelkeep.state import ModelState
 
 
 class Format:
-    """One on-disk format. Subclasses set ``name`` and implement ``write``/``read``/``files``."""
+    """One on-disk format. Subclasses set ``name`` and implement ``write``/``read``/``files``.
+
+    Every subclass's ``read``, ``load_weights`` and ``load_model`` run under
+    ``storage.guard.malformed``: whatever a damaged or hostile file makes a parser raise comes
+    out as a ``CorruptCheckpointError`` naming the file, never as a bare ``TypeError``.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        from modelkeep.storage.guard import guarded
+
+        for method, action, path_arg in (("read", "load", 0), ("load_model", "load_model", 0), ("load_weights", "load_weights", 1)):
+            fn = cls.__dict__.get(method)
+            if fn is not None and not getattr(fn, "__guarded__", False):
+                setattr(cls, method, guarded(action, path_arg)(fn))
 
     name = "format"
     #: what the format can hold: "weights", "model" or both

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from modelkeep.errors import CorruptCheckpointError, FormatError
+from modelkeep.errors import CorruptCheckpointError
 from modelkeep.formats import legacy_config
 from modelkeep.formats.base import Format
 from modelkeep.state import MODEL, OPTIMIZER, RNG, ModelState
@@ -105,21 +105,10 @@ def _dataset(group: Any, name: str, array: np.ndarray) -> None:
 
 
 def _open(path: Path) -> Any:
-    import h5py
+    """The file through ``storage.guard.open_hdf5``: links, layouts and sizes checked first."""
+    from modelkeep.storage.guard import open_hdf5
 
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        with open(path, "rb") as handle:
-            magic = handle.read(8)
-        if magic != b"\x89HDF\r\n\x1a\n":
-            raise FormatError(
-                f"load: {path} has an HDF5 extension but is not an HDF5 file (it starts with "
-                f"{magic!r}). Rename it to its real format's extension."
-            ) from exc
-        raise CorruptCheckpointError(
-            f"load: the HDF5 file {path} cannot be opened ({exc}); it is truncated or corrupt."
-        ) from exc
+    return open_hdf5(path)
 
 
 def _read_by_name(f: Any, doc: dict, path: Path) -> ModelState:
@@ -136,6 +125,42 @@ def _read_by_name(f: Any, doc: dict, path: Path) -> ModelState:
                 "is corrupt. Use another copy or an older checkpoint."
             ) from exc
     return ModelState(variables, doc.get("model_config"), doc.get("compile_config"), doc.get("metadata") or {})
+
+
+def _fits_model(f: Any, model: Any, path: Path) -> None:
+    """Refuse a file whose numeric weight datasets declare far more bytes than the model's weights
+    (twice the model, for float64 files, plus 16 MiB for layers' own state such as integer lookup
+    tables), before reading any of them. String datasets are not counted."""
+    import h5py
+
+    from modelkeep.errors import IncompatibleModelError
+
+    weights = list(getattr(model, "weights", None) or [])
+    if not weights:
+        return
+    expected = sum(int(np.prod(w.shape)) * np.dtype(str(getattr(w, "dtype", "float32"))).itemsize for w in weights)
+    group = f["model_weights"] if "model_weights" in f else f
+    declared = 0
+
+    def visit(name: str, item: Any) -> None:
+        nonlocal declared
+        if isinstance(item, h5py.Dataset) and item.dtype.kind in "biufc" and not name.startswith(("optimizer", "modelkeep_rng")):
+            declared += int(item.size) * item.dtype.itemsize
+
+    group.visititems(visit)  # structure only: hard links, checked by the guard
+    if declared > 2 * expected + (16 << 20):
+        raise IncompatibleModelError(
+            f"load_weights: {path} declares {declared} bytes of weights but the model's weights take {expected}. "
+            "The file was saved from a different (larger) architecture; nothing was read."
+        )
+
+
+def _header(raw: Any, path: Path) -> dict | None:
+    from modelkeep.storage.guard import load_json
+
+    if raw is None:
+        return None
+    return load_json(raw.decode() if isinstance(raw, bytes) else str(raw), source=path, what="modelkeep header attribute")
 
 
 class HDF5Format(Format):
@@ -190,6 +215,7 @@ class HDF5Format(Format):
     def load_weights(self, model: Any, path: Path) -> None:
         self.require(path)
         with _open(path) as f:
+            _fits_model(f, model, path)  # declared sizes against the model, before any dataset is read
             if f.attrs.get(HEADER_ATTR) is None:  # written by Keras itself: match by structure
                 from modelkeep.formats import legacy
 
@@ -210,8 +236,9 @@ class HDF5Format(Format):
         self.require(path)
         with _open(path) as f:
             header = f.attrs.get(HEADER_ATTR)
-            if header is not None and "datasets" in json.loads(header):
-                return _read_by_name(f, json.loads(header), path)
+            doc = _header(header, path)
+            if doc is not None and "datasets" in doc:
+                return _read_by_name(f, doc, path)
             weights_group = f["model_weights"] if "model_weights" in f else f
             weights = _read_weight_groups(weights_group, path)
             variables = {f"{MODEL}/{k}": v for k, v in weights.items()}
@@ -226,7 +253,7 @@ class HDF5Format(Format):
                 from modelkeep.formats import legacy
 
                 return legacy.read_keras2_h5(path, f, variables)
-        doc = json.loads(header)
+        doc = _header(header, path)
         order = doc.pop("order", list(variables))
         by_position = dict(zip(order, variables.values())) if len(order) == len(variables) else variables
         return ModelState(by_position, doc.get("model_config"), doc.get("compile_config"), doc.get("metadata") or {})

@@ -48,14 +48,17 @@ class KerasZipFormat(Format):
     def load_model(self, path: Path, *, custom_objects: dict | None = None, compile: bool = True, safe_mode: bool = True) -> Any:
         import keras
 
+        from modelkeep.storage import guard
+
         self.require(path)
         if not zipfile.is_zipfile(path):
             raise _not_a_zip(path)
+        guard.check_keras_zip(path)  # members, config.json and the inner HDF5 checked before Keras reads them
         try:
             model = keras.saving.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
-            with zipfile.ZipFile(path) as archive:
+            with guard.open_zip(path) as archive:
                 if compile and RNG_MEMBER in archive.namelist():
-                    rng = load_tensors(archive.read(RNG_MEMBER))
+                    rng = _load_member_tensors(archive, path)
                     restore_rng(model, ModelState({f"{RNG}/{k}": v for k, v in rng.items()}), source=str(path))
             return model
         except zipfile.BadZipFile as exc:
@@ -65,6 +68,18 @@ class KerasZipFormat(Format):
 
     def read(self, path: Path) -> ModelState:
         return capture(self.load_model(path, compile=True))
+
+
+def _load_member_tensors(archive: zipfile.ZipFile, path: Path) -> dict:
+    from safetensors import SafetensorError
+
+    from modelkeep.storage import guard
+
+    source = f"{path}!{RNG_MEMBER}"
+    try:
+        return load_tensors(guard.read_member(archive, RNG_MEMBER, source=source))
+    except SafetensorError as exc:
+        raise CorruptCheckpointError(f"load_model: {source} is not a readable safetensors member ({exc}); the archive is corrupt.") from exc
 
 
 def _not_a_zip(path: Path) -> Exception:
@@ -93,10 +108,11 @@ class KerasWeightsFormat(Format):
         return [path]
 
     def load_weights(self, model: Any, path: Path) -> None:
-        from modelkeep.formats.hdf5 import _open
+        from modelkeep.formats.hdf5 import _fits_model, _open
 
         self.require(path)
-        _open(path).close()  # a clear error for a file that is not HDF5
+        with _open(path) as f:  # a clear error for a file that is not HDF5; links and sizes checked
+            _fits_model(f, model, path)
         try:
             model.load_weights(path)
         except ValueError as exc:

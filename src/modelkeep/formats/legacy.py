@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from modelkeep.capture import model_variable_keys, optimizer_variable_keys
 from modelkeep.errors import CorruptCheckpointError, IncompatibleModelError, UnsupportedModelError
 from modelkeep.formats import legacy_config
 from modelkeep.state import MODEL, OPTIMIZER, ModelState
+from modelkeep.storage import guard, limits
 
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -319,9 +319,9 @@ def _parse_saved_metadata(data: bytes) -> list[dict[str, Any]]:
 def savedmodel_root_metadata(path: Path) -> dict[str, Any]:
     """The root object's metadata in a tf-keras SavedModel: class, config, training config."""
     try:
-        nodes = _parse_saved_metadata((path / METADATA_FILE).read_bytes())
+        nodes = _parse_saved_metadata(guard.read_regular(path / METADATA_FILE, max_bytes=limits.current().max_protobuf_bytes))
         root = next(n for n in nodes if n.get("node_path") == "root")
-        return json.loads(root["metadata"])
+        return guard.load_json(root["metadata"], source=path / METADATA_FILE, what="root metadata")
     except (OSError, ValueError, StopIteration, IndexError, KeyError) as exc:
         raise CorruptCheckpointError(
             f"load_model: {path / METADATA_FILE} cannot be read ({exc}); the Keras part of the "
@@ -367,18 +367,12 @@ def build_keras3_model(config: dict, training_config: dict | None, *, source: st
 
 def load_savedmodel(path: Path, **kwargs: Any) -> Any:
     """A full Keras 3 model from a tf-keras ``model.save(dir)`` SavedModel."""
-    import tensorflow as tf
 
     meta = savedmodel_root_metadata(path)
     config = {"class_name": meta.get("class_name"), "config": meta.get("config")} if meta.get("config") else None
     model = build_keras3_model(config, meta.get("training_config"), source=str(path), **kwargs)
     prefix = path / "variables" / "variables"
-    try:
-        reader = tf.train.load_checkpoint(str(prefix))
-    except (tf.errors.OpError, ValueError) as exc:
-        raise CorruptCheckpointError(
-            f"load_model: the variables of {path} cannot be read ({exc}); the SavedModel is truncated or corrupt."
-        ) from exc
+    reader = guard.open_tf_checkpoint(prefix, source=path)  # sizes checked; CorruptCheckpointError if unreadable
     load_checkpoint_into(model, prefix, reader, optimizer=kwargs.get("compile", True))
     return model
 
@@ -391,7 +385,6 @@ def read_tf_keras_savedmodel(path: Path) -> ModelState:
     the state keeps Keras 2 paths in object-graph order and the config translated loosely,
     and ``build_model`` (which has the custom objects) finishes the job.
     """
-    import tensorflow as tf
 
     try:
         return _captured(load_savedmodel(path), "tf-keras SavedModel")
@@ -405,7 +398,7 @@ def read_tf_keras_savedmodel(path: Path) -> ModelState:
             stacklevel=4,
         )
     meta = savedmodel_root_metadata(path)
-    state = read_tf_keras_checkpoint(path, tf.train.load_checkpoint(str(path / "variables" / "variables")))
+    state = read_tf_keras_checkpoint(path, guard.open_tf_checkpoint(path / "variables" / "variables", source=path))
     state.variables = {k: v for k, v in state.variables.items() if k.startswith(MODEL + "/")}
     config = {"class_name": meta.get("class_name"), "config": meta.get("config")}
     state.model_config = legacy_config.to_keras3_model_config(config, strict=False)
@@ -532,8 +525,9 @@ def load_h5_model(path: Path, handle: Any, **kwargs: Any) -> Any:
             "be rebuilt. Build the model in code and call modelkeep.load_weights(model, path)."
         )
     training = handle.attrs.get("training_config")
-    model = build_keras3_model(json.loads(_h5_text(raw)), json.loads(_h5_text(training)) if training is not None else None,
-                               source=str(path), **kwargs)
+    config = guard.load_json(_h5_text(raw), source=path, what="model_config", expect=None)
+    training = guard.load_json(_h5_text(training), source=path, what="training_config", expect=None) if training is not None else None
+    model = build_keras3_model(config, training, source=str(path), **kwargs)
     load_h5_into(model, handle, str(path), optimizer=kwargs.get("compile", True))
     return model
 
@@ -546,6 +540,6 @@ def read_keras2_h5(path: Path, handle: Any, variables: dict[str, np.ndarray]) ->
         except UnsupportedModelError as exc:
             if not getattr(exc, "unknown_class", False):
                 raise
-        config = json.loads(_h5_text(handle.attrs["model_config"]))
+        config = guard.load_json(_h5_text(handle.attrs["model_config"]), source=path, what="model_config", expect=None)
         return ModelState(variables, legacy_config.to_keras3_model_config(config, strict=False), None, {"written_by": "keras-h5"})
     return ModelState(variables, None, None, {"written_by": "keras-h5"})

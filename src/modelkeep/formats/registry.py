@@ -128,10 +128,11 @@ def detect(path: Path) -> Format:
 
 
 def _is_keras3_weights(path: Path) -> bool:
-    import h5py
+    from modelkeep.errors import ModelkeepError
+    from modelkeep.storage.guard import open_hdf5
 
     try:
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path) as f:  # a refused file is reported by the format's own open
             return "layer_names" not in f.attrs and "model_weights" not in f and "layers" in f
-    except OSError:
+    except (OSError, ModelkeepError):
         return False

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 from pathlib import Path
@@ -34,10 +35,11 @@ import numpy as np
 from modelkeep.errors import CorruptCheckpointError, FormatError
 from modelkeep.formats.base import Format
 from modelkeep.state import ModelState
+from modelkeep.storage import guard, limits
 from modelkeep.storage.checksums import BackgroundCrc32, remember_crc32
 from modelkeep.storage.commit import atomic_path
 
-HEADER_LIMIT = 100_000_000
+HEADER_LIMIT = 100_000_000  # the default of storage.limits.max_safetensors_header (the spec's cap)
 #: the tensor bytes start at a multiple of this offset in the file
 DATA_ALIGN = 64
 _IOV_MAX = 1024
@@ -67,7 +69,7 @@ class SafetensorsFormat(Format):
         tensors, metadata = read_file(path)
         order = _order(metadata, tensors, path)
         if "modelkeep" in metadata:
-            config, compile_config, meta = ModelState.header_from_json(metadata["modelkeep"])
+            config, compile_config, meta = header_fields(metadata["modelkeep"], path)
         else:  # a foreign safetensors file: its tensors are model weights
             config, compile_config, meta = None, None, {}
             order = ["model/" + k for k in order]
@@ -159,14 +161,14 @@ def read_header(data: memoryview | bytes, path: Path) -> tuple[dict[str, Any], i
     if len(data) < 8:
         raise _corrupt(path, "it is shorter than the 8-byte header length")
     size = int.from_bytes(data[:8], "little")
-    if size > HEADER_LIMIT or 8 + size > len(data):
-        raise _corrupt(path, f"its header length {size} exceeds the file or the 100 MB limit")
-    try:
-        header = json.loads(bytes(data[8 : 8 + size]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _corrupt(path, f"its header is not JSON ({exc})") from exc
-    if not isinstance(header, dict):
-        raise _corrupt(path, "its header is not a JSON object")
+    cap = limits.current().max_safetensors_header
+    if size > cap or 8 + size > len(data):
+        raise _corrupt(path, f"its header length {size} exceeds the file or the {cap}-byte cap")
+    with limits.override(max_json_bytes=max(cap, limits.current().max_json_bytes)):
+        header = guard.load_json(bytes(data[8 : 8 + size]), source=path, what="safetensors header", expect=dict)
+    metadata = header.get("__metadata__")
+    if metadata is not None and (not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())):
+        raise _corrupt(path, "its __metadata__ is not an object of strings")
     return header, 8 + size
 
 
@@ -180,7 +182,7 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
             raise _corrupt(path, "it is empty")
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
     mapped.madvise(mmap.MADV_WILLNEED)
-    header, start = read_header(memoryview(mapped)[: min(length, HEADER_LIMIT + 8)], path)
+    header, start = read_header(memoryview(mapped)[: min(length, limits.current().max_safetensors_header + 8)], path)
     metadata = header.pop("__metadata__", None) or {}
     tensors, spans = {}, []
     for name, info in header.items():
@@ -200,14 +202,31 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
 def _tensor(mapped: mmap.mmap, start: int, length: int, name: str, info: Any, path: Path) -> np.ndarray:
     try:
         dtype = np.dtype(_numpy_dtype(info["dtype"]))
-        shape = tuple(int(n) for n in info["shape"])
-        lo, hi = (int(n) for n in info["data_offsets"])
+        shape = tuple(_whole(n) for n in info["shape"])
+        lo, hi = (_whole(n) for n in info["data_offsets"])
     except (KeyError, TypeError, ValueError) as exc:
         raise _corrupt(path, f"its entry for '{name}' is malformed ({exc})") from exc
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python ints: a huge shape cannot wrap around to a small count
     if hi - lo != count * dtype.itemsize or lo < 0 or start + hi > length:
         raise _corrupt(path, f"tensor '{name}' ({info['dtype']}{list(shape)}) does not fit bytes {lo}..{hi}")
     return np.frombuffer(mapped, dtype=dtype, count=count, offset=start + lo).reshape(shape)
+
+
+def _whole(value: Any) -> int:
+    """A JSON number that must be a non-negative integer (no bools, floats or strings)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a non-negative integer, found {value!r}")
+    return value
+
+
+def header_fields(text: str, path: Path) -> tuple[dict | None, dict | None, dict]:
+    """``(model config, compile config, metadata)`` from modelkeep's JSON header, types checked."""
+    doc = guard.load_json(text, source=path, what="modelkeep header")
+    config, compile_config, meta = doc.get("model_config"), doc.get("compile_config"), doc.get("metadata") or {}
+    for what, value in (("model_config", config), ("compile_config", compile_config), ("metadata", meta)):
+        if value is not None and not isinstance(value, dict):
+            raise _corrupt(path, f"its {what} is a JSON {type(value).__name__}, not an object")
+    return config, compile_config, meta
 
 
 def _numpy_dtype(code: str) -> Any:
@@ -220,10 +239,10 @@ def _numpy_dtype(code: str) -> Any:
 
 
 def _order(metadata: dict[str, str], tensors: dict[str, np.ndarray], path: Path) -> list[str]:
-    try:
-        order = json.loads(metadata.get("modelkeep_order", "null")) or sorted(tensors)
-    except ValueError as exc:
-        raise _corrupt(path, f"its modelkeep_order is not JSON ({exc})") from exc
+    order = guard.load_json(metadata.get("modelkeep_order", "null"), source=path, what="modelkeep_order", expect=(list, type(None)))
+    order = order or sorted(tensors)
+    if not all(isinstance(k, str) for k in order) or len(set(order)) != len(order):
+        raise _corrupt(path, "its modelkeep_order is not a list of distinct names")
     missing = [k for k in order if k not in tensors]
     if missing:
         raise FormatError(f"load: {path} names tensor '{missing[0]}' in its order but does not hold it.")

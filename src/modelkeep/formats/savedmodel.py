@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from modelkeep.capture import build_model, capture, model_variable_keys
-from modelkeep.errors import CorruptCheckpointError, UnsupportedModelError
+from modelkeep.errors import GraphOnlyModelError, UnsupportedModelError
 from modelkeep.formats.base import Format
 from modelkeep.formats.safetensors import SafetensorsFormat
 from modelkeep.state import MODEL, OPTIMIZER, RNG, ModelState
+from modelkeep.storage import guard
 from modelkeep.storage.commit import atomic_path
 
 HEADER_FILE = "modelkeep.json"
@@ -88,6 +89,8 @@ class SavedModelFormat(Format):
         return self.write(capture(model, include_optimizer=include_optimizer), path, model=model)
 
     def load_model(self, path: Path, **kwargs: Any) -> Any:
+        self.require(path)
+        guard.check_tree(path)  # no symlink leaving the directory, no device or FIFO inside
         if not (path / HEADER_FILE).exists() and (path / LEGACY_METADATA).exists():
             from modelkeep.formats import legacy
 
@@ -96,29 +99,22 @@ class SavedModelFormat(Format):
         return super().load_model(path, **kwargs)
 
     def read(self, path: Path) -> ModelState:
-        import tensorflow as tf
-
         self.require(path)
+        guard.check_tree(path)
         header_path = path / HEADER_FILE
         if not header_path.exists():
             from modelkeep.formats import legacy
 
             if (path / LEGACY_METADATA).exists():
                 return legacy.read_tf_keras_savedmodel(path)
-            raise UnsupportedModelError(
+            raise GraphOnlyModelError(
                 f"load_model: {path} is a SavedModel without a Keras part (no {HEADER_FILE} or "
                 f"{LEGACY_METADATA}), so no Keras model can be rebuilt from it. It can still serve "
                 "predictions: `modelkeep serve`, tf.saved_model.load(path), or "
                 "keras.layers.TFSMLayer(path) for inference inside Keras."
             )
-        header = json.loads(header_path.read_text())
-        try:
-            reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
-        except (tf.errors.OpError, ValueError) as exc:
-            raise CorruptCheckpointError(
-                f"load_model: the variables of {path} cannot be read ({exc}); the SavedModel is "
-                "truncated or corrupt."
-            ) from exc
+        header = guard.read_json(header_path, what=HEADER_FILE)
+        reader = guard.open_tf_checkpoint(path / "variables" / "variables", source=path)
         variables = {}
         for key, position in zip(header["order"], header["variables_index"]):
             variables[f"{MODEL}/{key}"] = np.asarray(reader.get_tensor(f"variables/{position}/.ATTRIBUTES/VARIABLE_VALUE"))

@@ -157,10 +157,10 @@ def _relative(path: Path | str, directory: Path) -> str:
 
 
 def _read_state(directory: Path) -> list[str]:
-    import tensorflow as tf
+    from modelkeep.storage.guard import read_state_file
 
     try:
-        state = tf.train.get_checkpoint_state(str(directory))
+        state = read_state_file(directory)
     except Exception:  # noqa: BLE001 - a corrupt state file is replaced, not fatal
         return []
     return list(state.all_model_checkpoint_paths) if state else []
@@ -228,17 +228,11 @@ class TFCheckpointFormat(Format):
         return final
 
     def _reader(self, path: Path) -> tuple[Any, dict]:
-        import tensorflow as tf
+        from modelkeep.storage.guard import open_tf_checkpoint
 
         self.require(path)
-        try:
-            reader = tf.train.load_checkpoint(str(path))
-            return reader, reader.get_variable_to_shape_map()
-        except (tf.errors.OpError, ValueError) as exc:
-            raise CorruptCheckpointError(
-                f"load: the TF checkpoint {path} cannot be read ({_first_line(exc)}). Its "
-                ".index or .data file is truncated or corrupt; use another checkpoint."
-            ) from exc
+        reader = open_tf_checkpoint(path)  # companions beside the prefix, declared sizes checked
+        return reader, reader.get_variable_to_shape_map()
 
     def load_weights(self, model: Any, path: Path) -> None:
         reader, shapes = self._reader(path)
@@ -256,7 +250,9 @@ class TFCheckpointFormat(Format):
             from modelkeep.formats import legacy
 
             return legacy.read_tf_keras_checkpoint(path, reader)
-        header = json.loads(_get(reader, HEADER_KEY, path))
+        from modelkeep.storage.guard import load_json
+
+        header = load_json(_get(reader, HEADER_KEY, path), source=path, what="modelkeep header tensor")
         variables = {}
         order = header.pop("order")
         for key, object_key in zip(order, header.pop("paths", None) or [object_path(k) for k in order]):
@@ -284,9 +280,13 @@ def _first_line(exc: Exception) -> str:
 
 
 def latest_in(directory: Path) -> Path | None:
-    """The newest checkpoint named by a directory's ``checkpoint`` state file."""
-    import tensorflow as tf
+    """The newest checkpoint named by a directory's ``checkpoint`` state file; the file is read
+    through ``storage.guard`` and the name must stay inside ``directory``."""
+    from modelkeep.storage.guard import read_state_file, state_file_target
 
-    latest = tf.train.latest_checkpoint(str(directory))
-    return Path(latest) if latest else None
+    state = read_state_file(directory)
+    if state is None or not state.model_checkpoint_path:
+        return None
+    prefix = state_file_target(directory, state.model_checkpoint_path, source=directory / STATE_FILE)
+    return prefix if Path(str(prefix) + INDEX_SUFFIX).exists() else None
 

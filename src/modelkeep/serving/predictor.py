@@ -83,11 +83,17 @@ class Predictor:
         return predictor
 
     @classmethod
-    def from_saved_model(cls, path: str) -> Predictor:
+    def from_saved_model(cls, path: str, *, allow_unsafe_ops: bool = False) -> Predictor:
         """A SavedModel without a Keras part (``model.export()``, ``tf.saved_model.save``):
-        its ``serving_default`` signature, called as TF Serving would, names included."""
+        its ``serving_default`` signature, called as TF Serving would, names included.
+
+        Its graph is scanned first (protobuf only): one holding file-system, network or Python
+        ops is refused (``UnsafeFileError`` naming them) unless ``allow_unsafe_ops=True``."""
         import tensorflow as tf
 
+        from modelkeep.storage.graph_ops import check_saved_model_ops
+
+        check_saved_model_ops(path, allow_unsafe_ops=allow_unsafe_ops)
         loaded = tf.saved_model.load(str(path))
         if SIGNATURE_NAME not in loaded.signatures:
             raise RequestError(

@@ -43,6 +43,7 @@ class ServeConfig:
     api_key: str | None = None
     poll_seconds: float = 2.0
     allow_non_finite: bool = False
+    allow_unsafe_ops: bool = False  # run SavedModel graphs holding file-system/network/Python ops
 
 
 @dataclass
@@ -83,6 +84,7 @@ def build_context(config: ServeConfig) -> ServeContext:
         metrics,
         max_batch_size=config.max_batch_size,
         batch_timeout_s=config.batch_timeout_ms / 1000.0,
+        allow_unsafe_ops=config.allow_unsafe_ops,
     )
     return ServeContext(manager, metrics, config.max_request_bytes, config.api_key, config.allow_non_finite)
 

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelkeep.errors import CorruptCheckpointError, UnsupportedModelError
+from modelkeep.errors import CorruptCheckpointError, GraphOnlyModelError
 from modelkeep.serving.batching import MicroBatcher
 from modelkeep.serving.metrics import Metrics
 from modelkeep.serving.predictor import Predictor
@@ -95,7 +95,9 @@ class VersionManager:
         *,
         max_batch_size: int = 64,
         batch_timeout_s: float = 0.0,
+        allow_unsafe_ops: bool = False,
     ):
+        self.allow_unsafe_ops = allow_unsafe_ops
         self.name = name
         self.source = source
         self.policy = policy
@@ -172,10 +174,8 @@ class VersionManager:
     def _build(self, candidate: Candidate) -> Predictor:
         try:
             predictor = Predictor.from_model(self.source.load(candidate))
-        except UnsupportedModelError:
-            if not (candidate.path / "saved_model.pb").exists():
-                raise
-            predictor = Predictor.from_saved_model(candidate.path)  # exported without a Keras part
+        except GraphOnlyModelError:  # exported without any Keras part; a refused Keras model never gets here
+            predictor = Predictor.from_saved_model(candidate.path, allow_unsafe_ops=self.allow_unsafe_ops)
         predictor.warm_up(tuple(sorted({1, 2, min(8, self.max_batch_size), self.max_batch_size})))
         return predictor
 

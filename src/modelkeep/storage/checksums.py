@@ -195,30 +195,43 @@ def write_manifest(path: Path, files: list[Path], metadata: dict[str, Any]) -> N
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise CheckpointNotFoundError(f"verify: no manifest at {path}.") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptCheckpointError(
-            f"verify: the manifest {path} is not valid JSON ({exc}); the checkpoint it "
-            "describes cannot be trusted. Use an older checkpoint."
-        ) from exc
-    if not isinstance(doc, dict) or "files" not in doc:
-        raise CorruptCheckpointError(f"verify: {path} is not a modelkeep manifest (no 'files').")
+    """A manifest, parsed through ``storage.guard`` (regular file, size and depth caps) and its
+    fields type-checked: ``files`` maps names to ``{"size": int, "crc32": int}``."""
+    from modelkeep.storage import guard
+
+    if not os.path.lexists(path):
+        raise CheckpointNotFoundError(f"verify: no manifest at {path}.")
+    doc = guard.read_json(path, what="manifest")
+    files = doc.get("files")
+    if not isinstance(files, dict):
+        raise CorruptCheckpointError(f"verify: {path} is not a modelkeep manifest (no 'files' object).")
+    for name, entry in files.items():
+        ok = isinstance(entry, dict) and all(
+            isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool) and 0 <= entry[k] < limit
+            for k, limit in (("size", 1 << 62), ("crc32", 1 << 32))
+        )
+        if not ok:
+            raise CorruptCheckpointError(
+                f"verify: {path} lists {str(name)[:100]!r} without a whole-number size and crc32 (found "
+                f"{str(entry)[:100]}); the manifest is corrupt."
+            )
+    if not isinstance(doc.get("metadata", {}), dict):
+        raise CorruptCheckpointError(f"verify: the metadata of {path} is not a JSON object; the manifest is corrupt.")
     return doc
 
 
 def verify_manifest(path: Path) -> dict[str, Any]:
-    """Check every file the manifest lists: present, right size, right CRC-32."""
+    """Check every file the manifest lists: inside its directory, a regular file, right size, right CRC-32."""
+    from modelkeep.storage import guard
+
     doc = read_manifest(path)
     for name, expected in doc["files"].items():
-        target = path.parent / name
-        if not target.exists():
+        target = guard.contained(path.parent, name, source=path, what="listed file")
+        if not os.path.lexists(target):
             raise CorruptCheckpointError(
                 f"verify: {target} is listed in {path.name} but missing; the checkpoint is incomplete."
             )
-        size = target.stat().st_size
+        size = guard.regular_file(target, source=path, what="listed file").st_size
         if size != expected["size"]:
             raise CorruptCheckpointError(
                 f"verify: {target} has {size} bytes but the manifest expects {expected['size']} "

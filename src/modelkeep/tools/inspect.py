@@ -174,23 +174,32 @@ def _metadata(state: ModelState, path: Path, fmt_name: str) -> dict[str, Any]:
 
 
 def saved_model_signatures(path: Path) -> dict[str, Any]:
-    """``{signature: {"inputs": {name: spec}, "outputs": {name: spec}}}`` via ``tf.saved_model.load``."""
-    import tensorflow as tf
+    """``{signature: {"inputs": {name: spec}, "outputs": {name: spec}}}`` read from
+    ``saved_model.pb`` as a protobuf: nothing of the SavedModel is loaded or run."""
+    from modelkeep.storage.guard import read_saved_model_proto
 
-    loaded = tf.saved_model.load(str(path))
+    proto = read_saved_model_proto(Path(path))
+    meta = next((m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags), proto.meta_graphs[0])
     out: dict[str, Any] = {}
-    for name, function in loaded.signatures.items():
-        _args, kwargs = function.structured_input_signature
-        outputs = function.structured_outputs
-        if not isinstance(outputs, dict):
-            outputs = {f"output_{i}": t for i, t in enumerate(tf.nest.flatten(outputs))}
-        out[name] = {"inputs": {k: _spec(v) for k, v in sorted(kwargs.items())},
-                     "outputs": {k: _spec(v) for k, v in sorted(outputs.items())}}
+    for name in sorted(meta.signature_def):
+        if name.startswith("__"):  # __saved_model_init_op: an initializer, not a signature
+            continue
+        signature = meta.signature_def[name]
+        out[name] = {"inputs": {k: _spec(v) for k, v in sorted(signature.inputs.items())},
+                     "outputs": {k: _spec(v) for k, v in sorted(signature.outputs.items())}}
     return out
 
 
-def _spec(tensor: Any) -> dict[str, Any]:
-    return {"dtype": tensor.dtype.name, "shape": [None if d is None else int(d) for d in tensor.shape.as_list()]}
+def _spec(info: Any) -> dict[str, Any]:
+    """A ``TensorInfo`` as ``{"dtype": "float32", "shape": [None, 10]}`` (shape None if unknown rank)."""
+    from tensorflow.python.framework import dtypes
+
+    try:
+        dtype = dtypes.as_dtype(info.dtype).name
+    except (TypeError, ValueError):
+        dtype = f"unknown({info.dtype})"
+    shape = None if info.tensor_shape.unknown_rank else [None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim]
+    return {"dtype": dtype, "shape": shape}
 
 
 __all__ = ["MODEL", "describe", "model_summary", "optimizer_summary", "saved_model_signatures", "variable_table"]

@@ -30,7 +30,13 @@ def read_array(path: Path | str) -> np.ndarray:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        try:
+            return np.load(path, allow_pickle=False)  # never unpickles: an object array is refused
+        except (ValueError, OSError, EOFError) as exc:
+            raise FormatError(
+                f"predict: {path} is not a plain numeric .npy array ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                "object arrays (pickles) are never loaded. Save the inputs with numpy.save of a numeric array."
+            ) from exc
     if suffix != ".csv":
         raise FormatError(f"predict: cannot read {path}: expected a .npy or .csv file. Received: {path.name}")
     with open(path, newline="") as handle:
@@ -122,10 +128,10 @@ class SignatureModel:
     """A SavedModel's ``serving_default`` signature with the two things ``predict`` uses of a
     Keras model (``inputs``, ``predict_on_batch``), for SavedModels without a Keras part."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, allow_unsafe_ops: bool = False) -> None:
         from modelkeep.serving.predictor import Predictor
 
-        self._predictor = Predictor.from_saved_model(str(path))
+        self._predictor = Predictor.from_saved_model(str(path), allow_unsafe_ops=allow_unsafe_ops)
         self.inputs = self._predictor.inputs
         self.output_names = self._predictor.output_names
 
@@ -133,19 +139,17 @@ class SignatureModel:
         return self._predictor.run(list(batch) if isinstance(batch, list) else [batch])
 
 
-def load_for_predict(path: Path | str) -> Any:
-    """``modelkeep.load_model`` (uncompiled); a SavedModel without a Keras part is run
-    through its serving signature instead."""
+def load_for_predict(path: Path | str, *, allow_unsafe_ops: bool = False) -> Any:
+    """``modelkeep.load_model`` (uncompiled); a SavedModel without any Keras part is run
+    through its serving signature instead (graph scanned first, see ``SignatureModel``).
+    A Keras model that was refused (a Lambda layer) is never run through its graph."""
     from modelkeep.api import load_model
-    from modelkeep.errors import UnsupportedModelError
-    from modelkeep.formats import registry
+    from modelkeep.errors import GraphOnlyModelError
 
     try:
         return load_model(path, compile=False)
-    except UnsupportedModelError:
-        if not (Path(path) / "saved_model.pb").exists() or registry.detect(Path(path)) is not registry.SAVED_MODEL:
-            raise
-        return SignatureModel(path)
+    except GraphOnlyModelError:
+        return SignatureModel(path, allow_unsafe_ops=allow_unsafe_ops)
 
 
 @dataclass
@@ -175,12 +179,15 @@ def predict_files(
     batch_size: int = 32,
     on_progress: Progress | None = None,
     on_loaded: Callable[[Any], None] | None = None,
+    allow_unsafe_ops: bool = False,
 ) -> PredictResult:
-    """Load a saved model (``modelkeep.load_model``), predict on the input files, optionally write."""
+    """Load a saved model (``modelkeep.load_model``), predict on the input files, optionally write.
+
+    ``allow_unsafe_ops`` lets a graph-only SavedModel with file-system or Python ops run."""
     if batch_size < 1:
         raise ValueError(f"predict: --batch-size must be at least 1. Received: {batch_size}")
     arrays = [read_array(p) for p in inputs]
-    model = load_for_predict(model_path)
+    model = load_for_predict(model_path, allow_unsafe_ops=allow_unsafe_ops)
     if on_loaded:
         on_loaded(model)
     arrays = _check_inputs(model, arrays, [str(p) for p in inputs])

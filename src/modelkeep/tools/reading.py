@@ -71,9 +71,9 @@ def read_tf_checkpoint_raw(prefix: Path) -> ModelState:
     What a SavedModel without a Keras part (``tf.saved_model.save`` of a ``tf.Module``) can
     still show: its variables, though not which layer each belongs to.
     """
-    import tensorflow as tf
+    from modelkeep.storage.guard import open_tf_checkpoint
 
-    reader = tf.train.load_checkpoint(str(prefix))
+    reader = open_tf_checkpoint(prefix)
     keys = sorted(k for k in reader.get_variable_to_shape_map() if not k.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"))
     variables = {}
     for key in keys:

@@ -28,8 +28,6 @@ Example::
 
 from __future__ import annotations
 
-import io
-import json
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,14 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from modelkeep.checkpoint import store
-from modelkeep.errors import CorruptCheckpointError, FormatError
+from modelkeep.errors import CorruptCheckpointError, FormatError, UnsafeFileError
 from modelkeep.formats import registry
+from modelkeep.formats.keras_zip import RNG_MEMBER, _load_member_tensors
 from modelkeep.formats.savedmodel import HEADER_FILE, OPTIMIZER_FILE
-from modelkeep.formats.tf_checkpoint import STATE_FILE
+from modelkeep.formats.tf_checkpoint import HEADER_KEY, OBJECT_GRAPH_KEY, STATE_FILE
+from modelkeep.storage import guard, limits
 from modelkeep.storage.checksums import verify_manifest
 from modelkeep.tools.reading import BACKUP, is_backup_dir
 
-SAFETENSORS_HEADER_LIMIT = 100_000_000
 _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
              "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
@@ -93,7 +92,10 @@ def verify_directory(directory: Path, *, depth: int = 2, on_item: Callable[[Path
     ``depth`` levels down.
     """
     infos = store.list_checkpoints(directory, verify=False)
-    results = [_one(info.path, on_item) for info in infos]
+    results = []
+    for info in infos:
+        escaped = store.escapes(directory, info.path)  # a symlink leaving the directory is never read
+        results.append(VerifyResult(info.path, info.format, False, problem=escaped) if escaped else _one(info.path, on_item))
     state_file = directory / STATE_FILE
     if state_file.exists():
         results.append(_verify_state_file(state_file))
@@ -107,14 +109,16 @@ def verify_directory(directory: Path, *, depth: int = 2, on_item: Callable[[Path
 
 
 def _verify_state_file(state_file: Path) -> VerifyResult:
-    import tensorflow as tf
-
     result = VerifyResult(state_file, "TF checkpoint state file", True)
     try:
-        state = tf.train.get_checkpoint_state(str(state_file.parent))
+        state = guard.read_state_file(state_file.parent)
+        named = list(state.all_model_checkpoint_paths) if state else []
+        for name in named + ([state.model_checkpoint_path] if state and state.model_checkpoint_path else []):
+            guard.state_file_target(state_file.parent, name, source=state_file)
+    except UnsafeFileError as exc:
+        return _fail(result, _first_line(exc))
     except Exception as exc:  # noqa: BLE001 - any parse failure is the finding
         return _fail(result, f"{state_file} cannot be parsed ({_first_line(exc)})")
-    named = list(state.all_model_checkpoint_paths) if state else []
     # TensorFlow returns the names joined with the directory already
     missing = [p for p in named if not Path(p + ".index").exists()]
     if missing:
@@ -172,17 +176,35 @@ def check_tf_checkpoint(prefix: Path) -> str:
 
     registry.TF_CHECKPOINT.require(prefix)
     index, data = registry.TF_CHECKPOINT.files(prefix)
-    try:
-        reader = tf.train.load_checkpoint(str(prefix))
-        keys = sorted(reader.get_variable_to_shape_map())
-    except (tf.errors.OpError, ValueError) as exc:
-        raise CorruptCheckpointError(f"{index.name} cannot be read ({_first_line(exc)}): truncated or corrupt") from exc
+    reader = guard.open_tf_checkpoint(prefix)  # companions beside the prefix, declared sizes checked
+    keys = sorted(reader.get_variable_to_shape_map())
+    values = {}
     for key in keys:
         try:
-            reader.get_tensor(key)
+            value = reader.get_tensor(key)
         except (tf.errors.OpError, ValueError) as exc:
             raise CorruptCheckpointError(f"tensor '{key}' in {data.name} fails its check: {_first_line(exc)}") from exc
+        if key in (HEADER_KEY, OBJECT_GRAPH_KEY):
+            values[key] = value
+    _check_tf_structure(prefix, values)
     return f"TF checkpoint: {len(keys)} tensors read, each matches its crc32c"
+
+
+def _check_tf_structure(prefix: Path, values: dict[str, Any]) -> None:
+    """modelkeep's header parses (JSON caps, an ``order`` list); the object graph parses."""
+    if HEADER_KEY in values:
+        raw = values[HEADER_KEY]
+        header = guard.load_json(raw.decode() if isinstance(raw, bytes) else str(raw), source=prefix, what="modelkeep header tensor")
+        if not isinstance(header.get("order"), list):
+            raise CorruptCheckpointError("modelkeep's header tensor has no 'order' list: corrupt")
+    if OBJECT_GRAPH_KEY in values:
+        from google.protobuf.message import DecodeError
+        from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+        try:
+            trackable_object_graph_pb2.TrackableObjectGraph().ParseFromString(values[OBJECT_GRAPH_KEY])
+        except (DecodeError, TypeError, ValueError) as exc:
+            raise CorruptCheckpointError(f"the object graph tensor does not parse ({_first_line(exc)}): corrupt") from exc
 
 
 def _read_hdf5(handle: Any) -> int:
@@ -202,13 +224,47 @@ def _read_hdf5(handle: Any) -> int:
     return count
 
 
-def check_hdf5(path: Path) -> str:
-    """Open an HDF5 file and read every dataset and attribute."""
-    import h5py
+def _check_h5_layout(handle: Any, path: Path) -> None:
+    """The Keras layouts' own bookkeeping: modelkeep's header parses and names real datasets;
+    ``layer_names``/``weight_names`` are lists of names that exist; ``model_config`` is a JSON object."""
+    import numpy as np
 
+    def names(value: Any, what: str) -> list[str]:
+        array = np.asarray(value)
+        if array.ndim != 1 or not all(isinstance(v, (bytes, str, np.bytes_, np.str_)) for v in array.tolist()):
+            raise CorruptCheckpointError(f"attribute {what} is not a list of names")
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in array.tolist()]
+
+    header = handle.attrs.get("modelkeep")
+    if header is not None:
+        doc = guard.load_json(header.decode() if isinstance(header, bytes) else str(header), source=path, what="modelkeep header")
+        if not isinstance(doc.get("order", []), list) or not isinstance(doc.get("datasets", {}), dict):
+            raise CorruptCheckpointError("modelkeep's header has an 'order' or 'datasets' of the wrong type")
+        missing = [str(v) for v in doc.get("datasets", {}).values() if not isinstance(v, str) or v not in handle]
+        if missing:
+            raise CorruptCheckpointError(f"modelkeep's header names dataset {missing[0][:80]!r}, which is not in the file")
+    for key in ("model_config", "training_config"):
+        if key in handle.attrs:
+            raw = handle.attrs[key]
+            guard.load_json(raw.decode() if isinstance(raw, bytes) else str(raw), source=path, what=key)
+    group = handle["model_weights"] if "model_weights" in handle else handle
+    if "layer_names" in group.attrs:
+        for layer in names(group.attrs["layer_names"], "layer_names"):
+            if layer not in group:
+                raise CorruptCheckpointError(f"layer_names lists {layer!r}, which is not in the file")
+            for weight in names(group[layer].attrs.get("weight_names", []), f"weight_names of {layer!r}"):
+                if weight not in group[layer]:
+                    raise CorruptCheckpointError(f"layer {layer!r} lists weight {weight!r}, which is not in the file")
+
+
+def check_hdf5(path: Path) -> str:
+    """Open an HDF5 file, check its layout's bookkeeping, and read every dataset and attribute."""
     try:
-        with h5py.File(path, "r") as handle:
+        with guard.open_hdf5(path) as handle:  # links, layouts and declared sizes checked first
+            _check_h5_layout(handle, path)
             count = _read_hdf5(handle)
+    except UnsafeFileError:
+        raise
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise CorruptCheckpointError(f"HDF5 file cannot be read ({_first_line(exc)}); it is truncated or corrupt") from exc
     return f"HDF5: opened, {count} datasets read (HDF5 keeps no checksum of the numbers)"
@@ -216,18 +272,22 @@ def check_hdf5(path: Path) -> str:
 
 def check_keras_zip(path: Path) -> str:
     """Check every member's CRC-32, parse config.json and read the inner weights file."""
-    import h5py
-
     try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
+        with guard.open_zip(path) as archive:  # member count, names and declared sizes checked first
+            bad = archive.testzip()  # streams each member in 1 MiB pieces
             if bad is not None:
                 raise CorruptCheckpointError(f"zip member '{bad}' fails its CRC-32 check")
             names = archive.namelist()
-            json.loads(archive.read("config.json"))
+            config = guard.load_json(guard.read_member(archive, "config.json", source=f"{path}!config.json"),
+                                     source=f"{path}!config.json", what="config.json")
+            if not isinstance(config.get("class_name"), str) or not isinstance(config.get("config"), dict):
+                raise CorruptCheckpointError("config.json has no 'class_name' string and 'config' object")
+            if RNG_MEMBER in names:
+                _load_member_tensors(archive, path)
             count = 0
             if "model.weights.h5" in names:
-                with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as handle:
+                with archive.open("model.weights.h5") as member, \
+                        guard.open_hdf5(member, source=f"{path}!model.weights.h5") as handle:
                     count = _read_hdf5(handle)
     except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
         if isinstance(exc, CorruptCheckpointError):
@@ -238,49 +298,55 @@ def check_keras_zip(path: Path) -> str:
 
 def check_safetensors(path: Path) -> str:
     """Parse the header; every tensor's dtype, shape and offsets must add up to the file's length."""
-    size = path.stat().st_size
+    from modelkeep.formats.safetensors import _whole, read_header
+
+    size = guard.regular_file(path, what="safetensors file").st_size
     with open(path, "rb") as handle:
         head = handle.read(8)
         if len(head) < 8:
             raise CorruptCheckpointError(f"{size} bytes, shorter than the 8-byte header length: truncated")
         length = int.from_bytes(head, "little")
-        if length > SAFETENSORS_HEADER_LIMIT or 8 + length > size:
+        if length > limits.current().max_safetensors_header or 8 + length > size:
             raise CorruptCheckpointError(f"header length {length} does not fit in the file's {size} bytes: truncated or corrupt")
-        try:
-            header = json.loads(handle.read(length))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CorruptCheckpointError(f"the header is not valid JSON ({exc}): corrupt") from exc
+        header, _ = read_header(head + handle.read(length), path)
     metadata = header.pop("__metadata__", None) or {}
+    entries = []
+    for name, entry in header.items():
+        try:
+            start, stop = (_whole(n) for n in entry["data_offsets"])
+            dims = [_whole(n) for n in entry["shape"]]
+            itemsize = _ITEMSIZE.get(entry["dtype"], 0) if isinstance(entry["dtype"], str) else 0
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptCheckpointError(f"tensor '{name}' has a malformed entry ({_first_line(exc)})") from exc
+        entries.append((start, stop, name, dims, itemsize, entry["dtype"]))
     end = 0
-    for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-        start, stop = entry["data_offsets"]
+    for start, stop, name, dims, itemsize, _dtype in sorted(entries):
         count = 1
-        for dim in entry["shape"]:
+        for dim in dims:
             count *= dim
-        if start != end or stop - start != count * _ITEMSIZE.get(entry["dtype"], 0):
+        if start != end or stop - start != count * itemsize:
             raise CorruptCheckpointError(f"tensor '{name}' has offsets {start}..{stop} that do not match its dtype and shape")
         end = stop
     if 8 + length + end != size:
         raise CorruptCheckpointError(f"the header describes {8 + length + end} bytes but the file has {size}: truncated or corrupt")
     for key in ("modelkeep", "modelkeep_order"):
         if key in metadata:
-            json.loads(metadata[key])
+            guard.load_json(metadata[key], source=path, what=f"{key} metadata", expect=None)
+    registry.SAFETENSORS.read(path)  # modelkeep's metadata and order parse and name real tensors
     return f"safetensors: header parsed, {len(header)} tensors fill the file exactly (no checksum of the numbers)"
 
 
 def check_saved_model(path: Path) -> str:
     """Recompute the SavedModel fingerprint, read every variable, parse modelkeep's files."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    guard.check_tree(path)  # no symlink leaving the directory, no device or FIFO inside
+    proto = guard.read_saved_model_proto(path)
     parts = [f"saved_model.pb parsed ({len(proto.meta_graphs)} meta graph)"]
     fingerprint = _check_fingerprint(path)
     if fingerprint:
         parts.append(fingerprint)
     parts.append(check_tf_checkpoint(path / "variables" / "variables").replace("TF checkpoint: ", "variables: "))
     if (path / HEADER_FILE).exists():
-        json.loads((path / HEADER_FILE).read_text())
+        guard.read_json(path / HEADER_FILE, what=HEADER_FILE)
         parts.append(f"{HEADER_FILE} parsed")
     if (path / OPTIMIZER_FILE).exists():
         check_safetensors(path / OPTIMIZER_FILE)
@@ -299,7 +365,7 @@ def _check_fingerprint(path: Path) -> str | None:
     except ImportError:  # a private TensorFlow module: skip the check where it moved
         return None
     stored, fresh = fingerprint_pb2.FingerprintDef(), fingerprint_pb2.FingerprintDef()
-    stored.ParseFromString(stored_path.read_bytes())
+    stored.ParseFromString(guard.read_regular(stored_path, max_bytes=limits.current().max_protobuf_bytes, what="fingerprint"))
     fresh.ParseFromString(fingerprinting.CreateFingerprintDef(str(path)))
     if stored.saved_model_checksum != fresh.saved_model_checksum:
         raise CorruptCheckpointError("saved_model.pb does not match the checksum in fingerprint.pb")
