@@ -331,7 +331,7 @@ def savedmodel_root_metadata(path: Path) -> dict[str, Any]:
 
 
 def build_keras3_model(config: dict, training_config: dict | None, *, source: str, custom_objects: dict | None = None,
-                       compile: bool = True, safe_mode: bool = True) -> Any:
+                       compile: bool = True, safe_mode: bool = True, keras_version: str | None = None) -> Any:
     """A Keras 3 model from a Keras 2 model config (and training config), uncompiled weights."""
     import keras
 
@@ -341,7 +341,8 @@ def build_keras3_model(config: dict, training_config: dict | None, *, source: st
             "get_config), so the architecture cannot be rebuilt. Build the model in code and call "
             "modelkeep.load_weights(model, path)."
         )
-    k3 = legacy_config.to_keras3_model_config(config, custom_objects=custom_objects, safe_mode=safe_mode)
+    k3 = legacy_config.to_keras3_model_config(config, custom_objects=custom_objects, safe_mode=safe_mode,
+                                              keras_version=keras_version)
     try:
         with keras.saving.custom_object_scope(custom_objects or {}):
             model = keras.saving.deserialize_keras_object(k3, custom_objects=custom_objects, safe_mode=safe_mode)
@@ -371,7 +372,8 @@ def load_savedmodel(path: Path, **kwargs: Any) -> Any:
 
     meta = savedmodel_root_metadata(path)
     config = {"class_name": meta.get("class_name"), "config": meta.get("config")} if meta.get("config") else None
-    model = build_keras3_model(config, meta.get("training_config"), source=str(path), **kwargs)
+    model = build_keras3_model(config, meta.get("training_config"), source=str(path), keras_version=meta.get("keras_version"),
+                               **kwargs)
     prefix = path / "variables" / "variables"
     try:
         reader = tf.train.load_checkpoint(str(prefix))
@@ -408,7 +410,7 @@ def read_tf_keras_savedmodel(path: Path) -> ModelState:
     state = read_tf_keras_checkpoint(path, tf.train.load_checkpoint(str(path / "variables" / "variables")))
     state.variables = {k: v for k, v in state.variables.items() if k.startswith(MODEL + "/")}
     config = {"class_name": meta.get("class_name"), "config": meta.get("config")}
-    state.model_config = legacy_config.to_keras3_model_config(config, strict=False)
+    state.model_config = legacy_config.to_keras3_model_config(config, strict=False, keras_version=meta.get("keras_version"))
     state.compile_config = legacy_config.to_keras3_compile_config(meta.get("training_config"))
     state.metadata["written_by"] = "tf-keras SavedModel"
     return state
@@ -523,6 +525,13 @@ def _keras2_slot(parts: list[str], k3_key_of: dict[str, str]) -> tuple[str, str]
 _KERAS3_SLOTS = ("velocity_hat", "average_gradient", "momentum", "velocity", "accumulator")
 
 
+def _h5_keras_version(handle: Any) -> str | None:
+    raw = handle.attrs.get("keras_version")
+    if raw is None and "model_weights" in handle:
+        raw = handle["model_weights"].attrs.get("keras_version")
+    return _h5_text(raw) if raw is not None else None
+
+
 def load_h5_model(path: Path, handle: Any, **kwargs: Any) -> Any:
     """A full Keras 3 model from a Keras 2 ``model.save("x.h5")`` file."""
     raw = handle.attrs.get("model_config")
@@ -533,7 +542,7 @@ def load_h5_model(path: Path, handle: Any, **kwargs: Any) -> Any:
         )
     training = handle.attrs.get("training_config")
     model = build_keras3_model(json.loads(_h5_text(raw)), json.loads(_h5_text(training)) if training is not None else None,
-                               source=str(path), **kwargs)
+                               source=str(path), keras_version=_h5_keras_version(handle), **kwargs)
     load_h5_into(model, handle, str(path), optimizer=kwargs.get("compile", True))
     return model
 
@@ -547,5 +556,6 @@ def read_keras2_h5(path: Path, handle: Any, variables: dict[str, np.ndarray]) ->
             if not getattr(exc, "unknown_class", False):
                 raise
         config = json.loads(_h5_text(handle.attrs["model_config"]))
-        return ModelState(variables, legacy_config.to_keras3_model_config(config, strict=False), None, {"written_by": "keras-h5"})
+        k3 = legacy_config.to_keras3_model_config(config, strict=False, keras_version=_h5_keras_version(handle))
+        return ModelState(variables, k3, None, {"written_by": "keras-h5"})
     return ModelState(variables, None, None, {"written_by": "keras-h5"})
