@@ -186,6 +186,17 @@ def module_inputs(signature) -> dict[str, np.ndarray]:
     return out
 
 
+def _tensors(x):
+    """String inputs as TF string tensors (Keras 3 takes no numpy object arrays)."""
+    import tensorflow as tf
+
+    if isinstance(x, list):
+        return [_tensors(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _tensors(v) for k, v in x.items()}
+    return tf.constant(x.astype(str)) if x.dtype == object else x
+
+
 def _as_list(pred) -> list[np.ndarray]:
     if isinstance(pred, dict):
         return [np.asarray(pred[k]) for k in sorted(pred)]
@@ -322,7 +333,11 @@ def modelkeep_row(root: Path, case: Case, tfk: dict, out: Path) -> dict:
             xs = [ref[k] for k in sorted((k for k in ref.files if k.startswith("x") and k[1:].isdigit()), key=lambda k: int(k[1:]))]
             x = xs if len(xs) > 1 else xs[0]
         want = [ref[k] for k in sorted((k for k in ref.files if k.startswith("pred")), key=lambda k: int(k[4:]))]
-        got = _as_list(model.predict(x, verbose=0))
+        try:
+            got = _as_list(model.predict(_tensors(x), verbose=0))
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            row["mk"] = f"loads, predict fails ({type(exc).__name__}: {str(exc)[:120]})"
+            return row
         if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
             row["diff"] = float("nan")
             row["mk"] = f"ok but outputs {[g.shape for g in got]} != {[w.shape for w in want]}"

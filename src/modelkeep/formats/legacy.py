@@ -99,9 +99,19 @@ class ObjectGraph:
         return out
 
 
+#: Keras 3 weight names -> what Keras 2 called the same weight (DepthwiseConv2D's kernel)
+WEIGHT_ALIASES = {"kernel": ("depthwise_kernel",)}
+
+
+def _path_candidates(path: str) -> list[str]:
+    """A Keras 3 variable path and its Keras 2 spellings (``x/kernel`` -> ``x/depthwise_kernel``)."""
+    head, _, leaf = path.rpartition("/")
+    return [path] + [f"{head}/{alias}" if head else alias for alias in WEIGHT_ALIASES.get(leaf, ())]
+
+
 def _segment_candidates(segment: str) -> list[str]:
     """Keras 3 names of a variable path segment -> Keras 2 object-graph names to try."""
-    out = [segment]
+    out = [segment, *WEIGHT_ALIASES.get(segment, ())]
     if segment.endswith("_cell"):
         out.append("cell")
     if segment.startswith("forward_"):
@@ -111,10 +121,32 @@ def _segment_candidates(segment: str) -> list[str]:
     return out
 
 
+def _weighted_child(graph: ObjectGraph, node: int, index: int) -> int | None:
+    """The ``index``-th ``layer_with_weights-N`` child of ``node`` that holds variables.
+
+    Keras 2 numbers every layer whose ``weights`` list is not empty; an adapted
+    ``TextVectorization``/``StringLookup`` lists its lookup table there (no variable), Keras 3
+    does not count it. Skipping the children without variables numbers them as Keras 3 does.
+    """
+    cache = graph.__dict__.setdefault("_weighted", {})
+    if node not in cache:
+        numbered = sorted((int(n.rsplit("-", 1)[1]), c) for n, c in graph.children(node)
+                          if n.startswith("layer_with_weights-") and n.rsplit("-", 1)[1].isdigit())
+        cache[node] = [c for _, c in numbered if graph.leaves(c, skip=_NOT_MODEL)]
+    children = cache[node]
+    return children[index] if index < len(children) else None
+
+
 def _resolve(graph: ObjectGraph, root: int, key: str) -> tuple[int | None, int]:
     """Walk ``key``'s segments from ``root``; (variable node or None, deepest node reached)."""
     node = root
     for segment in key.split("/"):
+        number = segment.rsplit("-", 1)[1] if segment.startswith("layer_with_weights-") else ""
+        if number.isdigit():
+            nxt = _weighted_child(graph, node, int(number))
+            if nxt is not None:
+                node = nxt
+                continue
         nxt = next((c for c in (graph.child(node, s) for s in _segment_candidates(segment)) if c is not None), None)
         if nxt is None:
             return None, node
@@ -443,7 +475,8 @@ def _match_layer(k3: list[tuple[str, Any]], k2: list[tuple[str, np.ndarray]]) ->
     """For each Keras 3 variable, the index of its Keras 2 weight (names first, then leaf+shape)."""
     by_name = []
     for _, variable in k3:
-        hits = [i for i, (n, a) in enumerate(k2) if (variable.path == n or variable.path.endswith("/" + n)) and a.shape == tuple(variable.shape)]
+        paths = _path_candidates(variable.path)
+        hits = [i for i, (n, a) in enumerate(k2) if any(p == n or p.endswith("/" + n) for p in paths) and a.shape == tuple(variable.shape)]
         by_name.append(hits[0] if len(hits) == 1 else None)
     if None not in by_name and len(set(by_name)) == len(by_name):
         return by_name
@@ -451,7 +484,8 @@ def _match_layer(k3: list[tuple[str, Any]], k2: list[tuple[str, np.ndarray]]) ->
     order = []
     for key, variable in k3:
         leaf = key.rsplit("/", 1)[-1]
-        pick = next((i for i, (n, a) in enumerate(k2) if i not in used and n.rsplit("/", 1)[-1] == leaf and a.shape == tuple(variable.shape)), None)
+        leaves = [p.rsplit("/", 1)[-1] for p in _path_candidates(leaf)]
+        pick = next((i for i, (n, a) in enumerate(k2) if i not in used and n.rsplit("/", 1)[-1] in leaves and a.shape == tuple(variable.shape)), None)
         if pick is None:
             return None
         used.add(pick)

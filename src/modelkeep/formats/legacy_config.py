@@ -249,10 +249,22 @@ def _model(class_name: str, config: dict, opts: _Options) -> dict:
         "name": config.get("name"),
         "trainable": config.get("trainable", True),
         "layers": layers,
-        "input_layers": _shift_refs(config.get("input_layers"), sequential),
-        "output_layers": _shift_refs(config.get("output_layers"), sequential),
+        "input_layers": _single(_shift_refs(config.get("input_layers"), sequential)),
+        "output_layers": _single(_shift_refs(config.get("output_layers"), sequential)),
     }
     return {"module": "keras.src.models.functional", "class_name": "Functional", "config": body, "registered_name": "Functional"}
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, list) and len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _single(refs: Any) -> Any:
+    """Keras 2 writes one input or output as a one-element list and unwraps it when it builds the
+    model (a single tensor, not a list of one); Keras 3 would keep the list, so unwrap it here."""
+    if isinstance(refs, list) and len(refs) == 1 and _is_ref(refs[0]):
+        return refs[0]
+    return refs
 
 
 def _shift_refs(refs: Any, sequential: set[str]) -> Any:
