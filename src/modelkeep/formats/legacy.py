@@ -25,7 +25,7 @@ import numpy as np
 
 from modelkeep.capture import model_variable_keys, optimizer_variable_keys
 from modelkeep.errors import CorruptCheckpointError, IncompatibleModelError, UnsupportedModelError
-from modelkeep.formats import legacy_config
+from modelkeep.formats import legacy_config, legacy_semantics
 from modelkeep.state import MODEL, OPTIMIZER, ModelState
 
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -244,9 +244,16 @@ def match_optimizer(model: Any, graph: ObjectGraph, shapes: dict, matched: list[
     return out
 
 
-def _assign_optimizer(model: Any, values: dict[str, np.ndarray], source: str) -> None:
+def _assign_optimizer(model: Any, values: dict[str, np.ndarray], source: str, *, problem: str | None = None) -> None:
     """Assign Keras-3-keyed optimizer values; warn (not fail) when the optimizers differ."""
     optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and problem:
+        warnings.warn(
+            f"load: the optimizer state in {source} was not restored: {problem}. The model's "
+            f"{type(optimizer).__name__} starts afresh (iterations 0, empty slots); the weights are restored.",
+            stacklevel=3,
+        )
+        return
     if optimizer is None or not values:
         return
     if not optimizer.built:
@@ -256,10 +263,13 @@ def _assign_optimizer(model: Any, values: dict[str, np.ndarray], source: str) ->
     missing = [k for k in slots if k not in values]
     problems = [k for k in values if k in pairs and tuple(pairs[k].shape) != tuple(np.shape(values[k]))]
     if missing or problems:
+        what = (f"it has no value for '{missing[0]}'" if missing else
+                f"'{problems[0]}' has shape {tuple(np.shape(values[problems[0]]))}, the model's {tuple(pairs[problems[0]].shape)}")
         warnings.warn(
-            f"load: the optimizer state in {source} does not fit the model's "
-            f"{type(optimizer).__name__} (e.g. '{(missing or problems)[0]}'); it was not restored. "
-            "Compile the model with the optimizer the file was saved with to carry its state.",
+            f"load: the optimizer state in {source} does not fit the model's {type(optimizer).__name__}: "
+            f"{what} ({len(missing)} slot(s) missing, {len(problems)} of another shape). Nothing of it was "
+            "restored (iterations 0, empty slots); the weights are. If you compiled the model yourself, "
+            "compile it with the optimizer the file was saved with.",
             stacklevel=3,
         )
         return
@@ -507,6 +517,7 @@ def load_h5_into(model: Any, handle: Any, source: str, *, optimizer: bool = True
             "model it was saved from, or load it whole with modelkeep.load_model."
         )
     k3_key_of: dict[str, str] = {}
+    file_order: list[tuple[str, str]] = []  # (Keras 2 name, model key) in the file's weight order
     for (layer_key, k3), k2 in zip(model_layers.items(), file_layers):
         order = _match_layer(k3, k2) if len(k3) == len(k2) else None
         if order is None:
@@ -519,18 +530,25 @@ def load_h5_into(model: Any, handle: Any, source: str, *, optimizer: bool = True
         for (key, variable), index in zip(k3, order):
             variable.assign(k2[index][1])
             k3_key_of[k2[index][0]] = key
+        key_at = {index: key for (key, _), index in zip(k3, order)}
+        file_order.extend((k2[i][0], key_at[i]) for i in range(len(k2)))
     if optimizer and "optimizer_weights" in handle and getattr(model, "optimizer", None) is not None:
-        _assign_optimizer(model, _h5_optimizer(handle["optimizer_weights"], k3_key_of), source)
+        values, problem = _h5_optimizer(handle["optimizer_weights"], k3_key_of, model, file_order, _h5_keras_version(handle))
+        _assign_optimizer(model, values, source, problem=problem)
 
 
-def _h5_optimizer(group: Any, k3_key_of: dict[str, str]) -> dict[str, np.ndarray]:
-    """Optimizer values by Keras 3 key, from Keras 2 names (new and legacy optimizers) or Keras 3's."""
+def _h5_optimizer(group: Any, k3_key_of: dict[str, str], model: Any = None, file_order: list[tuple[str, str]] | None = None,
+                  keras_version: str | None = None) -> tuple[dict[str, np.ndarray], str | None]:
+    """Optimizer values by Keras 3 key, from Keras 2 names (new and legacy optimizers) or Keras 3's.
+
+    Keras 2.0-2.3 names say nothing (``Variable_3:0``): then the list is read by position
+    (``legacy_optimizer``). Returns the values and, when they could not be matched, why.
+    """
     values: dict[str, np.ndarray] = {}
     flat_key_of = {name.replace("/", "_"): key for name, key in k3_key_of.items()}
-    for raw in group.attrs.get("weight_names", []):
-        name = _h5_text(raw)
+    listed = [(_h5_text(raw), np.asarray(group[_h5_text(raw)])) for raw in group.attrs.get("weight_names", [])]
+    for name, array in listed:
         parts = name.removesuffix(":0").split("/")
-        array = np.asarray(group[name])
         if parts[-1] in _ITERATIONS:
             values["iteration"] = array
         elif parts[-1] in _LEARNING_RATE:
@@ -544,7 +562,26 @@ def _h5_optimizer(group: Any, k3_key_of: dict[str, str]) -> dict[str, np.ndarray
                 if flat != parts[1] and flat in flat_key_of:
                     values[f"slots/{flat_key_of[flat]}/{slot}"] = array
                     break
-    return values
+    if any(k.startswith("slots/") for k in values) or model is None or len(listed) <= 1:
+        return values, None
+    from modelkeep.formats import legacy_optimizer
+
+    trainable_ids = {id(v) for v in model.trainable_variables}
+    variable_of = dict(model_variable_keys(model))
+    trainable = [(name, k) for name, k in file_order or [] if id(variable_of[k]) in trainable_ids]
+    # Keras 2.0 collected the trainable weights sorted by variable name; later versions in layer order
+    orders = [trainable, sorted(trainable)]
+    if legacy_semantics._version(keras_version) is not None and legacy_semantics._version(keras_version) < (2, 1):
+        orders.reverse()
+    optimizer = model.optimizer
+    problem = None
+    for order in orders:
+        positional, problem = legacy_optimizer.positional_state(
+            type(optimizer).__name__, [a for _, a in listed], [(k, tuple(variable_of[k].shape)) for _, k in order],
+            amsgrad=bool(getattr(optimizer, "amsgrad", False)))
+        if not problem:
+            return positional, None
+    return {}, f"its {len(listed)} arrays are unnamed (Keras 2.0-2.3) and {problem}"
 
 
 def _keras2_slot(parts: list[str], k3_key_of: dict[str, str]) -> tuple[str, str] | None:
