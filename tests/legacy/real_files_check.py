@@ -292,6 +292,29 @@ def file_iterations(root: Path, case: Case) -> int | None:
     return None
 
 
+def _slots_from_file(root: Path, case: Case, model) -> tuple[int, int]:
+    """(Keras 3 optimizer slots equal bit for bit to an optimizer array of the file, Keras 3 slots)."""
+    import h5py
+    import tensorflow as tf
+
+    from modelkeep.capture import optimizer_variable_keys
+
+    path = root / F / case.file
+    arrays = []
+    if path.suffix in (".h5", ".hdf5"):
+        with h5py.File(path, "r") as f:
+            group = f["optimizer_weights"]
+            arrays = [np.asarray(group[n.decode() if isinstance(n, bytes) else n]) for n in group.attrs["weight_names"]]
+    else:
+        prefix = path / "variables" / "variables" if path.is_dir() else path
+        reader = tf.train.load_checkpoint(str(prefix))
+        arrays = [reader.get_tensor(n) for n, _ in tf.train.list_variables(str(prefix))
+                  if "OPTIMIZER_SLOT" in n or n.startswith("optimizer/")]
+    by_bytes = {(a.shape, np.asarray(a, dtype="float32").tobytes()) for a in arrays if a.ndim}
+    slots = [v.numpy() for k, v in optimizer_variable_keys(model) if k.startswith("slots/")]
+    return sum((v.shape, v.astype("float32").tobytes()) in by_bytes for v in slots), len(slots)
+
+
 def modelkeep_row(root: Path, case: Case, tfk: dict, out: Path) -> dict:
     import keras
 
@@ -348,8 +371,9 @@ def modelkeep_row(root: Path, case: Case, tfk: dict, out: Path) -> dict:
     opt = getattr(model, "optimizer", None)
     got_it = int(opt.iterations.numpy()) if opt is not None and getattr(opt, "built", False) else None
     if stored is not None:
-        row["optimizer"] = f"file {stored}, mk {got_it}, tf-keras {tfk.get('iterations')}"
-        row["optimizer_restored"] = got_it == stored
+        same, total = _slots_from_file(root, case, model)
+        row["optimizer"] = f"it {stored}: mk {got_it}, slots {same}/{total}"
+        row["optimizer_restored"] = got_it == stored and same == total
     return row
 
 

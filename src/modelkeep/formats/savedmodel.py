@@ -93,6 +93,11 @@ class SavedModelFormat(Format):
 
             # built once, with the caller's custom_objects, optimizer state included
             return legacy.load_savedmodel(path, **kwargs)
+        if self.exists(path) and not (path / HEADER_FILE).exists():
+            from modelkeep.formats import legacy_signature
+
+            # a tf.Module export or a TF1 graph: no Keras layers, but a serving signature
+            return legacy_signature.inference_model(path)
         return super().load_model(path, **kwargs)
 
     def read(self, path: Path) -> ModelState:
