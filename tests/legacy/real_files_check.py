@@ -347,8 +347,9 @@ def modelkeep_row(root: Path, case: Case, tfk: dict, out: Path) -> dict:
             row["error"] = text
             row["warnings"] = len([w for w in caught if "modelkeep" in str(w.filename) or "load" in str(w.message)])
             return row
+    row["class"] = type(model).__name__
     row["warnings"] = len(caught)
-    row["warning_texts"] = [str(w.message)[:160] for w in caught][:5]
+    row["warning_texts"] = [str(w.message) for w in caught]
     if ref is not None:
         if case.kind == "module":
             x = {k[2:]: ref[k] for k in ref.files if k.startswith("x_")}
@@ -411,5 +412,5 @@ if __name__ == "__main__":
     print_table(table)
     if "--verbose" in sys.argv:
         for r in table:
-            for text in r.get("warning_texts", []):
-                print(f"  {r['case']}: warning: {text}")
+            for text in r.get("warning_texts", [])[:5]:
+                print(f"  {r['case']}: warning: {text[:160]}")
