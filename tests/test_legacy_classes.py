@@ -248,3 +248,58 @@ def test_module_savedmodel_is_an_inference_model(written):
     assert np.array_equal(model.predict(x, verbose=0), x * np.float32(3.0) + np.float32(1.0))
     with pytest.raises(UnsupportedModelError, match=r"fit: inference_only_module is an inference-only model.*no Keras weights"):
         model.fit(x, x)
+
+
+# ------------------------------------------------------------------ (9) (10) (13) formats by content
+def test_multi_shard_checkpoint_loads(written):
+    shards = sorted(p.name for p in (written["dir"] / "sharded").glob("ckpt.data-*"))
+    assert len(shards) > 1 and shards[0].endswith(f"-of-{len(shards):05d}")
+    ref = np.load(written["dir"] / "sharded.npz")
+    model = cases.sharded_model(keras)
+    mk.load_weights(model, written["dir"] / "sharded" / "ckpt")
+    assert np.array_equal(model.predict(ref["x"], verbose=0), ref["pred"])
+    (written["dir"] / "sharded" / shards[-1]).rename(written["dir"] / "sharded" / "moved")
+    try:
+        with pytest.raises(mk.CheckpointNotFoundError, match=f"{len(shards)} shards but {shards[-1]} is missing"):
+            mk.load_weights(cases.sharded_model(keras), written["dir"] / "sharded" / "ckpt")
+    finally:
+        (written["dir"] / "sharded" / "moved").rename(written["dir"] / "sharded" / shards[-1])
+
+
+COMMITTED = Path(__file__).parent / "fixtures" / "tfkeras"
+
+
+def test_hdf5_named_keras_is_read_as_hdf5(tmp_path):
+    """tf.keras <= 2.11 wrote HDF5 under the .keras name; the content decides the format."""
+    import shutil
+
+    shutil.copy(COMMITTED / "tutorial" / "model.h5", tmp_path / "model.keras")
+    expected = np.load(COMMITTED / "tutorial" / "expected.npz")
+    model = mk.load_model(tmp_path / "model.keras")
+    assert np.array_equal(model.predict(expected["x"], verbose=0), expected["pred_0"])
+
+
+def test_tf24_savedmodel_with_metadata_in_saved_model_pb(tmp_path):
+    """TF 2.0-2.4 kept the Keras metadata in saved_model.pb's object graph, with no keras_metadata.pb."""
+    import shutil
+
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from modelkeep.formats import legacy
+
+    sm = tmp_path / "sm"
+    shutil.copytree(COMMITTED / "legacy_adam" / "sm", sm)
+    nodes = legacy._parse_saved_metadata((sm / "keras_metadata.pb").read_bytes())
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((sm / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].object_graph_def
+    for node in nodes:  # put every object's metadata where TF 2.4 wrote it
+        target = graph.nodes[node.get("node_id", 0)]  # proto3 leaves the root's id 0 out
+        if target.WhichOneof("kind") == "user_object":
+            target.user_object.metadata = node["metadata"]
+    (sm / "saved_model.pb").write_bytes(saved.SerializeToString())
+    (sm / "keras_metadata.pb").unlink()
+    expected = np.load(COMMITTED / "legacy_adam" / "expected.npz")
+    model = mk.load_model(sm)
+    assert np.array_equal(model.predict(expected["x"], verbose=0), expected["pred_0"])
+    assert int(model.optimizer.iterations.numpy()) == 2

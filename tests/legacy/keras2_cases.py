@@ -8,6 +8,7 @@ writes, under ``OUT``:
   ``SEMANTICS`` (one entry of ``legacy_semantics`` each) and ``nested_one_element`` (a
   Functional model nested in Sequentials, as Teachable Machine exports it);
 * ``textvec/ckpt`` (TextVectorization + Embedding + LSTM checkpoint, legacy RMSprop state);
+* ``sharded/ckpt`` (a TF checkpoint in several ``.data`` shards);
 * ``module/`` (a ``tf.Module`` SavedModel with a serving signature, no Keras part);
 * for every ``OUT/handmade/<name>_explicit.h5`` the test wrote before (Keras 2.2-style configs written by
   hand), ``handmade/<name>.npz`` with tf-keras's predictions on ``handmade/<name>.x.npy``.
@@ -90,6 +91,12 @@ def textvec(K):
     return model
 
 
+def sharded_model(K):
+    model = K.Sequential([K.Input((6,)), K.layers.Dense(16, activation="relu"), K.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
 def sentences(n=8, seed=0):
     rng = np.random.default_rng(seed)
     return np.array([[" ".join(f"w{w}" for w in rng.integers(0, len(VOCAB) + 5, 6))] for _ in range(n)], dtype=object)
@@ -113,6 +120,12 @@ def write(out: Path) -> None:
     np.savez(out / "textvec.npz", x=x.astype(str), pred=model.predict(x, verbose=0),
              iterations=int(model.optimizer.iterations.numpy()),
              rms=[v.numpy() for v in model.optimizer.variables() if "rms" in v.name][0])
+
+    sharded = sharded_model(K)
+    sharded.fit(_x((16, 6)), _x((16, 2)), epochs=1, verbose=0)
+    policy = tf.train.experimental.MaxShardSizePolicy(max_shard_size=400)
+    sharded.save_weights(str(out / "sharded" / "ckpt"), options=tf.train.CheckpointOptions(experimental_sharding_callback=policy))
+    np.savez(out / "sharded.npz", x=_x((8, 6), 5), pred=sharded.predict(_x((8, 6), 5), verbose=0))
 
     class Affine(tf.Module):
         def __init__(self):

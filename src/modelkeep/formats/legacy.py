@@ -358,8 +358,33 @@ def _parse_saved_metadata(data: bytes) -> list[dict[str, Any]]:
     return nodes
 
 
+def metadata_in_graph(path: Path) -> dict[str, Any] | None:
+    """TF 2.0-2.4 kept the Keras metadata in ``saved_model.pb`` (the root's ``SavedUserObject``).
+
+    Returns the root's metadata when the root is a Keras model, else None.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    try:
+        saved.ParseFromString((path / "saved_model.pb").read_bytes())
+        root = saved.meta_graphs[0].object_graph_def.nodes[0]
+    except (OSError, IndexError, ValueError, Exception):  # noqa: BLE001 - protobuf's DecodeError has no common base
+        return None
+    if root.WhichOneof("kind") != "user_object" or not root.user_object.identifier.startswith("_tf_keras"):
+        return None
+    try:
+        return json.loads(root.user_object.metadata) if root.user_object.metadata else None
+    except ValueError:
+        return None
+
+
 def savedmodel_root_metadata(path: Path) -> dict[str, Any]:
     """The root object's metadata in a tf-keras SavedModel: class, config, training config."""
+    if not (path / METADATA_FILE).exists():
+        meta = metadata_in_graph(path)
+        if meta is not None:
+            return meta
     try:
         nodes = _parse_saved_metadata((path / METADATA_FILE).read_bytes())
         root = next(n for n in nodes if n.get("node_path") == "root")

@@ -51,6 +51,15 @@ def _export(model: Any, directory: Path) -> None:
     archive.write_out(str(directory), verbose=False)
 
 
+def _keras2_part(path: Path) -> bool:
+    """A tf-keras SavedModel: ``keras_metadata.pb``, or (TF 2.0-2.4) Keras metadata in ``saved_model.pb``."""
+    if (path / LEGACY_METADATA).exists():
+        return True
+    from modelkeep.formats import legacy
+
+    return (path / "saved_model.pb").exists() and legacy.metadata_in_graph(path) is not None
+
+
 class SavedModelFormat(Format):
     name = "SavedModel"
     holds = ("model",)
@@ -88,7 +97,7 @@ class SavedModelFormat(Format):
         return self.write(capture(model, include_optimizer=include_optimizer), path, model=model)
 
     def load_model(self, path: Path, **kwargs: Any) -> Any:
-        if not (path / HEADER_FILE).exists() and (path / LEGACY_METADATA).exists():
+        if not (path / HEADER_FILE).exists() and _keras2_part(path):
             from modelkeep.formats import legacy
 
             # built once, with the caller's custom_objects, optimizer state included
@@ -108,7 +117,7 @@ class SavedModelFormat(Format):
         if not header_path.exists():
             from modelkeep.formats import legacy
 
-            if (path / LEGACY_METADATA).exists():
+            if _keras2_part(path):
                 return legacy.read_tf_keras_savedmodel(path)
             raise UnsupportedModelError(
                 f"load_model: {path} is a SavedModel without a Keras part (no {HEADER_FILE} or "
