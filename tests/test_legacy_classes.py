@@ -38,20 +38,21 @@ _spec.loader.exec_module(cases)
 #: largest difference from tf-keras allowed per model: 0 (bit for bit) unless Keras 3 computes
 #: the same layer with other arithmetic (seen on this machine, rounded up)
 TOLERANCE = {
-    "hard_sigmoid_lstm": 1e-6,  # recurrent gate matmuls grouped differently (seen 6e-8)
-    "gru_reset_before": 1e-6,
-    "embedding_mask_lstm": 1e-6,
-    "masking_timedistributed": 1e-6,
-    "nested_one_element": 1e-6,  # fused BatchNormalization on 4-D inputs in Keras 2
-    "batchnorm_options": 1e-6,
-    "activation_names": 1e-6,  # gelu/selu/softplus/exp: TF kernels vs Keras 3 ops
-    "merge_layers": 1e-6,  # Dot(normalize=True): l2_normalize's epsilon placement
-    "handmade_k22": 1e-6,
-    "textvec": 1e-6,
+    # seen 0 here; Keras 2 and 3 group the gate matmuls / the fused batch norm differently, so
+    # another CPU may round the last bit otherwise (test_legacy.py saw up to 1.5e-7 for these)
+    "hard_sigmoid_lstm": 2e-7,
+    "gru_reset_before": 2e-7,
+    "embedding_mask_lstm": 2e-7,
+    "masking_timedistributed": 2e-7,
+    "rnn_initial_state": 2e-7,
+    "handmade_k22": 2e-7,
+    "nested_one_element": 2e-7,
+    "batchnorm_options": 2e-7,
+    "textvec": 2e-7,  # seen 6.0e-8
 }
 SEMANTICS = ["hard_sigmoid_dense", "hard_sigmoid_lstm", "gru_reset_before", "advanced_activations", "softmax_axis",
              "activation_names", "batchnorm_options", "embedding_mask_lstm", "masking_timedistributed", "merge_layers",
-             "nested_one_element"]
+             "nested_one_element", "rnn_initial_state"]
 
 
 # ------------------------------------------------------------------ Keras 2.2 written by hand

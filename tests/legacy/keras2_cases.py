@@ -62,6 +62,12 @@ def semantics(K):
     merged = [L.Add()([a, b]), L.Subtract()([a, b]), L.Multiply()([a, b]), L.Average()([a, b]), L.Maximum()([a, b]),
               L.Minimum()([a, b]), L.Dot(axes=1, normalize=True)([a, b])]
     out["merge_layers"] = (K.Model([a, b], L.Concatenate(axis=1)(merged)), [_x((16, 4), 2), _x((16, 4), 3)])
+    enc, dec = K.Input((5, 3)), K.Input((6, 2))
+    _, h, c = L.LSTM(4, return_state=True)(enc)
+    seq = L.LSTM(4, return_sequences=True)(dec, initial_state=[h, c])
+    _, g = L.GRU(3, return_state=True)(enc)
+    out["rnn_initial_state"] = (K.Model([enc, dec], L.Concatenate()([L.Dense(1)(seq), L.GRU(3, return_sequences=True)(dec, initial_state=g)])),
+                                [_x((8, 5, 3), 4), _x((8, 6, 2), 5)])
     out["nested_one_element"] = (nested_one_element(K), _x((4, 16, 16, 3), low=0.0, high=1.0))
     return out
 

@@ -245,6 +245,8 @@ def _model(class_name: str, config: dict, opts: _Options) -> dict:
     sequential = {entry["name"] for entry in layers if entry.get("class_name") == "Sequential"}
     for entry in layers:
         entry["inbound_nodes"] = _shift_refs(entry.get("inbound_nodes", []), nested)
+        if entry.get("class_name") in _RECURRENT:
+            entry["inbound_nodes"] = [_initial_state_node(node) for node in entry["inbound_nodes"]]
     body = {
         "name": config.get("name"),
         "trainable": config.get("trainable", True),
@@ -253,6 +255,26 @@ def _model(class_name: str, config: dict, opts: _Options) -> dict:
         "output_layers": _single(_shift_refs(config.get("output_layers"), sequential)),
     }
     return {"module": "keras.src.models.functional", "class_name": "Functional", "config": body, "registered_name": "Functional"}
+
+
+_RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "Bidirectional")
+
+
+def _initial_state_node(node: Any) -> Any:
+    """A Keras 2 RNN call node ``[[x...], [h...], [c...]]`` as Keras 3's ``layer(x, initial_state=[h, c])``.
+
+    Keras 2 recorded ``initial_state`` tensors as extra inbound tensors of the node; Keras 3
+    would pass them as inputs.
+    """
+    if not (isinstance(node, list) and len(node) > 1 and all(_is_ref(r) for r in node)):
+        return node
+
+    def tensor(ref: list) -> dict:
+        return {"class_name": "__keras_tensor__", "config": {"shape": [None], "dtype": "float32", "keras_history": list(ref[:3])}}
+
+    kwargs = dict(node[0][3]) if len(node[0]) > 3 and isinstance(node[0][3], dict) else {}
+    kwargs["initial_state"] = [tensor(r) for r in node[1:]]
+    return {"args": [tensor(node[0])], "kwargs": kwargs}
 
 
 def _is_ref(value: Any) -> bool:
