@@ -52,7 +52,7 @@ TOLERANCE = {
 }
 SEMANTICS = ["hard_sigmoid_dense", "hard_sigmoid_lstm", "gru_reset_before", "advanced_activations", "softmax_axis",
              "activation_names", "batchnorm_options", "embedding_mask_lstm", "masking_timedistributed", "merge_layers",
-             "nested_one_element", "rnn_initial_state"]
+             "nested_one_element", "rnn_initial_state", "tf_op_arithmetic"]
 
 
 # ------------------------------------------------------------------ Keras 2.2 written by hand

@@ -68,6 +68,10 @@ def semantics(K):
     _, g = L.GRU(3, return_state=True)(enc)
     out["rnn_initial_state"] = (K.Model([enc, dec], L.Concatenate()([L.Dense(1)(seq), L.GRU(3, return_sequences=True)(dec, initial_state=g)])),
                                 [_x((8, 5, 3), 4), _x((8, 6, 2), 5)])
+    a, b = K.Input((4,)), K.Input((4,))
+    h = L.Dense(4)(a)
+    out["tf_op_arithmetic"] = (K.Model([a, b], L.Concatenate()([h / 255.0, h + b, h * 2.0, h - b, 3.0 * h])),
+                               [_x((16, 4), 6), _x((16, 4), 7)])
     out["nested_one_element"] = (nested_one_element(K), _x((4, 16, 16, 3), low=0.0, high=1.0))
     return out
 

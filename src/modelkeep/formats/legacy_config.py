@@ -232,7 +232,8 @@ def _layer_config(class_name: str, config: dict, opts: _Options) -> dict:
 
 
 def _model(class_name: str, config: dict, opts: _Options) -> dict:
-    layers = [_layer(entry, opts) for entry in config.get("layers", [])]
+    layers = [(entry.get("class_name") == "TFOpLambda" and legacy_semantics.tf_op_node(entry)) or _layer(entry, opts)
+              for entry in config.get("layers", [])]
     if class_name == "Sequential":
         first = (config.get("layers") or [{}])[0].get("config", {})
         if layers and layers[0]["class_name"] != "InputLayer" and first.get("batch_input_shape"):
@@ -269,9 +270,7 @@ def _initial_state_node(node: Any) -> Any:
     if not (isinstance(node, list) and len(node) > 1 and all(_is_ref(r) for r in node)):
         return node
 
-    def tensor(ref: list) -> dict:
-        return {"class_name": "__keras_tensor__", "config": {"shape": [None], "dtype": "float32", "keras_history": list(ref[:3])}}
-
+    tensor = legacy_semantics._tensor
     kwargs = dict(node[0][3]) if len(node[0]) > 3 and isinstance(node[0][3], dict) else {}
     kwargs["initial_state"] = [tensor(r) for r in node[1:]]
     return {"args": [tensor(node[0])], "kwargs": kwargs}
