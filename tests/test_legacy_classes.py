@@ -304,3 +304,30 @@ def test_tf24_savedmodel_with_metadata_in_saved_model_pb(tmp_path):
     model = mk.load_model(sm)
     assert np.array_equal(model.predict(expected["x"], verbose=0), expected["pred_0"])
     assert int(model.optimizer.iterations.numpy()) == 2
+
+
+# ------------------------------------------------------------------ (14) messages
+def test_unregistered_class_in_a_keras_zip_is_named(tmp_path):
+    @keras.saving.register_keras_serializable(package="issue15")
+    class Doubler(keras.layers.Layer):
+        def call(self, inputs):
+            return inputs * 2.0
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), Doubler()])
+    model.save(tmp_path / "m.keras")
+    keras.saving.get_custom_objects().pop("issue15>Doubler")
+    with pytest.raises(UnsupportedModelError, match=r"uses class\(es\) 'issue15>Doubler'.*custom_objects") as info:
+        mk.load_model(tmp_path / "m.keras")
+    assert "allow_pickle" not in str(info.value)
+    loaded = mk.load_model(tmp_path / "m.keras", custom_objects={"issue15>Doubler": Doubler})
+    x = np.ones((2, 3), "float32")
+    assert np.array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_pickled_npy_input_is_refused_without_unsafe_advice(tmp_path):
+    from modelkeep.tools.predict import read_array
+
+    np.save(tmp_path / "x.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(mk.FormatError, match="pickle payload") as info:
+        read_array(tmp_path / "x.npy")
+    assert "allow_pickle" not in str(info.value)

@@ -61,10 +61,49 @@ class KerasZipFormat(Format):
         except zipfile.BadZipFile as exc:
             raise CorruptCheckpointError(f"load_model: {path} is a damaged zip ({exc}); use another copy.") from exc
         except (TypeError, ValueError) as exc:
+            unknown = _unregistered_classes(path, custom_objects)
+            if unknown:
+                names = ", ".join(f"'{n}'" for n in unknown)
+                raise UnsupportedModelError(
+                    f"load_model: {path} uses class(es) {names}, which are not Keras 3 built-ins and are not "
+                    "registered here. Import the code that defines them (with "
+                    "@keras.saving.register_keras_serializable()) or pass custom_objects={'Name': Class}; "
+                    "or build the model in code and load its weights."
+                ) from exc
             raise UnsupportedModelError(_explain_deserialize_error(exc, str(path))) from exc
 
     def read(self, path: Path) -> ModelState:
         return capture(self.load_model(path, compile=True))
+
+
+def _unregistered_classes(path: Path, custom_objects: dict | None) -> list[str]:
+    """Registered names in a ``.keras`` config that neither Keras nor ``custom_objects`` resolve."""
+    import json
+
+    import keras
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found: list[str] = []
+
+    def walk(obj: object) -> None:
+        if isinstance(obj, dict):
+            name = obj.get("registered_name")
+            if isinstance(name, str) and "class_name" in obj and not str(obj.get("module") or "").startswith("keras"):
+                known = name in (custom_objects or {}) or obj["class_name"] in (custom_objects or {})
+                if not known and keras.saving.get_registered_object(name) is None and name not in found:
+                    found.append(name)
+            for value in obj.values():
+                walk(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                walk(value)
+
+    walk(config)
+    return found
 
 
 def _not_a_zip(path: Path) -> Exception:

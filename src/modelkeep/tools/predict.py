@@ -30,7 +30,20 @@ def read_array(path: Path | str) -> np.ndarray:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            if "pickle" not in str(exc):
+                raise
+            # numpy's advice (allow_pickle=True) would run code from the file: not ours to give
+            raise FormatError(
+                f"predict: {path} holds Python objects (a pickle payload), not numbers; modelkeep does not "
+                "unpickle input files. Save the input as a numeric array (np.save with a float or int dtype)."
+            ) from None
+    return _read_csv(path, suffix)
+
+
+def _read_csv(path: Path, suffix: str) -> np.ndarray:
     if suffix != ".csv":
         raise FormatError(f"predict: cannot read {path}: expected a .npy or .csv file. Received: {path.name}")
     with open(path, newline="") as handle:
