@@ -8,6 +8,7 @@ writes, under ``OUT``:
   ``SEMANTICS`` (one entry of ``legacy_semantics`` each) and ``nested_one_element`` (a
   Functional model nested in Sequentials, as Teachable Machine exports it);
 * ``textvec/ckpt`` (TextVectorization + Embedding + LSTM checkpoint, legacy RMSprop state);
+* ``cudnn.h5`` (CuDNNLSTM + CuDNNGRU) with the predictions of tf-keras's own LSTM/GRU conversion;
 * ``sharded/ckpt`` (a TF checkpoint in several ``.data`` shards);
 * ``module/`` (a ``tf.Module`` SavedModel with a serving signature, no Keras part);
 * for every ``OUT/handmade/<name>_explicit.h5`` the test wrote before (Keras 2.2-style configs written by
@@ -160,3 +161,22 @@ if __name__ == "__main__":
     if os.environ.get("TF_USE_LEGACY_KERAS") != "1":
         raise SystemExit("run with TF_USE_LEGACY_KERAS=1")
     write(Path(sys.argv[1]))
+    write_cudnn(Path(sys.argv[1]))
+
+
+def write_cudnn(out: Path) -> None:
+    """A CuDNNLSTM + CuDNNGRU model (Keras 2's GPU-only layers) and tf-keras's own conversion's predictions."""
+    import tensorflow as tf
+    import tf_keras as K
+
+    v1 = tf.compat.v1.keras.layers
+    model = K.Sequential([K.Input((5, 3)), v1.CuDNNLSTM(4, return_sequences=True), v1.CuDNNGRU(3)])
+    rng = np.random.default_rng(9)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in model.get_weights()])
+    model.save(str(out / "cudnn.h5"))
+    # what tf-keras computes from that file: its LSTM/GRU with the weights converted on load
+    portable = K.Sequential([K.Input((5, 3)), K.layers.LSTM(4, return_sequences=True),
+                             K.layers.GRU(3, reset_after=True)])
+    portable.load_weights(str(out / "cudnn.h5"))
+    x = _x((8, 5, 3), 8)
+    np.savez(out / "cudnn.npz", x0=x, pred=portable.predict(x, verbose=0))

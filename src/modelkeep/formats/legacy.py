@@ -544,6 +544,7 @@ def load_h5_into(model: Any, handle: Any, source: str, *, optimizer: bool = True
     k3_key_of: dict[str, str] = {}
     file_order: list[tuple[str, str]] = []  # (Keras 2 name, model key) in the file's weight order
     for (layer_key, k3), k2 in zip(model_layers.items(), file_layers):
+        k2 = _cudnn_converted(k3, k2)
         order = _match_layer(k3, k2) if len(k3) == len(k2) else None
         if order is None:
             shown = ", ".join(f"{n} {a.shape}" for n, a in k2[:4])
@@ -560,6 +561,19 @@ def load_h5_into(model: Any, handle: Any, source: str, *, optimizer: bool = True
     if optimizer and "optimizer_weights" in handle and getattr(model, "optimizer", None) is not None:
         values, problem = _h5_optimizer(handle["optimizer_weights"], k3_key_of, model, file_order, _h5_keras_version(handle))
         _assign_optimizer(model, values, source, problem=problem)
+
+
+def _cudnn_converted(k3: list[tuple[str, Any]], k2: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """A Keras 2 CuDNNLSTM/CuDNNGRU layer's weights (bias of 8 or 6 units) in LSTM/GRU form."""
+    if len(k2) != len(k3) or len(k2) % 3 or not all(tuple(v.shape) != a.shape for (_, v), (_, a) in zip(k3[2::3], k2[2::3])):
+        return k2
+    out = []
+    for i in range(0, len(k2), 3):  # a Bidirectional holds two triples
+        converted = legacy_semantics.from_cudnn([a for _, a in k2[i : i + 3]])
+        if converted is None:
+            return k2
+        out.extend(zip([n for n, _ in k2[i : i + 3]], converted))
+    return out
 
 
 def _h5_optimizer(group: Any, k3_key_of: dict[str, str], model: Any = None, file_order: list[tuple[str, str]] | None = None,

@@ -23,6 +23,8 @@ VarianceScaling            ``truncated_normal`` (what Keras 2.1+ meant by ``norm
 Attention ``causal=True``  refused: Keras 3 takes it as a call argument
 BatchNormalization         refused: its renorm weights have no Keras 3 place
 ``renorm=True``
+CuDNNLSTM / CuDNNGRU       LSTM / GRU(reset_after=True), sigmoid gates; weights converted
+                           as Keras 2 did (``from_cudnn``)
 LocallyConnected1D/2D,     refused by name: Keras 3 has no such layer
 DenseFeatures, Merge ...
 =========================  =========================================================
@@ -52,7 +54,7 @@ REMOVED = {
     "RandomFourierFeatures": "Keras 3 has no such layer",
 }
 #: Keras 2 built-ins Keras 3 lacks: translated (ThresholdedReLU) or refused (the rest)
-RENAMED = {*REMOVED, "ThresholdedReLU"}
+RENAMED = {*REMOVED, "ThresholdedReLU", "CuDNNLSTM", "CuDNNGRU"}
 #: arguments Keras 3 dropped, at the value that means "nothing": dropping them is silent
 KERAS2_DEFAULTS = {"groups": 1, "input_length": None, "autocast": True, "kernel_initializer": None,
                    "kernel_regularizer": None, "kernel_constraint": None}
@@ -104,6 +106,8 @@ def translate(class_name: str, config: dict, *, keras_version: str | None = None
             f"load_model: layer '{name}' is a Keras 2 {class_name}; {REMOVED[class_name]}, so it cannot be "
             "carried. Build the model in code with a Keras 3 replacement and load the weights yourself."
         )
+    if class_name in CUDNN:
+        class_name, config = cudnn_config(class_name, config)
     config = dict(config)
     version = _version(keras_version)
     if version is not None and version >= (3,):
@@ -193,3 +197,39 @@ def tf_op_node(entry: dict) -> dict | None:
 
 def _tensor(ref: list) -> dict:
     return {"class_name": "__keras_tensor__", "config": {"shape": [None], "dtype": "float32", "keras_history": list(ref[:3])}}
+
+
+#: Keras 2's cuDNN-only recurrent layers: the portable layer that computes the same function
+CUDNN = {"CuDNNLSTM": "LSTM", "CuDNNGRU": "GRU"}
+
+
+def cudnn_config(class_name: str, config: dict) -> tuple[str, dict]:
+    """``CuDNNLSTM``/``CuDNNGRU`` as the ``LSTM``/``GRU`` that computes what they computed."""
+    out = {k: v for k, v in config.items() if k not in ("implementation",)}
+    out.update({"activation": "tanh", "recurrent_activation": "sigmoid", "use_bias": True, "dropout": 0.0,
+                "recurrent_dropout": 0.0, "unroll": False})
+    if class_name == "CuDNNGRU":
+        out["reset_after"] = True
+    return CUDNN[class_name], out
+
+
+def from_cudnn(arrays: list) -> list | None:
+    """``[kernel, recurrent_kernel, bias]`` of a CuDNNLSTM/CuDNNGRU as LSTM/GRU(reset_after) weights.
+
+    As Keras 2 converted them: per gate, the input kernel changes layout (cuDNN's Fortran
+    order), the recurrent kernel is transposed, the two bias sets of an LSTM are summed and a
+    GRU's are stacked. None when the arrays are not cuDNN-shaped.
+    """
+    import numpy as np
+
+    if len(arrays) != 3:
+        return None
+    kernel, recurrent, bias = (np.asarray(a) for a in arrays)
+    units = recurrent.shape[0]
+    gates = {8 * units: 4, 6 * units: 3}.get(bias.shape[0]) if bias.ndim == 1 else None
+    if gates is None or recurrent.shape[1] != gates * units:
+        return None
+    kernel = np.hstack([k.T.reshape(k.shape, order="F") for k in np.hsplit(kernel, gates)])
+    recurrent = np.hstack([k.T for k in np.hsplit(recurrent, gates)])
+    bias = np.sum(np.split(bias, 2), axis=0) if gates == 4 else bias.reshape(2, -1)
+    return [kernel, recurrent, bias]
