@@ -157,12 +157,6 @@ def write(out: Path) -> None:
         print("read", path.name, flush=True)
 
 
-if __name__ == "__main__":
-    if os.environ.get("TF_USE_LEGACY_KERAS") != "1":
-        raise SystemExit("run with TF_USE_LEGACY_KERAS=1")
-    write(Path(sys.argv[1]))
-    write_cudnn(Path(sys.argv[1]))
-
 
 def write_cudnn(out: Path) -> None:
     """A CuDNNLSTM + CuDNNGRU model (Keras 2's GPU-only layers) and tf-keras's own conversion's predictions."""
@@ -180,3 +174,10 @@ def write_cudnn(out: Path) -> None:
     portable.load_weights(str(out / "cudnn.h5"))
     x = _x((8, 5, 3), 8)
     np.savez(out / "cudnn.npz", x0=x, pred=portable.predict(x, verbose=0))
+
+
+if __name__ == "__main__":
+    if os.environ.get("TF_USE_LEGACY_KERAS") != "1":
+        raise SystemExit("run with TF_USE_LEGACY_KERAS=1")
+    write(Path(sys.argv[1]))
+    write_cudnn(Path(sys.argv[1]))
