@@ -395,9 +395,13 @@ def print_table(rows: list[dict]) -> None:
     both = [r for r in rows if r["tf_keras"] == "ok" and r["mk"].startswith("ok")]
     within = sum(r["diff"] is not None and r["diff"] <= 1e-5 for r in both)
     refused = sum(r["mk"].startswith("refused by name") for r in rows)
+    with_state = [r for r in rows if "optimizer_restored" in r]
+    largest = max((r["diff"] for r in both if r["diff"] is not None), default=0.0)
     print(f"\n{len(rows)} cases: tf-keras loads {loaded_tfk}, modelkeep loads {loaded_mk} "
-          f"({within} of the {len(both)} both load predict within 1e-5), refused by name {refused}; "
-          f"modelkeep warnings: {sum(r['warnings'] for r in rows)}")
+          f"({within} of the {len(both)} both load predict within 1e-5), refused by name {refused}")
+    print(f"largest difference {largest:.2g}; optimizer state restored in {sum(r['optimizer_restored'] for r in with_state)} "
+          f"of the {len(with_state)} files that have it (iterations equal, every slot equal bit for bit to one of "
+          f"the file's arrays); modelkeep warnings: {sum(r['warnings'] for r in rows)}")
 
 
 if __name__ == "__main__":
