@@ -332,3 +332,34 @@ def test_pickled_npy_input_is_refused_without_unsafe_advice(tmp_path):
     with pytest.raises(mk.FormatError, match="pickle payload") as info:
         read_array(tmp_path / "x.npy")
     assert "allow_pickle" not in str(info.value)
+
+
+# ------------------------------------------------------------------ (12) Keras 2 .keras zips
+def _as_tf213(source: Path, target: Path) -> None:
+    """The same zip as tf.keras 2.13-2.15 wrote it: their module paths and version."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for name in old.namelist():
+            data = old.read(name)
+            if name == "config.json":
+                data = data.replace(b'"tf_keras.src.engine.', b'"keras.src.engine.')
+            if name == "metadata.json":
+                data = json.dumps({"keras_version": "2.13.1", "date_saved": "2023-09-01@00:00:00"}).encode()
+            new.writestr(name, data)
+
+
+@pytest.mark.parametrize("variant", ["tf-keras 2.21", "tf.keras 2.13"])
+def test_keras2_keras_zip_loads_with_optimizer_state(written, tmp_path, variant):
+    path = written["dir"] / "tfkeras.keras"
+    if variant == "tf.keras 2.13":
+        _as_tf213(path, tmp_path / "tf213.keras")
+        path = tmp_path / "tf213.keras"
+    ref = np.load(written["dir"] / "tfkeras_zip.npz")
+    model = mk.load_model(path)
+    assert_close("keras2_zip", model.predict(ref["x"], verbose=0), ref["pred"])
+    # tf-keras: [iterations, slots...]; Keras 3: [iteration, learning_rate, the same slots...]
+    iterations, *slots = [ref[f"opt_{i}"] for i in range(len([k for k in ref.files if k.startswith("opt_")]))]
+    assert int(model.optimizer.iterations.numpy()) == int(iterations) == 2
+    got = [v.numpy() for v in model.optimizer.variables[2:]]
+    assert len(got) == len(slots) and all(np.array_equal(g, w) for g, w in zip(got, slots))

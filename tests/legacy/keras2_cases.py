@@ -9,6 +9,7 @@ writes, under ``OUT``:
   Functional model nested in Sequentials, as Teachable Machine exports it);
 * ``textvec/ckpt`` (TextVectorization + Embedding + LSTM checkpoint, legacy RMSprop state);
 * ``cudnn.h5`` (CuDNNLSTM + CuDNNGRU) with the predictions of tf-keras's own LSTM/GRU conversion;
+* ``tfkeras.keras`` (tf-keras's own ``.keras`` zip) with predictions and Adam variables;
 * ``sharded/ckpt`` (a TF checkpoint in several ``.data`` shards);
 * ``module/`` (a ``tf.Module`` SavedModel with a serving signature, no Keras part);
 * for every ``OUT/handmade/<name>_explicit.h5`` the test wrote before (Keras 2.2-style configs written by
@@ -176,8 +177,23 @@ def write_cudnn(out: Path) -> None:
     np.savez(out / "cudnn.npz", x0=x, pred=portable.predict(x, verbose=0))
 
 
+def write_keras_zip(out: Path) -> None:
+    """A ``.keras`` zip of tf-keras (Keras 2's own v3 format): config, weights and Adam state."""
+    import tf_keras as K
+
+    inp = K.Input((5,))
+    model = K.Model(inp, K.layers.Dense(2)(K.layers.Dense(6, activation="hard_sigmoid")(inp)))
+    model.compile(optimizer=K.optimizers.Adam(learning_rate=0.01), loss="mse")
+    model.fit(_x((16, 5)), _x((16, 2)), epochs=1, batch_size=8, verbose=0)
+    model.save(str(out / "tfkeras.keras"))
+    x = _x((8, 5), 3)
+    np.savez(out / "tfkeras_zip.npz", x=x, pred=model.predict(x, verbose=0),
+             **{f"opt_{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)})
+
+
 if __name__ == "__main__":
     if os.environ.get("TF_USE_LEGACY_KERAS") != "1":
         raise SystemExit("run with TF_USE_LEGACY_KERAS=1")
     write(Path(sys.argv[1]))
     write_cudnn(Path(sys.argv[1]))
+    write_keras_zip(Path(sys.argv[1]))
