@@ -71,3 +71,15 @@ def test_what_cannot_be_carried_is_refused_by_name(rows):
 def test_no_notice_for_arguments_at_their_default(rows):
     texts = [t for r in rows.values() for t in r.get("warning_texts", []) if "has no argument" in t]
     assert not texts, texts
+
+
+def test_tf1_savedmodel_predicts_half_plus_two(rows):
+    """tf-keras cannot load the TF1 SavedModel; modelkeep runs its signature: y = x / 2 + 2."""
+    import numpy as np
+
+    import modelkeep as mk
+
+    case = next(c for c in check.CASES if c.name == "tf1-serving-half-plus-two")
+    model = mk.load_model(ROOT / check.F / case.file)
+    x = np.array([[1.0], [2.0], [-4.0]], "float32")
+    assert np.array_equal(model.predict(x, verbose=0), x * 0.5 + 2.0)
