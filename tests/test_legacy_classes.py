@@ -363,3 +363,15 @@ def test_keras2_keras_zip_loads_with_optimizer_state(written, tmp_path, variant)
     assert int(model.optimizer.iterations.numpy()) == int(iterations) == 2
     got = [v.numpy() for v in model.optimizer.variables[2:]]
     assert len(got) == len(slots) and all(np.array_equal(g, w) for g, w in zip(got, slots))
+
+
+def test_translated_model_saved_again_loads_in_a_fresh_registry(written, tmp_path):
+    """A model with Keras 2's hard_sigmoid, saved by modelkeep, loads where nothing registered it yet."""
+    ref = np.load(written["dir"] / "hard_sigmoid_lstm.npz")
+    model = mk.load_model(written["dir"] / "hard_sigmoid_lstm.h5", compile=False)
+    mk.save_model(model, tmp_path / "again.keras")
+    mk.save_model(model, tmp_path / "again.h5")
+    for path in (tmp_path / "again.keras", tmp_path / "again.h5"):
+        keras.saving.get_custom_objects().pop("modelkeep>keras2_hard_sigmoid", None)
+        loaded = mk.load_model(path, compile=False)
+        assert np.array_equal(loaded.predict(ref["x0"], verbose=0), model.predict(ref["x0"], verbose=0)), path.name

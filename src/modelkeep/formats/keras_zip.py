@@ -51,7 +51,9 @@ class KerasZipFormat(Format):
         self.require(path)
         if not zipfile.is_zipfile(path):
             raise _not_a_zip(path)
-        from modelkeep.formats import legacy_zip
+        from modelkeep.formats import legacy_semantics, legacy_zip
+
+        legacy_semantics.ensure_registered()  # a model translated from Keras 2 may use keras2_hard_sigmoid
 
         if str(legacy_zip.keras_version(path) or "").startswith("2."):  # tf.keras 2.13-2.15, tf-keras 2.16+
             return legacy_zip.load_keras2_zip(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
