@@ -86,8 +86,12 @@ def test_savedmodel_without_keras_part(tmp_path):
 
     module = Plain()
     tf.saved_model.save(module, str(tmp_path / "plain"), signatures={"serving_default": module.__call__})
-    with pytest.raises(UnsupportedModelError, match=r"without a Keras part .*modelkeep serve"):
-        mk.load_model(tmp_path / "plain")
+    # issue 15: an inference-only Keras model running the signature; training it is refused by name
+    with pytest.warns(UserWarning, match=r"without a Keras part; returning an inference-only model"):
+        model = mk.load_model(tmp_path / "plain")
+    assert model.predict(np.ones((3, 2), "float32"), verbose=0).tolist() == [[2.0, 2.0]] * 3
+    with pytest.raises(UnsupportedModelError, match=r"fit: inference_only_plain is an inference-only model"):
+        model.fit(np.ones((3, 2)), np.ones((3, 2)))
 
 
 @pytest.mark.parametrize(

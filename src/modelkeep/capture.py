@@ -270,6 +270,10 @@ def build_model(
     """Rebuild the Keras model a state was captured from, compiled, with its variables."""
     import keras
 
+    from modelkeep.formats.legacy_semantics import ensure_registered
+
+    ensure_registered()  # configs translated from Keras 2 may name modelkeep's keras2_hard_sigmoid
+
     if state.model_config is None:
         raise UnsupportedModelError(
             f"load_model: {source} holds weights but no model config, so the architecture "

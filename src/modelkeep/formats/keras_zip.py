@@ -54,6 +54,12 @@ class KerasZipFormat(Format):
         if not zipfile.is_zipfile(path):
             raise _not_a_zip(path)
         guard.check_keras_zip(path)  # members, config.json and the inner HDF5 checked before Keras reads them
+        from modelkeep.formats import legacy_semantics, legacy_zip
+
+        legacy_semantics.ensure_registered()  # a model translated from Keras 2 may use keras2_hard_sigmoid
+
+        if str(legacy_zip.keras_version(path) or "").startswith("2."):  # tf.keras 2.13-2.15, tf-keras 2.16+
+            return legacy_zip.load_keras2_zip(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
         try:
             model = keras.saving.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
             with guard.open_zip(path) as archive:
@@ -64,6 +70,15 @@ class KerasZipFormat(Format):
         except zipfile.BadZipFile as exc:
             raise CorruptCheckpointError(f"load_model: {path} is a damaged zip ({exc}); use another copy.") from exc
         except (TypeError, ValueError) as exc:
+            unknown = _unregistered_classes(path, custom_objects)
+            if unknown:
+                names = ", ".join(f"'{n}'" for n in unknown)
+                raise UnsupportedModelError(
+                    f"load_model: {path} uses class(es) {names}, which are not Keras 3 built-ins and are not "
+                    "registered here. Import the code that defines them (with "
+                    "@keras.saving.register_keras_serializable()) or pass custom_objects={'Name': Class}; "
+                    "or build the model in code and load its weights."
+                ) from exc
             raise UnsupportedModelError(_explain_deserialize_error(exc, str(path))) from exc
 
     def read(self, path: Path) -> ModelState:
@@ -80,6 +95,38 @@ def _load_member_tensors(archive: zipfile.ZipFile, path: Path) -> dict:
         return load_tensors(guard.read_member(archive, RNG_MEMBER, source=source))
     except SafetensorError as exc:
         raise CorruptCheckpointError(f"load_model: {source} is not a readable safetensors member ({exc}); the archive is corrupt.") from exc
+
+
+def _unregistered_classes(path: Path, custom_objects: dict | None) -> list[str]:
+    """Registered names in a ``.keras`` config that neither Keras nor ``custom_objects`` resolve."""
+    import keras
+
+    from modelkeep.errors import ModelkeepError
+    from modelkeep.storage import guard
+
+    try:
+        with guard.open_zip(path) as archive:
+            config = guard.load_json(guard.read_member(archive, "config.json", source=f"{path}!config.json"),
+                                     source=f"{path}!config.json", what="config.json")
+    except (ModelkeepError, OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found: list[str] = []
+
+    def walk(obj: object) -> None:
+        if isinstance(obj, dict):
+            name = obj.get("registered_name")
+            if isinstance(name, str) and "class_name" in obj and not str(obj.get("module") or "").startswith("keras"):
+                known = name in (custom_objects or {}) or obj["class_name"] in (custom_objects or {})
+                if not known and keras.saving.get_registered_object(name) is None and name not in found:
+                    found.append(name)
+            for value in obj.values():
+                walk(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                walk(value)
+
+    walk(config)
+    return found
 
 
 def _not_a_zip(path: Path) -> Exception:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from modelkeep.capture import model_variable_keys, optimizer_variable_keys
-from modelkeep.errors import CorruptCheckpointError, IncompatibleModelError, UnsupportedModelError
+from modelkeep.errors import CorruptCheckpointError, IncompatibleModelError, ModelkeepError, UnsupportedModelError
 from modelkeep.formats import legacy_config
 from modelkeep.state import MODEL, OPTIMIZER, ModelState
 from modelkeep.storage import guard, limits
@@ -99,9 +99,19 @@ class ObjectGraph:
         return out
 
 
+#: Keras 3 weight names -> what Keras 2 called the same weight (DepthwiseConv2D's kernel)
+WEIGHT_ALIASES = {"kernel": ("depthwise_kernel",)}
+
+
+def _path_candidates(path: str) -> list[str]:
+    """A Keras 3 variable path and its Keras 2 spellings (``x/kernel`` -> ``x/depthwise_kernel``)."""
+    head, _, leaf = path.rpartition("/")
+    return [path] + [f"{head}/{alias}" if head else alias for alias in WEIGHT_ALIASES.get(leaf, ())]
+
+
 def _segment_candidates(segment: str) -> list[str]:
     """Keras 3 names of a variable path segment -> Keras 2 object-graph names to try."""
-    out = [segment]
+    out = [segment, *WEIGHT_ALIASES.get(segment, ())]
     if segment.endswith("_cell"):
         out.append("cell")
     if segment.startswith("forward_"):
@@ -111,10 +121,32 @@ def _segment_candidates(segment: str) -> list[str]:
     return out
 
 
+def _weighted_child(graph: ObjectGraph, node: int, index: int) -> int | None:
+    """The ``index``-th ``layer_with_weights-N`` child of ``node`` that holds variables.
+
+    Keras 2 numbers every layer whose ``weights`` list is not empty; an adapted
+    ``TextVectorization``/``StringLookup`` lists its lookup table there (no variable), Keras 3
+    does not count it. Skipping the children without variables numbers them as Keras 3 does.
+    """
+    cache = graph.__dict__.setdefault("_weighted", {})
+    if node not in cache:
+        numbered = sorted((int(n.rsplit("-", 1)[1]), c) for n, c in graph.children(node)
+                          if n.startswith("layer_with_weights-") and n.rsplit("-", 1)[1].isdigit())
+        cache[node] = [c for _, c in numbered if graph.leaves(c, skip=_NOT_MODEL)]
+    children = cache[node]
+    return children[index] if index < len(children) else None
+
+
 def _resolve(graph: ObjectGraph, root: int, key: str) -> tuple[int | None, int]:
     """Walk ``key``'s segments from ``root``; (variable node or None, deepest node reached)."""
     node = root
     for segment in key.split("/"):
+        number = segment.rsplit("-", 1)[1] if segment.startswith("layer_with_weights-") else ""
+        if number.isdigit():
+            nxt = _weighted_child(graph, node, int(number))
+            if nxt is not None:
+                node = nxt
+                continue
         nxt = next((c for c in (graph.child(node, s) for s in _segment_candidates(segment)) if c is not None), None)
         if nxt is None:
             return None, node
@@ -212,9 +244,16 @@ def match_optimizer(model: Any, graph: ObjectGraph, shapes: dict, matched: list[
     return out
 
 
-def _assign_optimizer(model: Any, values: dict[str, np.ndarray], source: str) -> None:
+def _assign_optimizer(model: Any, values: dict[str, np.ndarray], source: str, *, problem: str | None = None) -> None:
     """Assign Keras-3-keyed optimizer values; warn (not fail) when the optimizers differ."""
     optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and problem:
+        warnings.warn(
+            f"load: the optimizer state in {source} was not restored: {problem}. The model's "
+            f"{type(optimizer).__name__} starts afresh (iterations 0, empty slots); the weights are restored.",
+            stacklevel=3,
+        )
+        return
     if optimizer is None or not values:
         return
     if not optimizer.built:
@@ -224,10 +263,13 @@ def _assign_optimizer(model: Any, values: dict[str, np.ndarray], source: str) ->
     missing = [k for k in slots if k not in values]
     problems = [k for k in values if k in pairs and tuple(pairs[k].shape) != tuple(np.shape(values[k]))]
     if missing or problems:
+        what = (f"it has no value for '{missing[0]}'" if missing else
+                f"'{problems[0]}' has shape {tuple(np.shape(values[problems[0]]))}, the model's {tuple(pairs[problems[0]].shape)}")
         warnings.warn(
-            f"load: the optimizer state in {source} does not fit the model's "
-            f"{type(optimizer).__name__} (e.g. '{(missing or problems)[0]}'); it was not restored. "
-            "Compile the model with the optimizer the file was saved with to carry its state.",
+            f"load: the optimizer state in {source} does not fit the model's {type(optimizer).__name__}: "
+            f"{what} ({len(missing)} slot(s) missing, {len(problems)} of another shape). Nothing of it was "
+            "restored (iterations 0, empty slots); the weights are. If you compiled the model yourself, "
+            "compile it with the optimizer the file was saved with.",
             stacklevel=3,
         )
         return
@@ -316,8 +358,30 @@ def _parse_saved_metadata(data: bytes) -> list[dict[str, Any]]:
     return nodes
 
 
+def metadata_in_graph(path: Path) -> dict[str, Any] | None:
+    """TF 2.0-2.4 kept the Keras metadata in ``saved_model.pb`` (the root's ``SavedUserObject``).
+
+    Returns the root's metadata when the root is a Keras model, else None.
+    """
+    try:
+        root = guard.read_saved_model_proto(path).meta_graphs[0].object_graph_def.nodes[0]
+    except (ModelkeepError, OSError, IndexError):
+        return None
+    if root.WhichOneof("kind") != "user_object" or not root.user_object.identifier.startswith("_tf_keras"):
+        return None
+    try:
+        meta = root.user_object.metadata
+        return guard.load_json(meta, source=path / "saved_model.pb", what="Keras metadata") if meta else None
+    except (ValueError, ModelkeepError):
+        return None
+
+
 def savedmodel_root_metadata(path: Path) -> dict[str, Any]:
     """The root object's metadata in a tf-keras SavedModel: class, config, training config."""
+    if not (path / METADATA_FILE).exists():
+        meta = metadata_in_graph(path)
+        if meta is not None:
+            return meta
     try:
         nodes = _parse_saved_metadata(guard.read_regular(path / METADATA_FILE, max_bytes=limits.current().max_protobuf_bytes))
         root = next(n for n in nodes if n.get("node_path") == "root")
@@ -331,7 +395,7 @@ def savedmodel_root_metadata(path: Path) -> dict[str, Any]:
 
 
 def build_keras3_model(config: dict, training_config: dict | None, *, source: str, custom_objects: dict | None = None,
-                       compile: bool = True, safe_mode: bool = True) -> Any:
+                       compile: bool = True, safe_mode: bool = True, keras_version: str | None = None) -> Any:
     """A Keras 3 model from a Keras 2 model config (and training config), uncompiled weights."""
     import keras
 
@@ -341,7 +405,8 @@ def build_keras3_model(config: dict, training_config: dict | None, *, source: st
             "get_config), so the architecture cannot be rebuilt. Build the model in code and call "
             "modelkeep.load_weights(model, path)."
         )
-    k3 = legacy_config.to_keras3_model_config(config, custom_objects=custom_objects, safe_mode=safe_mode)
+    k3 = legacy_config.to_keras3_model_config(config, custom_objects=custom_objects, safe_mode=safe_mode,
+                                              keras_version=keras_version)
     try:
         with keras.saving.custom_object_scope(custom_objects or {}):
             model = keras.saving.deserialize_keras_object(k3, custom_objects=custom_objects, safe_mode=safe_mode)
@@ -370,7 +435,8 @@ def load_savedmodel(path: Path, **kwargs: Any) -> Any:
 
     meta = savedmodel_root_metadata(path)
     config = {"class_name": meta.get("class_name"), "config": meta.get("config")} if meta.get("config") else None
-    model = build_keras3_model(config, meta.get("training_config"), source=str(path), **kwargs)
+    model = build_keras3_model(config, meta.get("training_config"), source=str(path), keras_version=meta.get("keras_version"),
+                               **kwargs)
     prefix = path / "variables" / "variables"
     reader = guard.open_tf_checkpoint(prefix, source=path)  # sizes checked; CorruptCheckpointError if unreadable
     load_checkpoint_into(model, prefix, reader, optimizer=kwargs.get("compile", True))
@@ -401,7 +467,7 @@ def read_tf_keras_savedmodel(path: Path) -> ModelState:
     state = read_tf_keras_checkpoint(path, guard.open_tf_checkpoint(path / "variables" / "variables", source=path))
     state.variables = {k: v for k, v in state.variables.items() if k.startswith(MODEL + "/")}
     config = {"class_name": meta.get("class_name"), "config": meta.get("config")}
-    state.model_config = legacy_config.to_keras3_model_config(config, strict=False)
+    state.model_config = legacy_config.to_keras3_model_config(config, strict=False, keras_version=meta.get("keras_version"))
     state.compile_config = legacy_config.to_keras3_compile_config(meta.get("training_config"))
     state.metadata["written_by"] = "tf-keras SavedModel"
     return state
@@ -415,131 +481,5 @@ def _captured(model: Any, written_by: str) -> ModelState:
 
 
 # --------------------------------------------------------------------------- HDF5
-def _h5_text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _h5_layer_weights(group: Any) -> list[list[tuple[str, np.ndarray]]]:
-    """Per layer with weights, in file order: ``[(Keras 2 weight name, array), ...]``."""
-    out = []
-    for raw in group.attrs.get("layer_names", []):
-        layer = group[_h5_text(raw)]
-        names = [_h5_text(w) for w in layer.attrs.get("weight_names", [])]
-        if names:
-            out.append([(n.removesuffix(":0"), np.asarray(layer[n])) for n in names])
-    return out
-
-
-def _match_layer(k3: list[tuple[str, Any]], k2: list[tuple[str, np.ndarray]]) -> list[int] | None:
-    """For each Keras 3 variable, the index of its Keras 2 weight (names first, then leaf+shape)."""
-    by_name = []
-    for _, variable in k3:
-        hits = [i for i, (n, a) in enumerate(k2) if (variable.path == n or variable.path.endswith("/" + n)) and a.shape == tuple(variable.shape)]
-        by_name.append(hits[0] if len(hits) == 1 else None)
-    if None not in by_name and len(set(by_name)) == len(by_name):
-        return by_name
-    used: set[int] = set()
-    order = []
-    for key, variable in k3:
-        leaf = key.rsplit("/", 1)[-1]
-        pick = next((i for i, (n, a) in enumerate(k2) if i not in used and n.rsplit("/", 1)[-1] == leaf and a.shape == tuple(variable.shape)), None)
-        if pick is None:
-            return None
-        used.add(pick)
-        order.append(pick)
-    return order
-
-
-def load_h5_into(model: Any, handle: Any, source: str, *, optimizer: bool = True) -> None:
-    """Load a Keras 2 HDF5 file's weights (and optimizer state) into a Keras 3 model."""
-    group = handle["model_weights"] if "model_weights" in handle else handle
-    file_layers = _h5_layer_weights(group)
-    model_layers: dict[str, list[tuple[str, Any]]] = {}
-    for key, variable in model_variable_keys(model):
-        model_layers.setdefault(key.split("/", 1)[0], []).append((key, variable))
-    if len(file_layers) != len(model_layers):
-        raise IncompatibleModelError(
-            f"load: the model has {len(model_layers)} layers with weights but {source} holds "
-            f"{len(file_layers)}. The file was saved from a different architecture; build the "
-            "model it was saved from, or load it whole with modelkeep.load_model."
-        )
-    k3_key_of: dict[str, str] = {}
-    for (layer_key, k3), k2 in zip(model_layers.items(), file_layers):
-        order = _match_layer(k3, k2) if len(k3) == len(k2) else None
-        if order is None:
-            shown = ", ".join(f"{n} {a.shape}" for n, a in k2[:4])
-            raise IncompatibleModelError(
-                f"load: layer {layer_key} of the model has weights "
-                f"{[(v.path, tuple(v.shape)) for _, v in k3][:4]} but {source} holds {shown} there. "
-                "The file was saved from a different architecture."
-            )
-        for (key, variable), index in zip(k3, order):
-            variable.assign(k2[index][1])
-            k3_key_of[k2[index][0]] = key
-    if optimizer and "optimizer_weights" in handle and getattr(model, "optimizer", None) is not None:
-        _assign_optimizer(model, _h5_optimizer(handle["optimizer_weights"], k3_key_of), source)
-
-
-def _h5_optimizer(group: Any, k3_key_of: dict[str, str]) -> dict[str, np.ndarray]:
-    """Optimizer values by Keras 3 key, from Keras 2 names (new and legacy optimizers) or Keras 3's."""
-    values: dict[str, np.ndarray] = {}
-    flat_key_of = {name.replace("/", "_"): key for name, key in k3_key_of.items()}
-    for raw in group.attrs.get("weight_names", []):
-        name = _h5_text(raw)
-        parts = name.removesuffix(":0").split("/")
-        array = np.asarray(group[name])
-        if parts[-1] in _ITERATIONS:
-            values["iteration"] = array
-        elif parts[-1] in _LEARNING_RATE:
-            values["learning_rate"] = array
-        elif _keras2_slot(parts, k3_key_of):  # "Adam/m/dense/kernel", "Adam/dense/kernel/m", under wrappers too
-            key, slot = _keras2_slot(parts, k3_key_of)
-            values[f"slots/{key}/{slot}"] = array
-        elif len(parts) == 2:  # Keras 3's own .h5: "adam/sequential_dense_kernel_momentum"
-            for slot in _KERAS3_SLOTS:
-                flat = parts[1].removesuffix("_" + slot)
-                if flat != parts[1] and flat in flat_key_of:
-                    values[f"slots/{flat_key_of[flat]}/{slot}"] = array
-                    break
-    return values
-
-
-def _keras2_slot(parts: list[str], k3_key_of: dict[str, str]) -> tuple[str, str] | None:
-    for i in range(len(parts) - 1):
-        if parts[i] in SLOT_NAMES and "/".join(parts[i + 1 :]) in k3_key_of:  # new optimizers
-            return k3_key_of["/".join(parts[i + 1 :])], SLOT_NAMES[parts[i]]
-        if parts[-1] in SLOT_NAMES and "/".join(parts[i:-1]) in k3_key_of:  # legacy optimizers
-            return k3_key_of["/".join(parts[i:-1])], SLOT_NAMES[parts[-1]]
-    return None
-
-
-_KERAS3_SLOTS = ("velocity_hat", "average_gradient", "momentum", "velocity", "accumulator")
-
-
-def load_h5_model(path: Path, handle: Any, **kwargs: Any) -> Any:
-    """A full Keras 3 model from a Keras 2 ``model.save("x.h5")`` file."""
-    raw = handle.attrs.get("model_config")
-    if raw is None:
-        raise UnsupportedModelError(
-            f"load_model: {path} holds weights only (no model_config), so the architecture cannot "
-            "be rebuilt. Build the model in code and call modelkeep.load_weights(model, path)."
-        )
-    training = handle.attrs.get("training_config")
-    config = guard.load_json(_h5_text(raw), source=path, what="model_config", expect=None)
-    training = guard.load_json(_h5_text(training), source=path, what="training_config", expect=None) if training is not None else None
-    model = build_keras3_model(config, training, source=str(path), **kwargs)
-    load_h5_into(model, handle, str(path), optimizer=kwargs.get("compile", True))
-    return model
-
-
-def read_keras2_h5(path: Path, handle: Any, variables: dict[str, np.ndarray]) -> ModelState:
-    """An HDF5 file without modelkeep's header (written by Keras 2 or Keras 3's legacy writer)."""
-    if handle.attrs.get("model_config") is not None:
-        try:
-            return _captured(load_h5_model(path, handle), "keras-h5")
-        except UnsupportedModelError as exc:
-            if not getattr(exc, "unknown_class", False):
-                raise
-        config = guard.load_json(_h5_text(handle.attrs["model_config"]), source=path, what="model_config", expect=None)
-        return ModelState(variables, legacy_config.to_keras3_model_config(config, strict=False), None, {"written_by": "keras-h5"})
-    return ModelState(variables, None, None, {"written_by": "keras-h5"})
+# (in legacy_h5; re-exported here, where the formats look for them)
+from modelkeep.formats.legacy_h5 import load_h5_into, load_h5_model, read_keras2_h5  # noqa: E402, F401

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelkeep.errors import UnsupportedModelError
+from modelkeep.formats import legacy_semantics
 
 MODELS = ("Functional", "Model", "Sequential")
 #: Keras 2 layers that record TensorFlow ops or Python code, which Keras 3 cannot rebuild
@@ -75,7 +76,8 @@ def _filter(config: dict, cls: type, what: str) -> dict:
             f"load_model: {what} was saved with time_major=True, which Keras 3 does not have. "
             "Build the model in code with batch-major inputs and load its weights."
         )
-    noisy = {k: v for k, v in dropped.items() if k not in _HARMLESS and v not in (None, False, 0, "", [], {})}
+    noisy = {k: v for k, v in dropped.items() if k not in _HARMLESS and v not in (None, False, 0, "", [], {})
+             and not (k in legacy_semantics.KERAS2_DEFAULTS and legacy_semantics.KERAS2_DEFAULTS[k] in (v, None))}
     if noisy:
         warnings.warn(f"load_model: {what}: Keras 3 has no argument(s) {noisy}; they were dropped.", stacklevel=3)
     return kept
@@ -131,13 +133,17 @@ def _refuse(class_name: str, name: str) -> UnsupportedModelError:
 
 # ------------------------------------------------------------------------- Keras 2 -> 3
 def to_keras3_model_config(config: dict, *, custom_objects: dict | None = None, safe_mode: bool = True,
-                           strict: bool = True) -> dict:
+                           strict: bool = True, keras_version: str | None = None) -> dict:
     """A Keras 2 model config (``{"class_name", "config"}``) in Keras 3's serialized form.
 
     ``strict=False`` leaves classes unknown here as registered names for Keras to resolve
-    later (with the caller's ``custom_objects``) instead of raising.
+    later (with the caller's ``custom_objects``) instead of raising. ``keras_version`` (of
+    the writer; default: the config's own ``keras_version``) decides the defaults of
+    arguments old Keras versions did not write (``legacy_semantics``).
     """
-    return _layer(plain(config), _Options(custom_objects, safe_mode, strict))
+    legacy_semantics.ensure_registered()
+    version = keras_version or config.get("keras_version")
+    return _layer(plain(config), _Options(custom_objects, safe_mode, strict, version))
 
 
 @dataclass(frozen=True)
@@ -145,11 +151,14 @@ class _Options:
     custom_objects: dict | None
     safe_mode: bool
     strict: bool
+    keras_version: str | None = None
 
 
 def _layer(entry: dict, opts: _Options) -> dict:
     class_name = entry.get("class_name")
-    config = dict(entry.get("config") or {})
+    raw = entry.get("config") or {}
+    # Keras 2.0-2.2 wrote a Sequential's config as the bare list of its layers
+    config = {"name": entry.get("name") or "sequential", "layers": raw} if isinstance(raw, list) else dict(raw)
     name = config.get("name", entry.get("name", "?"))
     if class_name in MODELS:
         out = _model(class_name, config, opts)
@@ -157,6 +166,9 @@ def _layer(entry: dict, opts: _Options) -> dict:
         # an op node of a Keras 3 config (Keras 3's own .h5 drops its module): Keras 3 rebuilds it
         out = {**entry, "module": _op_module(entry), "registered_name": None}
     else:
+        if _layer_class(class_name, opts.custom_objects)[1] or class_name in legacy_semantics.RENAMED:
+            # a Keras built-in: what its Keras 2 config meant, in Keras 3's words
+            class_name, config = legacy_semantics.translate(class_name, config, keras_version=opts.keras_version, name=name)
         cls, builtin = _layer_class(class_name, opts.custom_objects)
         if cls is None and opts.strict:
             raise _refuse(class_name, name)
@@ -207,6 +219,8 @@ def _layer_config(class_name: str, config: dict, opts: _Options) -> dict:
         axis = config["axis"]
         config["axis"] = axis[0] if len(axis) == 1 else axis
     for key, value in list(config.items()):
+        if key.endswith("initializer") and not str(opts.keras_version or "").startswith("3"):
+            value = config[key] = legacy_semantics.initializer(value)
         for suffix, module in _SUB_OBJECTS.items():
             if key.endswith(suffix):
                 config[key] = _sub_object(value, module)
@@ -218,7 +232,8 @@ def _layer_config(class_name: str, config: dict, opts: _Options) -> dict:
 
 
 def _model(class_name: str, config: dict, opts: _Options) -> dict:
-    layers = [_layer(entry, opts) for entry in config.get("layers", [])]
+    layers = [(entry.get("class_name") == "TFOpLambda" and legacy_semantics.tf_op_node(entry)) or _layer(entry, opts)
+              for entry in config.get("layers", [])]
     if class_name == "Sequential":
         first = (config.get("layers") or [{}])[0].get("config", {})
         if layers and layers[0]["class_name"] != "InputLayer" and first.get("batch_input_shape"):
@@ -231,14 +246,46 @@ def _model(class_name: str, config: dict, opts: _Options) -> dict:
     sequential = {entry["name"] for entry in layers if entry.get("class_name") == "Sequential"}
     for entry in layers:
         entry["inbound_nodes"] = _shift_refs(entry.get("inbound_nodes", []), nested)
+        if entry.get("class_name") in _RECURRENT:
+            entry["inbound_nodes"] = [_initial_state_node(node) for node in entry["inbound_nodes"]]
     body = {
         "name": config.get("name"),
         "trainable": config.get("trainable", True),
         "layers": layers,
-        "input_layers": _shift_refs(config.get("input_layers"), sequential),
-        "output_layers": _shift_refs(config.get("output_layers"), sequential),
+        "input_layers": _single(_shift_refs(config.get("input_layers"), sequential)),
+        "output_layers": _single(_shift_refs(config.get("output_layers"), sequential)),
     }
     return {"module": "keras.src.models.functional", "class_name": "Functional", "config": body, "registered_name": "Functional"}
+
+
+_RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "Bidirectional")
+
+
+def _initial_state_node(node: Any) -> Any:
+    """A Keras 2 RNN call node ``[[x...], [h...], [c...]]`` as Keras 3's ``layer(x, initial_state=[h, c])``.
+
+    Keras 2 recorded ``initial_state`` tensors as extra inbound tensors of the node; Keras 3
+    would pass them as inputs.
+    """
+    if not (isinstance(node, list) and len(node) > 1 and all(_is_ref(r) for r in node)):
+        return node
+
+    tensor = legacy_semantics._tensor
+    kwargs = dict(node[0][3]) if len(node[0]) > 3 and isinstance(node[0][3], dict) else {}
+    kwargs["initial_state"] = [tensor(r) for r in node[1:]]
+    return {"args": [tensor(node[0])], "kwargs": kwargs}
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, list) and len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _single(refs: Any) -> Any:
+    """Keras 2 writes one input or output as a one-element list and unwraps it when it builds the
+    model (a single tensor, not a list of one); Keras 3 would keep the list, so unwrap it here."""
+    if isinstance(refs, list) and len(refs) == 1 and _is_ref(refs[0]):
+        return refs[0]
+    return refs
 
 
 def _shift_refs(refs: Any, sequential: set[str]) -> Any:

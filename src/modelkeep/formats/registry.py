@@ -24,7 +24,7 @@ from modelkeep.formats.hdf5 import HDF5Format
 from modelkeep.formats.keras_zip import KerasWeightsFormat, KerasZipFormat
 from modelkeep.formats.safetensors import SafetensorsFormat
 from modelkeep.formats.savedmodel import SavedModelFormat
-from modelkeep.formats.tf_checkpoint import INDEX_SUFFIX, TFCheckpointFormat
+from modelkeep.formats.tf_checkpoint import INDEX_SUFFIX, TFCheckpointFormat, data_shards
 
 TF_CHECKPOINT = TFCheckpointFormat()
 SAVED_MODEL = SavedModelFormat()
@@ -116,15 +116,28 @@ def detect(path: Path) -> Format:
             f"load: {path} is a directory but not a SavedModel (no saved_model.pb). For a "
             "directory of checkpoints use load_weights(model, directory) or `modelkeep ls`."
         )
-    if Path(str(path) + INDEX_SUFFIX).exists() or Path(str(path) + ".data-00000-of-00001").exists():
+    if Path(str(path) + INDEX_SUFFIX).exists() or data_shards(path)[0].exists():
         return TF_CHECKPOINT
     suffix = _suffix(path)
     if suffix == ".h5" and path.exists() and _is_keras3_weights(path):
         return KERAS_WEIGHTS
+    if suffix == ".keras" and path.is_file() and _starts_with(path, HDF5_MAGIC):
+        return HDF5  # tf.keras <= 2.11 wrote HDF5 under the .keras name: the content decides
     table = {".weights.h5": KERAS_WEIGHTS, ".h5": HDF5, ".hdf5": HDF5, ".keras": KERAS_ZIP, ".safetensors": SAFETENSORS}
     if suffix in table:
         return table[suffix]
     raise _unknown(path, "load")
+
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def _is_keras3_weights(path: Path) -> bool:

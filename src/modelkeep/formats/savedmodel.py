@@ -52,6 +52,15 @@ def _export(model: Any, directory: Path) -> None:
     archive.write_out(str(directory), verbose=False)
 
 
+def _keras2_part(path: Path) -> bool:
+    """A tf-keras SavedModel: ``keras_metadata.pb``, or (TF 2.0-2.4) Keras metadata in ``saved_model.pb``."""
+    if (path / LEGACY_METADATA).exists():
+        return True
+    from modelkeep.formats import legacy
+
+    return (path / "saved_model.pb").exists() and legacy.metadata_in_graph(path) is not None
+
+
 class SavedModelFormat(Format):
     name = "SavedModel"
     holds = ("model",)
@@ -91,11 +100,16 @@ class SavedModelFormat(Format):
     def load_model(self, path: Path, **kwargs: Any) -> Any:
         self.require(path)
         guard.check_tree(path)  # no symlink leaving the directory, no device or FIFO inside
-        if not (path / HEADER_FILE).exists() and (path / LEGACY_METADATA).exists():
+        if not (path / HEADER_FILE).exists() and _keras2_part(path):
             from modelkeep.formats import legacy
 
             # built once, with the caller's custom_objects, optimizer state included
             return legacy.load_savedmodel(path, **kwargs)
+        if self.exists(path) and not (path / HEADER_FILE).exists():
+            from modelkeep.formats import legacy_signature
+
+            # a tf.Module export or a TF1 graph: no Keras layers, but a serving signature
+            return legacy_signature.inference_model(path)
         return super().load_model(path, **kwargs)
 
     def read(self, path: Path) -> ModelState:
@@ -105,7 +119,7 @@ class SavedModelFormat(Format):
         if not header_path.exists():
             from modelkeep.formats import legacy
 
-            if (path / LEGACY_METADATA).exists():
+            if _keras2_part(path):
                 return legacy.read_tf_keras_savedmodel(path)
             raise GraphOnlyModelError(
                 f"load_model: {path} is a SavedModel without a Keras part (no {HEADER_FILE} or "

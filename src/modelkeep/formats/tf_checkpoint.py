@@ -182,19 +182,39 @@ def write_bundle(state: ModelState, prefix: Path) -> None:
     save_tensors(prefix, named)
 
 
+def data_shards(prefix: Path) -> list[Path]:
+    """The ``.data-0000K-of-0000N`` files of a checkpoint: all N shards (one when none is there yet)."""
+    counts = set()
+    for found in Path(prefix).parent.glob(Path(prefix).name + ".data-*-of-*"):
+        tail = found.name[len(Path(prefix).name) + len(".data-") :]
+        shard, _, total = tail.partition("-of-")
+        if shard.isdigit() and total.isdigit():
+            counts.add(total)
+    if len(counts) != 1 or int(next(iter(counts))) <= 1:
+        return [Path(str(prefix) + DATA_SUFFIX)]
+    total = next(iter(counts))
+    return [Path(f"{prefix}.data-{i:0{len(total)}d}-of-{total}") for i in range(int(total))]
+
+
 class TFCheckpointFormat(Format):
     name = "TF checkpoint"
     holds = ("weights",)
     keeps_optimizer = True
 
     def files(self, path: Path) -> list[Path]:
-        return [Path(str(path) + INDEX_SUFFIX), Path(str(path) + DATA_SUFFIX)]
+        return [Path(str(path) + INDEX_SUFFIX), *data_shards(path)]
 
     def exists(self, path: Path) -> bool:
         return Path(str(path) + INDEX_SUFFIX).exists()
 
     def require(self, path: Path) -> None:
-        index, data = self.files(path)
+        index, data, *more = self.files(path)
+        missing = [p.name for p in more if not p.exists()]
+        if data.exists() and missing:
+            raise CheckpointNotFoundError(
+                f"load: the TF checkpoint {path} is written in {len(more) + 1} shards but "
+                f"{', '.join(missing)} is missing. Copy every .data shard, or use another checkpoint."
+            )
         if not index.exists() and not data.exists():
             raise CheckpointNotFoundError(
                 f"load: no TF checkpoint at {path} (expected {index.name} and {data.name}). "
@@ -214,7 +234,7 @@ class TFCheckpointFormat(Format):
     def write(self, state: ModelState, path: Path, *, model: Any = None) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp_prefix = temp_sibling(path)
-        final = self.files(path)
+        final = [Path(str(path) + INDEX_SUFFIX), Path(str(path) + DATA_SUFFIX)]  # one shard, whatever was there
         try:
             write_bundle(state, tmp_prefix)
             temps = [Path(str(tmp_prefix) + DATA_SUFFIX), Path(str(tmp_prefix) + INDEX_SUFFIX)]

@@ -33,10 +33,19 @@ def read_array(path: Path | str) -> np.ndarray:
         try:
             return np.load(path, allow_pickle=False)  # never unpickles: an object array is refused
         except (ValueError, OSError, EOFError) as exc:
+            if "pickle" in str(exc):  # numpy's advice (allow_pickle=True) would run code from the file: not ours to give
+                raise FormatError(
+                    f"predict: {path} holds Python objects (a pickle payload), not numbers; modelkeep does not "
+                    "unpickle input files. Save the input as a numeric array (np.save with a float or int dtype)."
+                ) from None
             raise FormatError(
                 f"predict: {path} is not a plain numeric .npy array ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                 "object arrays (pickles) are never loaded. Save the inputs with numpy.save of a numeric array."
             ) from exc
+    return _read_csv(path, suffix)
+
+
+def _read_csv(path: Path, suffix: str) -> np.ndarray:
     if suffix != ".csv":
         raise FormatError(f"predict: cannot read {path}: expected a .npy or .csv file. Received: {path.name}")
     with open(path, newline="") as handle:
