@@ -13,9 +13,8 @@ import pytest
 
 import modelkeep as mk
 
+# the tutorial's code sits next to the repository (`<repo>/../shared/`), not in it
 TUTORIAL = Path(__file__).resolve().parents[2] / "shared" / "tutorial_code.py"
-if not TUTORIAL.exists():
-    TUTORIAL = Path("/work/shared/tutorial_code.py")
 COMMITTED = Path(__file__).parent / "fixtures" / "tfkeras" / "tutorial"
 
 
@@ -55,6 +54,8 @@ def _tutorial_model():
 
 def test_tutorial_code_runs_verbatim(tmp_path):
     """The tutorial's code, unchanged, after ``import modelkeep.compat``: completes, leaves its files."""
+    if not TUTORIAL.exists():
+        pytest.skip(f"the tutorial's code is not next to this repository ({TUTORIAL} is absent)")
     script = tmp_path / "run_tutorial.py"
     script.write_text(
         "import modelkeep.compat\n"
