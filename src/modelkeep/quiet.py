@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import os
 import re
@@ -49,9 +48,12 @@ NOISE = re.compile(
 ENV_KEEP = "MODELKEEP_TF_LOGS"
 
 
-class _QuietLoader(importlib.abc.Loader):
+class _QuietLoader:  # an importlib loader (importlib.abc is not imported: it is slow)
     def __init__(self, loader: Any) -> None:
         self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:  # is_package, get_resource_reader, ...: the real loader's
+        return getattr(self._loader, name)
 
     def create_module(self, spec: Any) -> Any:
         return self._loader.create_module(spec)
@@ -65,7 +67,7 @@ class _QuietLoader(importlib.abc.Loader):
                 pass
 
 
-class _QuietFinder(importlib.abc.MetaPathFinder):
+class _QuietFinder:  # a sys.meta_path finder
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         if fullname != "tensorflow":
             return None
