@@ -173,3 +173,30 @@ def test_compat_loads_tf_keras_files(compat):
     built = keras.Sequential([keras.layers.Dense(128, activation="sigmoid", input_shape=(10,)), keras.layers.Dense(1)])
     built.load_weights(str(COMMITTED / "ckpt"))
     assert np.array_equal(built.predict(expected["x"], verbose=0), expected["pred_0"])
+
+
+def test_names_imported_before_compat_stay_keras_own(tmp_path):
+    """The README's import-order rule: `from ... import ModelCheckpoint, load_model` before
+    `import modelkeep.compat` binds Keras's own, which reject the tutorial's forms as Keras 3 does;
+    bound after it, they take them; Model methods are patched either way."""
+    import modelkeep.compat as module
+
+    module.disable()
+    from tensorflow.keras.callbacks import ModelCheckpoint as early_checkpoint
+    from tensorflow.keras.models import load_model as early_load_model
+
+    module.enable()
+    try:
+        from tensorflow.keras.callbacks import ModelCheckpoint as late_checkpoint
+
+        with pytest.raises(ValueError, match=r"\.weights\.h5"):
+            early_checkpoint(str(tmp_path / "saved_modelname"), save_weights_only=True)
+        with pytest.raises(TypeError, match="unexpected keyword argument 'frequency'"):
+            early_checkpoint(filepath=str(tmp_path / "saved_model"), frequency="epoch", save_weights_only=False)
+        assert isinstance(late_checkpoint(str(tmp_path / "saved_modelname"), save_weights_only=True), mk.ModelCheckpoint)
+        model = _tutorial_model()
+        model.save(str(tmp_path / "mysavedmodel"))  # the method is patched whatever was imported first
+        with pytest.raises(ValueError):
+            early_load_model(str(tmp_path / "mysavedmodel"))
+    finally:
+        module.disable()

@@ -83,8 +83,9 @@ def _same_as_keras(path: Path) -> None:
 
 
 @pytest.mark.parametrize("build, optimizer", [
-    (_conv, "sgd"), (_conv, keras.optimizers.SGD(momentum=0.9)), (_embedding, "adamw"),
-    (_dropout, "adam"), (_embedding, keras.optimizers.RMSprop()),
+    (_conv, keras.optimizers.SGD(momentum=0.9)), (_embedding, "adamw"),
+    pytest.param(_conv, "sgd", marks=pytest.mark.slow), pytest.param(_dropout, "adam", marks=pytest.mark.slow),
+    pytest.param(_embedding, keras.optimizers.RMSprop(), marks=pytest.mark.slow),
 ])
 def test_light_inspect_says_what_keras_says(tmp_path, build, optimizer):
     """Same layers, output shapes, parameters, variables (names, shapes, order), optimizer, compile."""
@@ -92,6 +93,7 @@ def test_light_inspect_says_what_keras_says(tmp_path, build, optimizer):
         _same_as_keras(path)
 
 
+@pytest.mark.slow
 def test_uncompiled_and_functional_models(tmp_path):
     """An uncompiled model, and a Functional one (summary through Keras), come out the same too."""
     plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
@@ -123,6 +125,7 @@ def test_cli_inspect_imports_no_tensorflow(tmp_path):
     assert done.returncode == 0 and "imported: []" in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_cli_inspect_of_a_savedmodel_still_works(tmp_path):
     """What needs TensorFlow (a SavedModel) still gets it."""
     model = _dense()
