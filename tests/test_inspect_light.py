@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 import modelkeep as mk
+from modelkeep.tools.diff import diff_paths
 from modelkeep.tools.inspect import describe
-from modelkeep.tools.light import describe_light
+from modelkeep.tools.light import describe_light, diff_light
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 #: runs the command in-process, then says whether TensorFlow or Keras got imported
@@ -88,9 +89,13 @@ def _same_as_keras(path: Path) -> None:
     pytest.param(_embedding, keras.optimizers.RMSprop(), marks=pytest.mark.slow),
 ])
 def test_light_inspect_says_what_keras_says(tmp_path, build, optimizer):
-    """Same layers, output shapes, parameters, variables (names, shapes, order), optimizer, compile."""
-    for path in _files(tmp_path, _trained(build, optimizer), "m"):
+    """Same layers, output shapes, parameters, variables (names, shapes, order), optimizer, compile;
+    `diff` of any two of the files gives the same report too."""
+    paths = _files(tmp_path, _trained(build, optimizer), "m")
+    for path in paths:
         _same_as_keras(path)
+    for a, b in ((paths[0], paths[1]), (paths[1], paths[2]), (paths[2], paths[0])):
+        assert diff_light(a, b).as_dict() == diff_paths(a, b).as_dict()
 
 
 @pytest.mark.slow
@@ -123,6 +128,11 @@ def test_cli_inspect_imports_no_tensorflow(tmp_path):
         assert [layer["output_shape"] for layer in info["model"]["layers"]] == ["(None, 5)", "(None, 1)"]
     done = _probe(["verify", *(p.name for p in paths)], tmp_path)
     assert done.returncode == 0 and "imported: []" in done.stderr, done.stderr
+    mk.save_model(_trained(lambda o: _dense(o), "adam"), tmp_path / "other.keras")
+    done = _probe(["diff", "model.keras", "other.keras", "--json"], tmp_path)
+    assert done.returncode == 0 and "imported: []" in done.stderr, done.stderr
+    counts = json.loads(done.stdout)["counts"]  # weights and slots differ; iteration and learning_rate do not
+    assert (counts["changed"], counts["equal"]) == (12, 2), counts
 
 
 @pytest.mark.slow

@@ -241,9 +241,9 @@ def _add_diff(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    from modelkeep.tools.diff import diff_paths
+    from modelkeep.tools.light import diff_light  # .keras/.h5/.safetensors without TensorFlow
 
-    report = diff_paths(args.a, args.b, like=args.like)
+    report = diff_light(args.a, args.b, like=args.like)
     code = EXIT_FAILED if args.exit_code and not report.identical else EXIT_OK
     if args.json:
         print_json(report.as_dict())

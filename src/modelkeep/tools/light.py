@@ -102,6 +102,37 @@ def describe_light(path: Path | str, *, signatures: bool = True) -> dict[str, An
     return info
 
 
+def read_light(path: Path | str) -> tuple[str, ModelState] | None:
+    """``(format name, state)`` as :func:`~modelkeep.tools.reading.read_state` gives it, read
+    without Keras; None where that needs Keras (then use ``read_state``)."""
+    path = registry.strip_tf_suffix(Path(path))
+    fmt = registry.detect(path)
+    if fmt not in (registry.KERAS_ZIP, registry.HDF5, registry.SAFETENSORS) or not path.is_file():
+        return None
+    if fmt is registry.KERAS_ZIP:
+        state = _read_keras_zip(path)
+        return None if state is None else (fmt.name, state)
+    from modelkeep.formats.hdf5 import HEADER_ATTR, _open
+
+    if fmt is registry.HDF5:
+        with _open(path) as f:
+            if f.attrs.get(HEADER_ATTR) is None:
+                return None  # written by Keras itself: its config is translated through Keras
+    return fmt.name, fmt.read(path)
+
+
+def diff_light(a: Path | str, b: Path | str, *, like: Path | str | None = None) -> Any:
+    """:func:`~modelkeep.tools.diff.diff_paths`, without Keras when both files allow it."""
+    from modelkeep.tools.diff import diff_paths, diff_states
+
+    read_a, read_b = (None, None) if like is not None else (read_light(a), read_light(b))
+    if read_a is None or read_b is None:
+        return diff_paths(a, b, like=like)
+    report = diff_states(read_a[1], read_b[1], label_a=str(a), label_b=str(b))
+    report.format_a, report.format_b = read_a[0], read_b[0]
+    return report
+
+
 # ------------------------------------------------------------------ .keras without Keras
 def _layer_list(config: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The layers of a Sequential model's config (InputLayer left out, as ``model.layers`` does)."""
@@ -263,4 +294,4 @@ def _shape_text(shape: list) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
-__all__ = ["LAYER_VARIABLES", "OPTIMIZER_SLOTS", "describe_light", "light_summary"]
+__all__ = ["LAYER_VARIABLES", "OPTIMIZER_SLOTS", "describe_light", "diff_light", "light_summary", "read_light"]
