@@ -76,9 +76,9 @@ def describe_light(path: Path | str, *, signatures: bool = True) -> dict[str, An
     from modelkeep.tools import inspect
 
     path = registry.strip_tf_suffix(Path(path))
-    fmt = registry.detect(path)  # raises for a path that does not exist
+    fmt = None if path.is_dir() else registry.detect(path)  # raises for a path that does not exist
     if fmt not in (registry.KERAS_ZIP, registry.HDF5, registry.SAFETENSORS) or not path.is_file():
-        return inspect.describe(path, signatures=signatures)
+        return inspect.describe(path, signatures=signatures)  # directories, TF checkpoints
     try:
         state = _read_keras_zip(path) if fmt is registry.KERAS_ZIP else fmt.read(path)
     except Exception:  # noqa: BLE001 - whatever Keras says about this file is the answer
@@ -106,7 +106,7 @@ def read_light(path: Path | str) -> tuple[str, ModelState] | None:
     """``(format name, state)`` as :func:`~modelkeep.tools.reading.read_state` gives it, read
     without Keras; None where that needs Keras (then use ``read_state``)."""
     path = registry.strip_tf_suffix(Path(path))
-    fmt = registry.detect(path)
+    fmt = None if path.is_dir() else registry.detect(path)
     if fmt not in (registry.KERAS_ZIP, registry.HDF5, registry.SAFETENSORS) or not path.is_file():
         return None
     if fmt is registry.KERAS_ZIP:
