@@ -128,6 +128,8 @@ def test_cli_inspect_imports_no_tensorflow(tmp_path):
         assert [layer["output_shape"] for layer in info["model"]["layers"]] == ["(None, 5)", "(None, 1)"]
     done = _probe(["verify", *(p.name for p in paths)], tmp_path)
     assert done.returncode == 0 and "imported: []" in done.stderr, done.stderr
+    done = _probe(["ls", "."], tmp_path)
+    assert done.returncode == 0 and "imported: []" in done.stderr and "model.keras" in done.stdout, done.stderr
     mk.save_model(_trained(lambda o: _dense(o), "adam"), tmp_path / "other.keras")
     done = _probe(["diff", "model.keras", "other.keras", "--json"], tmp_path)
     assert done.returncode == 0 and "imported: []" in done.stderr, done.stderr
