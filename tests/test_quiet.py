@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = ("absl::InitializeLog", "Could not find cuda drivers", "cuInit", "oneDNN custom operations")
 
@@ -62,3 +64,13 @@ def test_the_hook_can_be_turned_off():
     off = subprocess.run([sys.executable, "-c", code], env=_env(MODELKEEP_TF_LOGS="1"), capture_output=True, text=True, timeout=60)
     on = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
     assert (off.stdout, on.stdout) == ("False\n", "True\n"), (off.stderr, on.stderr)
+
+
+@pytest.mark.slow
+def test_make_demo_has_a_clean_stderr(tmp_path):
+    """What `make demo` runs (`modelkeep demo` with the Makefile's TF_CPP_MIN_LOG_LEVEL=2): no start-up lines."""
+    done = subprocess.run([sys.executable, "-m", "modelkeep.cli.main", "demo", "--dir", str(tmp_path / "demo")],
+                          env=_env(TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "predictions all equal bit for bit" in done.stdout
+    assert not _noise(done.stderr), done.stderr
