@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -37,6 +38,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import numpy as np  # noqa: E402
+
+import modelkeep  # noqa: E402  - before TensorFlow: keeps its start-up lines off stderr
 
 GB = 1e9
 GIB = 1 << 30
@@ -450,6 +453,32 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def duration_note(args: argparse.Namespace) -> str:
+    """What the run is about to do and how long that took where it was measured."""
+    return (
+        f"benchmark: {args.size_gb:g} GiB of float32 state, median of {args.reps}, 12 save/load contenders, then "
+        "memory, GIL and training-stall runs. Measured on a 2-core machine with other jobs running (Dec 2026): "
+        "`--size-gb 0.05 --reps 1` took 4.7 minutes; the default (1 GiB, 3 reps) takes well over 5 minutes. "
+        "Ctrl-C or SIGTERM stops it and removes what it wrote."
+    )
+
+
+def _stop(signum: int, frame: Any) -> None:
+    # SIGTERM / SIGHUP end the run like Ctrl-C does: through `finally`, which removes the files
+    raise SystemExit(128 + signum)
+
+
+def cleanup(work: Path) -> None:
+    """Remove the run's directory, after any background save still writing into it."""
+    try:
+        from modelkeep.checkpoint.writer import wait_for_saves
+
+        wait_for_saves(raise_errors=False)
+    except Exception:  # noqa: BLE001 - removing the files matters more
+        pass
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-gb", type=float, default=1.0, help="float32 state size in GiB (default 1.0)")
@@ -459,12 +488,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dir", type=Path, help="where to write (default: a temporary directory)")
     args = parser.parse_args(argv)
 
+    print(duration_note(args), flush=True)
+    started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="modelkeep-bench-", dir=args.dir))
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         results = run(args, work)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        cleanup(work)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print_report(results)
+    print(f"\ntook {(time.perf_counter() - started) / 60:.1f} minutes")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
         print(f"\nfigures written to {args.json}")
@@ -474,8 +509,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import keras
     import tensorflow as tf
-
-    import modelkeep
 
     model = build_model(args.size_gb)
     nbytes = state_bytes(model)

@@ -9,6 +9,10 @@ Example::
 
 __version__ = "0.1.0"
 
+from modelkeep import quiet as _quiet  # noqa: E402
+
+_quiet.install()  # TensorFlow's CPU-only start-up lines stay off stderr (modelkeep/quiet.py)
+
 from modelkeep.api import load_model, load_weights, save_model, save_weights  # noqa: E402
 from modelkeep.checkpoint.resume import fit  # noqa: E402
 from modelkeep.checkpoint.store import list_checkpoints  # noqa: E402

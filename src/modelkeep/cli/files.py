@@ -105,9 +105,9 @@ def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from modelkeep.tools.inspect import describe
+    from modelkeep.tools.light import describe_light  # .keras/.h5/.safetensors without TensorFlow
 
-    infos = [describe(p) for p in args.paths]
+    infos = [describe_light(p) for p in args.paths]
     if args.json:
         print_json(infos if len(infos) > 1 else infos[0])
         return EXIT_OK
@@ -243,9 +243,9 @@ def _add_diff(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    from modelkeep.tools.diff import diff_paths
+    from modelkeep.tools.light import diff_light  # .keras/.h5/.safetensors without TensorFlow
 
-    report = diff_paths(args.a, args.b, like=args.like)
+    report = diff_light(args.a, args.b, like=args.like)
     code = EXIT_FAILED if args.exit_code and not report.identical else EXIT_OK
     if args.json:
         print_json(report.as_dict())

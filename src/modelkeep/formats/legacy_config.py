@@ -208,6 +208,8 @@ def _op_module(entry: dict) -> str | None:
 
 
 def _layer_config(class_name: str, config: dict, opts: _Options) -> dict:
+    if class_name == "Lambda" and "function_type" in config:
+        config = _lambda_config(config)
     config.pop("batch_input_shape", None) if class_name != "InputLayer" else None
     if "dtype" in config:
         config["dtype"] = _policy_name(config["dtype"])
@@ -229,6 +231,57 @@ def _layer_config(class_name: str, config: dict, opts: _Options) -> dict:
         if key == "cells" and isinstance(value, list):
             config[key] = [_layer(v, opts) for v in value]
     return config
+
+
+def _lambda_config(config: dict) -> dict:
+    """A Keras 2 ``Lambda`` config (``function`` + ``function_type``, ``module``) in Keras 3's form.
+
+    Keras 2 stores a lambda as ``[base64 marshal bytecode, defaults, closure]``, Keras 3 as
+    ``{"class_name": "__lambda__", "config": {"code", "defaults", "closure"}}`` (the same
+    encoding); a named function becomes a reference Keras 3 resolves by name. Only reached
+    with ``safe_mode=False``.
+    """
+    config = dict(config)
+    name = config.get("name", "?")
+    module = config.pop("module", None)
+    config["function"] = _function(config.get("function"), config.pop("function_type", "lambda"), module, name)
+    shape_type = config.pop("output_shape_type", "raw")
+    shape_module = config.pop("output_shape_module", None)
+    if config.get("output_shape") is None:
+        config.pop("output_shape", None)
+    elif shape_type != "raw":
+        config["output_shape"] = _function(config["output_shape"], shape_type, shape_module, name)
+    return config
+
+
+def _function(value: Any, kind: str, module: Any, layer: str) -> Any:
+    if kind != "lambda":  # a named function of `module`: custom_objects or that module provides it
+        return {"module": module, "class_name": "function", "config": value, "registered_name": value}
+    code, defaults, closure = (list(value) + [None, None])[:3] if isinstance(value, (list, tuple)) else (value, None, None)
+    _check_bytecode(code, layer)
+    return {"class_name": "__lambda__", "config": {"code": code, "defaults": defaults, "closure": closure}}
+
+
+def _check_bytecode(code: Any, layer: str) -> None:
+    """Refuse, saying why, bytecode this Python cannot read (it was written by another version)."""
+    import binascii
+    import marshal
+    import sys
+    import types
+
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    try:
+        loaded = marshal.loads(binascii.a2b_base64(str(code).encode("ascii")))
+        problem = None if isinstance(loaded, types.CodeType) else f"it holds a {type(loaded).__name__}, not code"
+    except (ValueError, EOFError, TypeError, binascii.Error) as exc:
+        problem = str(exc)
+    if problem is not None:
+        raise UnsupportedModelError(
+            f"load_model: layer '{layer}' is a Lambda layer whose function is Python bytecode that "
+            f"Python {version} cannot read ({problem}). Bytecode only runs on the Python version that "
+            "wrote it, so this file was saved by another one: load it with that version, or build the "
+            "model in code and load the file's weights with modelkeep.load_weights(model, path)."
+        )
 
 
 def _model(class_name: str, config: dict, opts: _Options) -> dict:

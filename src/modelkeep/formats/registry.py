@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelkeep.errors import FormatError
+from modelkeep.errors import CheckpointNotFoundError, FormatError
 from modelkeep.formats.base import Format
 from modelkeep.formats.hdf5 import HDF5Format
 from modelkeep.formats.keras_zip import KerasWeightsFormat, KerasZipFormat
@@ -35,6 +35,7 @@ SAFETENSORS = SafetensorsFormat()
 
 ALL: tuple[Format, ...] = (TF_CHECKPOINT, SAVED_MODEL, HDF5, KERAS_ZIP, KERAS_WEIGHTS, SAFETENSORS)
 
+_SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".keras", ".safetensors")
 _KNOWN = ".h5 .hdf5 .weights.h5 .keras .safetensors, or no extension"
 
 
@@ -109,6 +110,12 @@ def strip_tf_suffix(path: Path) -> Path:
 def detect(path: Path) -> Format:
     """The format of something that exists on disk (for reading, listing and the CLI)."""
     path = strip_tf_suffix(Path(path))
+    if not path.exists() and not any(Path(str(path) + s).exists() for s in (INDEX_SUFFIX, ".data-00000-of-00001")):
+        prefix = f" (nor a TF checkpoint {path}{INDEX_SUFFIX})" if _suffix(path) not in _SUFFIXES else ""
+        raise CheckpointNotFoundError(
+            f"{path} does not exist: there is no file or directory of that name{prefix}. "
+            f"Check the path and the current directory ({Path.cwd()})."
+        )
     if path.is_dir():
         if (path / "saved_model.pb").exists():
             return SAVED_MODEL
