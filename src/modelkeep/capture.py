@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from modelkeep.errors import IncompatibleModelError, UnsupportedModelError
-from modelkeep.state import MODEL, OPTIMIZER, RNG, ModelState
+from modelkeep.own_state import META_KEY, capture_own, restore_own
+from modelkeep.state import LAYERS, MODEL, OPTIMIZER, RNG, ModelState
 
 FORMAT_VERSION = 1
 
@@ -170,12 +171,16 @@ def capture(
             variables[f"{OPTIMIZER}/{key}"] = _to_numpy(variable, copy)
         for key, variable in rng_variable_keys(model):
             variables[f"{RNG}/{key}"] = _to_numpy(variable, copy)
+    own, own_info = capture_own(model)
+    variables.update(own)
     meta = {
         "format_version": FORMAT_VERSION,
         "created": time.time(),
         "versions": versions(),
         "layer_names": layer_names(model),
     }
+    if own_info:
+        meta[META_KEY] = own_info
     meta.update(metadata or {})
     return ModelState(
         variables=variables,
@@ -231,6 +236,7 @@ def restore(model: Any, state: ModelState, *, source: str = "the file", optimize
         restore(model, read_state("weights.safetensors"))
     """
     _check_and_assign(model_variable_keys(model), state.group(MODEL), "model", source)
+    restore_own(model, {f"{LAYERS}/{k}": v for k, v in state.group(LAYERS).items()}, state.metadata.get(META_KEY), source=source)
     if optimizer:
         restore_rng(model, state, source=source)
     saved_optimizer = state.group(OPTIMIZER)

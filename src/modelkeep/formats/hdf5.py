@@ -24,7 +24,7 @@ import numpy as np
 from modelkeep.errors import CorruptCheckpointError, FormatError
 from modelkeep.formats import legacy_config
 from modelkeep.formats.base import Format
-from modelkeep.state import MODEL, OPTIMIZER, RNG, ModelState
+from modelkeep.state import LAYERS, MODEL, OPTIMIZER, RNG, ModelState
 from modelkeep.storage.commit import atomic_path
 
 HEADER_ATTR = "modelkeep"
@@ -151,7 +151,7 @@ class HDF5Format(Format):
         whole_model = state.model_config is not None and (state.compile_config is not None or state.has_optimizer)
         with atomic_path(path) as tmp:
             with h5py.File(tmp, "w") as f:
-                order = [k for k in state.variables if k.startswith((MODEL + "/", OPTIMIZER + "/", RNG + "/"))]
+                order = [k for k in state.variables if k.startswith((MODEL + "/", OPTIMIZER + "/", RNG + "/", LAYERS + "/"))]
                 f.attrs["keras_version"] = keras.__version__
                 f.attrs["backend"] = "tensorflow"
                 if whole_model:
@@ -184,6 +184,12 @@ class HDF5Format(Format):
                     for name, array in rng.items():
                         _dataset(rng_group, name, array)
                         datasets[f"{RNG}/{name}"] = f"{rng_group.name}/{name}"
+                own = state.group(LAYERS)
+                if own:  # a layer's own state (lookup tables, ...): ``modelkeep.own_state``
+                    own_group = f.create_group("modelkeep_layers")
+                    for name, array in own.items():
+                        _dataset(own_group, name, array)
+                        datasets[f"{LAYERS}/{name}"] = f"{own_group.name}/{name}"
                 f.attrs[HEADER_ATTR] = json.dumps({**json.loads(state.header_json()), "order": order, "datasets": datasets})
         return [path]
 

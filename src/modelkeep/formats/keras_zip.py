@@ -6,6 +6,7 @@ protocol (Keras writes in place) and clear errors.
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ class KerasWeightsFormat(Format):
     def save_weights(self, model: Any, path: Path) -> list[Path]:
         with atomic_path(path, keep_suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
+            _add_own_state(model, tmp)
         return [path]
 
     def load_weights(self, model: Any, path: Path) -> None:
@@ -99,6 +101,7 @@ class KerasWeightsFormat(Format):
         _open(path).close()  # a clear error for a file that is not HDF5
         try:
             model.load_weights(path)
+            _load_own_state(model, path)
         except ValueError as exc:
             from modelkeep.errors import IncompatibleModelError
 
@@ -112,3 +115,38 @@ class KerasWeightsFormat(Format):
             f"read: {path} is a Keras 3 weights file, which holds no architecture; load it into a "
             "model you build with modelkeep.load_weights(model, path)."
         )
+
+
+OWN_GROUP = "modelkeep_layer_state"
+
+
+def _add_own_state(model: Any, path: Path) -> None:
+    """Keras's ``.weights.h5`` has no assets (an adapted vocabulary); keep every layer's own
+    state in one extra group, which Keras's loader does not read."""
+    import h5py
+
+    from modelkeep.own_state import capture_own
+
+    arrays, info = capture_own(model)
+    if not info:
+        return
+    with h5py.File(path, "a") as f:
+        group = f.create_group(OWN_GROUP)
+        group.attrs["info"] = json.dumps(info)
+        for key, array in arrays.items():
+            group.create_dataset(key, data=array)
+
+
+def _load_own_state(model: Any, path: Path) -> None:
+    import h5py
+
+    from modelkeep.own_state import restore_own
+
+    with h5py.File(path, "r") as f:
+        if OWN_GROUP not in f:
+            return
+        group = f[OWN_GROUP]
+        info = json.loads(group.attrs["info"])
+        arrays: dict[str, Any] = {}
+        group.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    restore_own(model, arrays, info, source=str(path))

@@ -24,7 +24,7 @@ from modelkeep.capture import build_model, capture, model_variable_keys
 from modelkeep.errors import CorruptCheckpointError, UnsupportedModelError
 from modelkeep.formats.base import Format
 from modelkeep.formats.safetensors import SafetensorsFormat
-from modelkeep.state import MODEL, OPTIMIZER, RNG, ModelState
+from modelkeep.state import LAYERS, MODEL, OPTIMIZER, RNG, ModelState
 from modelkeep.storage.commit import atomic_path
 
 HEADER_FILE = "modelkeep.json"
@@ -79,7 +79,7 @@ class SavedModelFormat(Format):
             header["order"] = list(state.group(MODEL))
             header["variables_index"] = positions
             (tmp / HEADER_FILE).write_text(json.dumps(header))
-            training_state = {k: v for k, v in state.variables.items() if k.startswith((OPTIMIZER + "/", RNG + "/"))}
+            training_state = {k: v for k, v in state.variables.items() if k.startswith((OPTIMIZER + "/", RNG + "/", LAYERS + "/"))}
             if training_state:
                 SafetensorsFormat().write(ModelState(training_state), tmp / OPTIMIZER_FILE)
         return self.files(path)
