@@ -14,8 +14,8 @@ from typing import Any
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
-from modelkeep.capture import _explain_deserialize_error, build_model, capture, restore_rng
-from modelkeep.errors import CorruptCheckpointError, FormatError, UnsupportedModelError
+from modelkeep.capture import build_model, capture, deserialization_error, restore_rng
+from modelkeep.errors import CorruptCheckpointError, FormatError
 from modelkeep.formats.base import Format
 from modelkeep.state import RNG, ModelState
 from modelkeep.storage.commit import atomic_path
@@ -62,7 +62,7 @@ class KerasZipFormat(Format):
         except zipfile.BadZipFile as exc:
             raise CorruptCheckpointError(f"load_model: {path} is a damaged zip ({exc}); use another copy.") from exc
         except (TypeError, ValueError) as exc:
-            raise UnsupportedModelError(_explain_deserialize_error(exc, str(path))) from exc
+            raise deserialization_error(exc, str(path)) from exc
 
     def read(self, path: Path) -> ModelState:
         return capture(self.load_model(path, compile=True))
@@ -88,10 +88,15 @@ class KerasWeightsFormat(Format):
     def write(self, state: ModelState, path: Path, *, model: Any = None) -> list[Path]:
         return self.save_weights(_model_for(state, model), path)
 
-    def save_weights(self, model: Any, path: Path) -> list[Path]:
+    def save_weights(self, model: Any, path: Path, *, objects_to_skip: Any = None) -> list[Path]:
         with atomic_path(path, keep_suffix=".weights.h5") as tmp:
-            model.save_weights(tmp)
-            _add_own_state(model, tmp)
+            if objects_to_skip is None:
+                model.save_weights(tmp)
+                _add_own_state(model, tmp)
+            else:
+                from keras.src.saving import saving_lib
+
+                saving_lib.save_weights_only(model, str(tmp), objects_to_skip=objects_to_skip)
         return [path]
 
     def load_weights(self, model: Any, path: Path) -> None:
@@ -106,8 +111,8 @@ class KerasWeightsFormat(Format):
             from modelkeep.errors import IncompatibleModelError
 
             raise IncompatibleModelError(
-                f"load_weights: {path} does not fit the model: {exc}. The file was saved from "
-                "a different architecture."
+                f"{str(exc).strip()}\nload_weights: {path} does not fit the model. The file was saved "
+                "from a different architecture; skip_mismatch=True loads the parts that fit."
             ) from exc
 
     def read(self, path: Path) -> ModelState:
