@@ -24,6 +24,7 @@ import numpy as np
 from modelkeep.errors import CorruptCheckpointError, FormatError
 from modelkeep.formats import legacy_config
 from modelkeep.formats.base import Format
+from modelkeep.own_state import restore_own
 from modelkeep.state import LAYERS, MODEL, OPTIMIZER, RNG, ModelState
 from modelkeep.storage.commit import atomic_path
 
@@ -200,6 +201,7 @@ class HDF5Format(Format):
                 from modelkeep.formats import legacy
 
                 legacy.load_h5_into(model, f, str(path), optimizer=False)
+                restore_own(model, {}, None, source=str(path))  # Normalization: from its variables
                 return
         super().load_weights(model, path)
 
@@ -209,7 +211,9 @@ class HDF5Format(Format):
             if f.attrs.get(HEADER_ATTR) is None:
                 from modelkeep.formats import legacy
 
-                return legacy.load_h5_model(path, f, **kwargs)
+                model = legacy.load_h5_model(path, f, **kwargs)
+                restore_own(model, {}, None, source=str(path))
+                return model
         return super().load_model(path, **kwargs)
 
     def read(self, path: Path) -> ModelState:

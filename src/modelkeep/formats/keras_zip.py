@@ -46,6 +46,15 @@ class KerasZipFormat(Format):
     def save_model(self, model: Any, path: Path, *, include_optimizer: bool = True) -> list[Path]:
         return self.write(capture(model, include_optimizer=include_optimizer), path, model=model)
 
+    def require(self, path: Path) -> None:
+        if not path.exists():
+            from modelkeep.errors import CheckpointNotFoundError
+
+            raise CheckpointNotFoundError(
+                f"File not found: filepath={path}. Please ensure the file is an accessible `.keras` zip "
+                "file. (load: nothing at that path; check it.)"
+            )
+
     def load_model(self, path: Path, *, custom_objects: dict | None = None, compile: bool = True, safe_mode: bool = True) -> Any:
         import keras
 

@@ -92,7 +92,11 @@ class SavedModelFormat(Format):
             from modelkeep.formats import legacy
 
             # built once, with the caller's custom_objects, optimizer state included
-            return legacy.load_savedmodel(path, **kwargs)
+            from modelkeep.own_state import restore_own
+
+            model = legacy.load_savedmodel(path, **kwargs)
+            restore_own(model, {}, None, source=str(path))  # Normalization: from its variables
+            return model
         return super().load_model(path, **kwargs)
 
     def read(self, path: Path) -> ModelState:
