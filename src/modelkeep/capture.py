@@ -226,7 +226,7 @@ def _count_mismatch(pairs: list[tuple[str, Any]], saved: dict[str, np.ndarray], 
             return (
                 f"Layer '{names.get(layer, layer)}' expected {count} variables, but received "
                 f"{theirs.get(layer, 0)} variables during loading. load: the model has {len(pairs)} {what} "
-                f"variables and {source} holds {len(saved)}."
+                f"variables but {source} holds {len(saved)}."
             )
     return f"load: the model has {len(pairs)} {what} variables but {source} holds {len(saved)}."
 
@@ -361,12 +361,12 @@ def _explain_deserialize_error(exc: Exception, source: str) -> str:
     text = str(exc).strip()
     if "Lambda" in text or "lambda" in text or "safe_mode" in text:
         return (
-            f"{text}\nload_model: {source} contains a Lambda layer whose Python bytecode modelkeep will "
+            f"{text} load_model: {source} contains a Lambda layer whose Python bytecode modelkeep will "
             "not run by default. If you trust the file, pass safe_mode=False; otherwise "
             "rebuild the model in code and load its weights."
         )
     return (
-        f"{text}\nload_model: the architecture in {source} could not be rebuilt. If it uses a "
+        f"{text} load_model: the architecture in {source} could not be rebuilt. If it uses a "
         "custom layer or model class, register it with @keras.saving.register_keras_serializable() "
         "or pass custom_objects={'Name': Class}; otherwise build the model in code and call "
         "modelkeep.load_weights(model, path)."

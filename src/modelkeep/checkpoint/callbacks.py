@@ -192,7 +192,11 @@ class _SaveFrequency:
 
 
 # ------------------------------------------------------------------------ ModelCheckpoint
-class ModelCheckpoint(keras.callbacks.ModelCheckpoint):
+#: Keras's class as imported (``modelkeep.compat`` may later rebind the public name)
+_KERAS_MODEL_CHECKPOINT = keras.callbacks.ModelCheckpoint
+
+
+class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
     """Keras 3's ``ModelCheckpoint`` with every format, atomic saves, manifests and retention.
 
     Arguments as Keras's (``filepath`` templates with ``{epoch}``, ``{batch}`` and logged
@@ -245,7 +249,7 @@ class ModelCheckpoint(keras.callbacks.ModelCheckpoint):
         # Keras's own __init__ would refuse every format but .keras/.h5/.weights.h5, so its
         # parent's (MonitorCallback: monitor, mode, best, min_delta, monitor_op) runs, and the
         # rest of Keras's attributes are set below.
-        super(keras.callbacks.ModelCheckpoint, self).__init__(monitor, mode, initial_value_threshold)
+        super(_KERAS_MODEL_CHECKPOINT, self).__init__(monitor, mode, initial_value_threshold)
         self.async_save = async_save
         self._writer: AsyncWriter | None = None
         self._buffers = SnapshotBuffers()

@@ -120,7 +120,7 @@ class KerasWeightsFormat(Format):
             from modelkeep.errors import IncompatibleModelError
 
             raise IncompatibleModelError(
-                f"{str(exc).strip()}\nload_weights: {path} does not fit the model. The file was saved "
+                f"{str(exc).strip()} load_weights: {path} does not fit the model. The file was saved "
                 "from a different architecture; skip_mismatch=True loads the parts that fit."
             ) from exc
 
