@@ -159,6 +159,11 @@ def test_interrupted_fit_resumes_from_the_backup_and_nothing_is_left_in_flight(t
     assert [n for n in names if not n.startswith("ckpt-")] == [] and len(names) == 2
     assert not any(w.busy for w in list(mk.checkpoint.writer._OPEN))
     assert int(model.layers[0].count.numpy()) == 6
+    # Keras's names for "the latest backup" and "the one before", on modelkeep's layout
+    newest, previous = sorted((tmp_path / "b").iterdir(), reverse=True)
+    assert backup._weights_path == str(newest / "state.safetensors")
+    assert backup._prev_weights_path == str(previous / "state.safetensors")
+    assert backup._training_metadata_path == str(newest / "manifest.json")
     history = model.fit(X, Y, batch_size=4, epochs=5, verbose=0, callbacks=[backup])
     assert history.epoch == [2, 3, 4]
     assert int(model.layers[0].count.numpy()) == 15
