@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from modelkeep.errors import IncompatibleModelError
+from modelkeep.errors import CorruptCheckpointError, IncompatibleModelError
 
 LAYERS = "layers"
 META_KEY = "layer_state"
@@ -155,6 +155,13 @@ def restore_own(model: Any, arrays: dict[str, np.ndarray], info: list[dict[str, 
                 f"load: own state {n} in {source} is of a {entry['class']} layer ('{entry['name']}') but "
                 f"the model's is a {type(layer).__name__} ('{layer.name}'). The file was saved from a "
                 "different architecture."
+            )
+        wanted = [f"{LAYERS}/{n}/vars/{key}" for key in entry["vars"]] + [f"{LAYERS}/{n}/assets/{a}" for a in entry["assets"]]
+        missing = [key for key in wanted if key not in arrays]
+        if missing:
+            raise CorruptCheckpointError(
+                f"load: {source} lists own state {', '.join(missing)} of layer '{entry['name']}' but does not "
+                "hold it; the file is damaged. Use another copy."
             )
         store = {key: _from_array(arrays[f"{LAYERS}/{n}/vars/{key}"], key in entry["text"]) for key in entry["vars"]}
         if hasattr(layer, "load_own_variables"):

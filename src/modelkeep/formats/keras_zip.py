@@ -154,9 +154,10 @@ def _add_own_state(model: Any, path: Path) -> None:
 def _load_own_state(model: Any, path: Path) -> None:
     import h5py
 
+    from modelkeep.formats.hdf5 import _open
     from modelkeep.own_state import restore_own
 
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:  # the guarded opening
         if OWN_GROUP not in f:
             return
         group = f[OWN_GROUP]
