@@ -187,6 +187,27 @@ def test_a_failed_backup_is_reported_in_the_run_that_raised(tmp_path, monkeypatc
         model.fit(X, Y, batch_size=4, epochs=1, verbose=0)
 
 
+def test_a_failed_backup_is_reported_when_validation_raises(tmp_path, monkeypatch):
+    from modelkeep.checkpoint import store
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    calls = []
+    real_save_state = store.save_state
+
+    def last_one_fails(*args, **kwargs):  # the backup after the last batch, before validation
+        calls.append(1)
+        return disk_full() if len(calls) == 3 else real_save_state(*args, **kwargs)
+
+    monkeypatch.setattr(store, "save_state", last_one_fails)
+    bad_y = np.zeros((12, 2, 3), "float32")  # the validation step itself fails
+    with pytest.warns(UserWarning, match="failed before fit ended"), pytest.raises(Exception) as raised:
+        _counting_model().fit(X, Y, batch_size=4, epochs=1, verbose=0, validation_data=(X, bad_y),
+                              callbacks=[mk.BackupAndRestore(tmp_path / "b", save_freq=1)])  # fmt: skip
+    assert any("disk is full" in note for note in raised.value.__notes__)
+
+
 def test_a_kept_backup_does_not_move_a_later_fit_without_the_callback(tmp_path):
     """Deliberate: Keras leaves model._initial_epoch set for every later fit; modelkeep does not."""
     model = _counting_model()

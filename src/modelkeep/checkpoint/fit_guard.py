@@ -4,14 +4,14 @@ Keras calls no callback when ``fit`` ends with an exception, so a save that the 
 writer was still writing would go on after the exception reached the caller (whose
 cleanup then races it) and its failure would only show in the next run. At
 ``on_train_begin`` a modelkeep callback wraps, for this ``fit`` only, the hooks of the
-``CallbackList`` that ``fit`` made and the model's ``train_function``: an exception
+``CallbackList`` that ``fit`` made and the model's ``train_function``/``test_function``: an exception
 passing through them first waits for every save in flight; a save that failed is
 reported then (a warning, and a note on the exception), in that run. ``on_train_end``
 takes the wrappers off again.
 
-Not covered: an exception raised by ``fit`` itself outside a training step and outside
-the callbacks (the data iterator, validation's own function); ``mk.wait_for_saves()``
-covers those.
+The validation's ``test_function`` is guarded too, from its ``on_test_begin`` on. Not
+covered: an exception raised by ``fit`` itself outside a step and outside the callbacks
+(the data iterator); ``mk.wait_for_saves()`` covers that.
 
 Example::
 
@@ -92,6 +92,8 @@ class FitGuard:
         targets.append((guard.model, "train_function"))
         for owner, name in targets:
             current = getattr(owner, name, None)
+            if owner is guard.callback_list and name == "on_test_begin" and current is not None:
+                current = guard._also_guarding_test_function(current)
             if current is None:
                 continue
             if getattr(current, MARK, None) is not None:
@@ -104,6 +106,20 @@ class FitGuard:
                 continue
             guard.wrapped.append((owner, name))
         return guard
+
+    def _also_guarding_test_function(self, on_test_begin: Any) -> Any:
+        """Validation makes ``test_function`` just before ``on_test_begin``: guard it then."""
+
+        def hook(*args: Any, **kwargs: Any) -> Any:
+            result = on_test_begin(*args, **kwargs)
+            current = getattr(self.model, "test_function", None)
+            if current is not None:
+                self.model.test_function = _wrap(current)  # no-op when already guarded
+                if (self.model, "test_function") not in self.wrapped:
+                    self.wrapped.append((self.model, "test_function"))
+            return result
+
+        return hook
 
     def remove(self) -> None:
         for owner, name in self.wrapped:
