@@ -1,8 +1,9 @@
 """A layer's own state (save_own_variables / save_assets) round-trips through every format.
 
-The model holds the three kinds Keras's saving tests care about: an adapted Normalization
-(recomputes its statistics in load_own_variables), an adapted StringLookup (vocabulary in
-save_assets), and a custom layer whose state is not a variable at all. After a load into a
+The model holds the kinds Keras's saving tests care about: an adapted Normalization
+(recomputes its statistics in load_own_variables), adapted StringLookup, IntegerLookup and
+TextVectorization (vocabularies in save_assets), and a custom layer whose state is not a
+variable at all. After a load into a
 fresh, un-adapted copy, predictions must equal the original's bit for bit (same process,
 same machine), or the save must be refused naming the layer.
 """
@@ -40,25 +41,37 @@ class ShiftTable(keras.layers.Layer):
 def _model(adapt: bool = True) -> keras.Model:
     numbers = keras.Input((3,), name="numbers")
     words = keras.Input((1,), dtype="string", name="words")
+    codes = keras.Input((1,), dtype="int64", name="codes")
+    text = keras.Input((1,), dtype="string", name="text")
     norm = keras.layers.Normalization(name="norm")
     lookup = keras.layers.StringLookup(name="lookup")
+    integers = keras.layers.IntegerLookup(name="integers")
+    vectorize = keras.layers.TextVectorization(output_sequence_length=3, name="vectorize")
     table = ShiftTable(name="table")
     if adapt:
         norm.adapt(np.array([[1, 2, 3], [3, 6, 9], [5, 1, 0]], "float32"))
         lookup.adapt(np.array([["a"], ["b"], ["b"], ["c"], ["c"], ["c"]]))
+        integers.adapt(np.array([[7], [7], [42], [5]]))
+        vectorize.adapt(np.array(["the cat sat", "the dog sat down", "a cat"]))
         table.shift = np.array([10, 20, 30], "float32")
-    ids = keras.ops.cast(lookup(words), "float32")
-    out = keras.layers.Concatenate()([table(norm(numbers)), ids])
-    model = keras.Model([numbers, words], out)
+    as_float = [keras.ops.cast(layer(x), "float32") for layer, x in ((lookup, words), (integers, codes))]
+    tokens = keras.ops.cast(keras.ops.reshape(vectorize(text), (-1, 3)), "float32")
+    out = keras.layers.Concatenate()([table(norm(numbers)), *as_float, tokens])
+    model = keras.Model([numbers, words, codes, text], out)
     model.compile(optimizer="adam", loss="mse")
     return model
 
 
-X = [np.array([[1, 1, 1], [4, 2, 0]], "float32"), np.array([["c"], ["never-seen"]])]
+X = [
+    np.array([[1, 1, 1], [4, 2, 0]], "float32"),
+    np.array([["c"], ["never-seen"]]),
+    np.array([[42], [9]], "int64"),
+    np.array([["the dog sat"], ["a cat down"]]),
+]
 
 
 def _predict(model: keras.Model) -> np.ndarray:
-    return np.asarray(model([tf.constant(X[0]), tf.constant(X[1])]))
+    return np.asarray(model([tf.constant(x) for x in X]))
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +146,7 @@ def test_own_state_of_another_architecture_is_refused(tmp_path, original):
     inputs = keras.Input((3,))
     other = keras.Model(inputs, ShiftTable(name="t")(keras.layers.Normalization()(inputs)))  # no lookup
     assert [w.shape for w in other.weights] == [w.shape for w in model.weights]
-    with pytest.raises(IncompatibleModelError, match="own state of 3 layers"):
+    with pytest.raises(IncompatibleModelError, match="own state of 5 layers"):
         mk.load_weights(other, tmp_path / "w.safetensors")
 
 
