@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from modelkeep import saving_options
 from modelkeep.errors import CheckpointNotFoundError
 from modelkeep.formats import registry
 from modelkeep.formats.base import Format
@@ -23,22 +24,57 @@ from modelkeep.formats.tf_checkpoint import STATE_FILE, latest_in
 PathLike = str | os.PathLike
 
 
-def save_weights(model: Any, path: PathLike) -> list[Path]:
+def save_weights(
+    model: Any, path: PathLike, overwrite: bool = True, max_shard_size: float | None = None, **kwargs: Any
+) -> list[Path]:
     """Save the model's weights; the format comes from the path (bare prefix: TF checkpoint).
 
-    Returns the files written. Example: ``mk.save_weights(model, "ckpt/saved_modelname")``.
+    Keras's arguments too: ``overwrite``, ``max_shard_size`` (GB per shard, for a
+    ``.weights.json``), ``objects_to_skip`` (``.weights.h5``/``.weights.json``); see
+    ``modelkeep.saving_options``. Returns the files written.
+    Example: ``mk.save_weights(model, "ckpt/saved_modelname")``.
     """
     path = Path(path)
-    return registry.weights_format(path).save_weights(model, path)
+    options = saving_options.check_save_weights(path, max_shard_size, kwargs)
+    saving_options.check_overwrite(path, overwrite, "save_weights")
+    fmt = registry.weights_format(path)
+    if fmt is registry.KERAS_SHARDED:
+        return fmt.save_weights(model, path, max_shard_size=max_shard_size or 5.0, **options)
+    if max_shard_size is not None:
+        raise saving_options.InvalidArgumentError(
+            f"save_weights: max_shard_size writes Keras's sharded weights; give a `.weights.json` path. "
+            f"Received: filepath={path}"
+        )
+    if options["objects_to_skip"] is not None:
+        return fmt.save_weights(model, path, **options)
+    return fmt.save_weights(model, path)
 
 
-def save_model(model: Any, path: PathLike, *, include_optimizer: bool = True) -> list[Path]:
+def save_model(
+    model: Any, path: PathLike, overwrite: bool = True, zipped: bool | None = None, *, include_optimizer: bool = True,
+    **kwargs: Any,
+) -> list[Path]:
     """Save the whole model: architecture, weights, compile config and optimizer state.
 
     Example: ``mk.save_model(model, "mysavedmodel")`` writes a SavedModel directory;
-    ``"model.h5"`` one HDF5 file; ``"model.keras"`` a Keras 3 zip.
+    ``"model.h5"`` one HDF5 file; ``"model.keras"`` a Keras 3 zip; ``zipped=False`` Keras's
+    unzipped directory. ``overwrite=False`` refuses an existing target (no prompt).
     """
+    saving_options.save_model_kwargs(path, kwargs)
+    if saving_options.is_file_object(path):  # Keras's .keras into an open file
+        from keras.src.saving import saving_lib
+
+        saving_lib.save_model(model, path)
+        return []
     path = Path(path)
+    saving_options.check_overwrite(path, overwrite, "save_model")
+    if zipped is False:
+        if path.name.endswith(".keras"):
+            raise saving_options.InvalidArgumentError(
+                "When using `zipped=False`, the `filepath` argument should not end in `.keras`. "
+                f"Received: filepath={path}"
+            )
+        return registry.KERAS_DIR.save_model(model, path, include_optimizer=include_optimizer)
     return registry.model_format(path).save_model(model, path, include_optimizer=include_optimizer)
 
 
@@ -58,17 +94,23 @@ def resolve_weights_path(path: PathLike) -> tuple[Format, Path]:
     path = registry.strip_tf_suffix(path)
     if path.exists() or Path(str(path) + ".index").exists() or Path(str(path) + ".data-00000-of-00001").exists():
         return registry.detect(path), path
-    return registry.weights_format(path), path
+    return registry.weights_format(path, "load_weights"), path
 
 
-def load_weights(model: Any, path: PathLike) -> None:
+def load_weights(model: Any, path: PathLike, skip_mismatch: bool = False, **kwargs: Any) -> None:
     """Load weights into a model of the same architecture.
 
     ``path`` is a TF checkpoint prefix, a weights or model file, a SavedModel directory,
     or a directory holding a ``checkpoint`` state file (its latest checkpoint is taken).
-    Example: ``mk.load_weights(model, "saved_modelname")``.
+    Keras's arguments too: ``skip_mismatch``, ``objects_to_skip`` (Keras weights files),
+    ``by_name`` (``.h5``). Example: ``mk.load_weights(model, "saved_modelname")``.
     """
     path = Path(path)
+    options = saving_options.check_load_weights(path, kwargs)
+    if skip_mismatch or options["objects_to_skip"] is not None or options["by_name"]:
+        fmt, concrete = resolve_weights_path(path)
+        saving_options.load_weights_with(fmt, model, concrete, skip_mismatch=skip_mismatch, **options)
+        return
     if path.is_dir() and not (path / "saved_model.pb").exists() and _load_newest_good(model, path):
         return
     fmt, concrete = resolve_weights_path(path)
@@ -122,6 +164,14 @@ def load_model(
 
     Example: ``model = mk.load_model("mysavedmodel")``.
     """
+    if saving_options.is_file_object(path):  # Keras's .keras from an open file
+        from keras.src.saving import saving_lib
+
+        return saving_lib.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
     path = Path(path)
-    fmt = registry.detect(path) if path.exists() or Path(str(path) + ".index").exists() else registry.model_format(path)
+    fmt = (
+        registry.detect(path)
+        if path.exists() or Path(str(path) + ".index").exists()
+        else registry.model_format(path, "load_model")
+    )
     return fmt.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from modelkeep.errors import IncompatibleModelError, UnsupportedModelError
-from modelkeep.state import MODEL, OPTIMIZER, RNG, ModelState
+from modelkeep.own_state import META_KEY, capture_own, restore_own
+from modelkeep.state import LAYERS, MODEL, OPTIMIZER, RNG, ModelState
 
 FORMAT_VERSION = 1
 
@@ -170,12 +171,16 @@ def capture(
             variables[f"{OPTIMIZER}/{key}"] = _to_numpy(variable, copy)
         for key, variable in rng_variable_keys(model):
             variables[f"{RNG}/{key}"] = _to_numpy(variable, copy)
+    own, own_info = capture_own(model)
+    variables.update(own)
     meta = {
         "format_version": FORMAT_VERSION,
         "created": time.time(),
         "versions": versions(),
         "layer_names": layer_names(model),
     }
+    if own_info:
+        meta[META_KEY] = own_info
     meta.update(metadata or {})
     return ModelState(
         variables=variables,
@@ -203,18 +208,45 @@ def compile_config_of(model: Any) -> dict | None:
 
 
 # --------------------------------------------------------------------------- restore
+def _layer_counts(keys: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for key in keys:
+        layer = key.rsplit("/", 1)[0] if "/" in key else key
+        counts[layer] = counts.get(layer, 0) + 1
+    return counts
+
+
+def _count_mismatch(pairs: list[tuple[str, Any]], saved: dict[str, np.ndarray], what: str, source: str) -> str:
+    """Keras's words ("Layer 'x' expected N variables, but received M variables") when a layer
+    can be named, then modelkeep's."""
+    ours, theirs = _layer_counts(k for k, _ in pairs), _layer_counts(saved)
+    names = {key.rsplit("/", 1)[0]: variable.path.split("/")[-2] for key, variable in pairs if "/" in variable.path}
+    for layer, count in ours.items():
+        if theirs.get(layer, 0) != count:
+            return (
+                f"Layer '{names.get(layer, layer)}' expected {count} variables, but received "
+                f"{theirs.get(layer, 0)} variables during loading. load: the model has {len(pairs)} {what} "
+                f"variables but {source} holds {len(saved)}."
+            )
+    return f"load: the model has {len(pairs)} {what} variables but {source} holds {len(saved)}."
+
+
 def _check_and_assign(
-    pairs: list[tuple[str, Any]], saved: dict[str, np.ndarray], what: str, source: str
+    pairs: list[tuple[str, Any]], saved: dict[str, np.ndarray], what: str, source: str, *, skip_mismatch: bool = False
 ) -> None:
+    if skip_mismatch:
+        _assign_matching(pairs, saved, what, source)
+        return
     if len(pairs) != len(saved):
         raise IncompatibleModelError(
-            f"load: the model has {len(pairs)} {what} variables but {source} holds {len(saved)}. "
-            "The file was saved from a different architecture; build the model it was saved "
-            "from, or load it whole with modelkeep.load_model."
+            _count_mismatch(pairs, saved, what, source)
+            + " The file was saved from a different architecture; build the model it was saved "
+            "from, load it whole with modelkeep.load_model, or pass skip_mismatch=True."
         )
     for (_key, variable), (saved_key, array) in zip(pairs, saved.items()):
         if tuple(variable.shape) != tuple(array.shape):
             raise IncompatibleModelError(
+                f"The shape of the target variable and the shape of the target value must match. "
                 f"load: variable '{variable.path}' has shape {tuple(variable.shape)} in the model "
                 f"but {tuple(array.shape)} in {source} (saved as '{saved_key}'). "
                 "The file was saved from a different architecture."
@@ -223,14 +255,36 @@ def _check_and_assign(
         variable.assign(array)
 
 
-def restore(model: Any, state: ModelState, *, source: str = "the file", optimizer: bool = True) -> None:
+def _assign_matching(pairs: list[tuple[str, Any]], saved: dict[str, np.ndarray], what: str, source: str) -> None:
+    """``skip_mismatch=True``: assign by structural name where the shape fits, warn for the rest."""
+    skipped = []
+    for key, variable in pairs:
+        array = saved.get(key)
+        if array is None or tuple(array.shape) != tuple(variable.shape):
+            skipped.append(variable.path)
+            continue
+        variable.assign(array)
+    if skipped:
+        warnings.warn(
+            f"load: skip_mismatch=True: {len(skipped)} {what} variable(s) not in {source} or of another "
+            f"shape there were left as they are: {', '.join(skipped)}.",
+            stacklevel=4,
+        )
+
+
+def restore(
+    model: Any, state: ModelState, *, source: str = "the file", optimizer: bool = True, skip_mismatch: bool = False
+) -> None:
     """Assign the state's variables to ``model`` (same architecture), checking every shape.
 
     Example::
 
         restore(model, read_state("weights.safetensors"))
     """
-    _check_and_assign(model_variable_keys(model), state.group(MODEL), "model", source)
+    _check_and_assign(model_variable_keys(model), state.group(MODEL), "model", source, skip_mismatch=skip_mismatch)
+    if skip_mismatch:
+        return  # a partial load: layers' own state and the optimizer's are not matched
+    restore_own(model, {f"{LAYERS}/{k}": v for k, v in state.group(LAYERS).items()}, state.metadata.get(META_KEY), source=source)
     if optimizer:
         restore_rng(model, state, source=source)
     saved_optimizer = state.group(OPTIMIZER)
@@ -284,7 +338,7 @@ def build_model(
             state.model_config, custom_objects=custom_objects, safe_mode=safe_mode
         )
     except (TypeError, ValueError) as exc:
-        raise UnsupportedModelError(_explain_deserialize_error(exc, source)) from exc
+        raise deserialization_error(exc, source) from exc
     if compile and state.compile_config:
         try:
             model.compile_from_config(state.compile_config)
@@ -298,16 +352,25 @@ def build_model(
     return model
 
 
+def deserialization_error(exc: Exception, source: str) -> UnsupportedModelError:
+    """The error for an architecture Keras could not rebuild, of the type Keras raised."""
+    from modelkeep.errors import DeserializationError
+
+    cls = DeserializationError if isinstance(exc, TypeError) else UnsupportedModelError
+    return cls(_explain_deserialize_error(exc, source))
+
+
 def _explain_deserialize_error(exc: Exception, source: str) -> str:
-    text = str(exc)
+    """Keras's own words first (code matches on them), then what to do."""
+    text = str(exc).strip()
     if "Lambda" in text or "lambda" in text or "safe_mode" in text:
         return (
-            f"load_model: {source} contains a Lambda layer whose Python bytecode modelkeep will "
+            f"{text} load_model: {source} contains a Lambda layer whose Python bytecode modelkeep will "
             "not run by default. If you trust the file, pass safe_mode=False; otherwise "
-            f"rebuild the model in code and load its weights. Keras said: {text}"
+            "rebuild the model in code and load its weights."
         )
     return (
-        f"load_model: the architecture in {source} could not be rebuilt: {text}. If it uses a "
+        f"{text} load_model: the architecture in {source} could not be rebuilt. If it uses a "
         "custom layer or model class, register it with @keras.saving.register_keras_serializable() "
         "or pass custom_objects={'Name': Class}; otherwise build the model in code and call "
         "modelkeep.load_weights(model, path)."

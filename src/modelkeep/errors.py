@@ -14,8 +14,10 @@ class FormatError(ModelkeepError, ValueError):
     """A path whose format is unknown, or a file that is not what its name says."""
 
 
-class CheckpointNotFoundError(ModelkeepError, FileNotFoundError):
-    """A file or checkpoint that should be there is missing (or only half of it is)."""
+class CheckpointNotFoundError(ModelkeepError, FileNotFoundError, ValueError):
+    """A file or checkpoint that should be there is missing (or only half of it is).
+
+    Also a ``ValueError``: what Keras's ``load_model`` raises for a missing file."""
 
 
 class CorruptCheckpointError(ModelkeepError, OSError):
@@ -51,3 +53,15 @@ class UnsafeFileError(CorruptCheckpointError):
 class GraphOnlyModelError(UnsupportedModelError):
     """A SavedModel with no Keras part at all: only its serving graph can be run (never raised
     for a Keras model that was refused, so a refusal never falls back to the graph)."""
+
+
+class DeserializationError(UnsupportedModelError, TypeError):
+    """An architecture that cannot be rebuilt (unknown class); a ``TypeError`` as in Keras."""
+
+
+class InvalidArgumentError(ModelkeepError, ValueError):
+    """An argument that Keras's saving functions accept but not for this path, or do not know."""
+
+
+class TargetExistsError(ModelkeepError, FileExistsError):
+    """``overwrite=False`` and the target exists (Keras would prompt; modelkeep never prompts)."""

@@ -9,7 +9,8 @@ process:
 * ``model/layer_with_weights-0/kernel`` — model variables, in ``model.weights`` order;
 * ``optimizer/iteration``, ``optimizer/slots/layer_with_weights-0/kernel/momentum`` —
   optimizer variables, in ``optimizer.variables`` order;
-* ``rng/...`` and ``metrics/...`` — seed-generator and metric states (exact resume).
+* ``rng/...`` and ``metrics/...`` — seed-generator and metric states (exact resume);
+* ``layers/<n>/vars/...``, ``layers/<n>/assets/...`` — a layer's own state (lookup tables).
 
 Example::
 
@@ -29,7 +30,9 @@ MODEL = "model"
 OPTIMIZER = "optimizer"
 RNG = "rng"
 METRICS = "metrics"
-GROUPS = (MODEL, OPTIMIZER, RNG, METRICS)
+#: a layer's own state (``save_own_variables`` / ``save_assets``): see ``modelkeep.own_state``
+LAYERS = "layers"
+GROUPS = (MODEL, OPTIMIZER, RNG, METRICS, LAYERS)
 
 
 @dataclass
@@ -53,7 +56,7 @@ class ModelState:
     def weights_only(self) -> ModelState:
         """A state with the model variables only (what ``save_weights`` keeps)."""
         return ModelState(
-            {k: v for k, v in self.variables.items() if k.startswith(MODEL + "/")},
+            {k: v for k, v in self.variables.items() if k.startswith((MODEL + "/", LAYERS + "/"))},
             self.model_config,
             None,
             dict(self.metadata),

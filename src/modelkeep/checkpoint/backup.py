@@ -28,12 +28,13 @@ from modelkeep.checkpoint.callbacks import (
     _global_step,
     _SaveFrequency,
 )
+from modelkeep.checkpoint.fit_guard import FitGuard
 from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers, wait_for_saves
 from modelkeep.state import ModelState
 from modelkeep.storage.commit import clean_leftovers
 
 
-class BackupAndRestore(keras.callbacks.Callback):
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
     """Keras 3's ``BackupAndRestore``, with atomic, verified backups and fallback on restore.
 
     At the start of ``fit`` it restores the weights, the optimizer state and the epoch
@@ -59,13 +60,13 @@ class BackupAndRestore(keras.callbacks.Callback):
         on_error: str = "raise",
         async_save: bool = True,
     ) -> None:
-        super().__init__()
+        # Keras's own __init__: its checks and messages (empty backup_dir, save_freq), its
+        # attributes (save_freq, double_checkpoint, delete_checkpoint, its counters)
+        super().__init__(os.fspath(backup_dir) if backup_dir else backup_dir, save_freq, double_checkpoint, delete_checkpoint)
         self.async_save = async_save
         self._writer: AsyncWriter | None = None
         self._buffers = SnapshotBuffers()
-        if not backup_dir:
-            raise ValueError("Empty `backup_dir` argument passed")
-        _check_save_freq(save_freq)
+        _check_save_freq(save_freq, "backup")
         _check_on_error(on_error)
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be at least 1. Received: max_to_keep={max_to_keep}")
@@ -77,10 +78,51 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.on_error = on_error
         self.failed_saves = 0
         self.restored_from: Path | None = None
-        self._frequency = _SaveFrequency(save_freq)
+        self._frequency = _SaveFrequency(save_freq, last_batch=0)  # Keras's starts at 0 here
         self._current_epoch = 0
-        self._last_batch_seen = 0
         self._batches_total = 0
+        self._batches_in_epoch = 0
+
+    # Keras's counters, as views of modelkeep's (code written against Keras reads them)
+    @property
+    def _batches_seen_since_last_saving(self) -> int:
+        return self._frequency.seen_since_save if hasattr(self, "_frequency") else 0
+
+    @_batches_seen_since_last_saving.setter
+    def _batches_seen_since_last_saving(self, value: int) -> None:
+        if hasattr(self, "_frequency"):
+            self._frequency.seen_since_save = value
+
+    @property
+    def _last_batch_seen(self) -> int:
+        return self._frequency.last_batch if hasattr(self, "_frequency") else 0
+
+    @_last_batch_seen.setter
+    def _last_batch_seen(self, value: int) -> None:
+        if hasattr(self, "_frequency"):
+            self._frequency.last_batch = value
+
+    # Keras's file names, mapped onto modelkeep's layout: the weights and metadata of the
+    # newest backup and of the one before it (Keras's ``.bkp`` copies); its own names when
+    # there is none. Read-only: Keras's __init__ sets them, modelkeep ignores that.
+    def _backup_file(self, index: int, name: str, keras_name: str) -> str:
+        backups = []
+        if isinstance(getattr(self, "backup_dir", None), Path) and self.backup_dir.is_dir():
+            backups = [i for i in store.list_checkpoints(self.backup_dir, verify=False) if i.format == "modelkeep backup"]
+        if index < len(backups):
+            return str(backups[index].path / name)
+        return os.path.join(os.fspath(getattr(self, "backup_dir", "")), keras_name)
+
+    _weights_path = property(lambda self: self._backup_file(0, store.STORE_STATE, "latest.weights.h5"), lambda self, v: None)
+    _training_metadata_path = property(
+        lambda self: self._backup_file(0, store.STORE_MANIFEST, "training_metadata.json"), lambda self, v: None
+    )
+    _prev_weights_path = property(
+        lambda self: self._backup_file(1, store.STORE_STATE, "latest.weights.h5.bkp"), lambda self, v: None
+    )
+    _prev_training_metadata_path = property(
+        lambda self: self._backup_file(1, store.STORE_MANIFEST, "training_metadata.json.bkp"), lambda self, v: None
+    )
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if not self.model.built:
@@ -90,6 +132,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             )
         wait_for_saves(raise_errors=False)  # a backup of an earlier fit that ended in an exception
         self._writer = AsyncWriter(name="modelkeep-BackupAndRestore") if self.async_save else None
+        self._guard = FitGuard.install(self) if self.async_save else None
         if not self.backup_dir.is_dir():
             return
         clean_leftovers(self.backup_dir)
@@ -121,13 +164,14 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._current_epoch = epoch + 1
-        self._last_batch_seen = 0
+        self._frequency.last_batch = 0
+        self._batches_in_epoch = 0
         if self.save_freq == "epoch":
             self._save(None)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._batches_total += 1
-        self._last_batch_seen = batch + 1
+        self._batches_in_epoch = batch + 1
         if self._frequency.should_save(batch):
             self._save(batch)
 
@@ -138,7 +182,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         step = _global_step(self.model, self._batches_total)
         metadata = {
             "epoch": self._current_epoch,
-            "batch": self._last_batch_seen if batch is not None else 0,
+            "batch": self._batches_in_epoch if batch is not None else 0,
             "callback": "BackupAndRestore",
         }
         return capture(self.model, include_optimizer=True, metadata=metadata, copy=copy), step, metadata
@@ -174,6 +218,9 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         writer, self._writer = self._writer, None
+        guard, self._guard = getattr(self, "_guard", None), None
+        if guard is not None:
+            guard.remove()
         if writer is not None:
             try:
                 writer.close()  # the last backup is committed (or its error raised) before any delete

@@ -41,6 +41,7 @@ import numpy as np
 
 from modelkeep.capture import capture
 from modelkeep.checkpoint import retention, store
+from modelkeep.checkpoint.fit_guard import FitGuard
 from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers, wait_for_saves
 from modelkeep.errors import CheckpointWriteError, CorruptCheckpointError
 from modelkeep.formats import registry
@@ -70,12 +71,18 @@ class SaveJob:
 
 
 # ------------------------------------------------------------------------ helpers
-def _check_save_freq(save_freq: Any) -> None:
-    if save_freq != "epoch" and not (isinstance(save_freq, int) and not isinstance(save_freq, bool) and save_freq > 0):
+def _check_save_freq(save_freq: Any, message: str = "model_checkpoint") -> None:
+    """Keras's rule: ``"epoch"`` or any integer (``bool`` included); Keras's words on error."""
+    if save_freq == "epoch" or isinstance(save_freq, int):
+        return
+    if message == "backup":
         raise ValueError(
-            f"Unrecognized save_freq: {save_freq!r}. Expected 'epoch' or a positive integer "
-            "(a number of batches)."
+            "Invalid value for argument `save_freq`. "
+            f"Received: save_freq={save_freq}. Expected either 'epoch' or an integer value."
         )
+    raise ValueError(
+        f"Unrecognized save_freq: {save_freq}. Expected save_freq are 'epoch' or integer values"
+    )
 
 
 def _check_on_error(on_error: str) -> None:
@@ -157,15 +164,20 @@ def _remove_temps(tmp: Path) -> None:
 
 
 class _SaveFrequency:
-    """Keras's batch counting for an integer ``save_freq`` (steps_per_execution aware)."""
+    """Keras's batch counting for an integer ``save_freq`` (steps_per_execution aware).
 
-    def __init__(self, save_freq: Any) -> None:
+    As Keras: ``True`` is 1, and 0 or a negative number saves after every batch. ``False``
+    means no save by batch count (what Keras's docstring says it is for; Keras's code saves
+    after every batch then).
+    """
+
+    def __init__(self, save_freq: Any, last_batch: int | None = None) -> None:
         self.save_freq = save_freq
         self.seen_since_save = 0
-        self.last_batch: int | None = None
+        self.last_batch: int | None = last_batch
 
     def should_save(self, batch: int) -> bool:
-        if self.save_freq == "epoch":
+        if self.save_freq == "epoch" or self.save_freq is False:
             return False
         if self.last_batch is None or batch <= self.last_batch:
             added = batch + 1
@@ -180,7 +192,11 @@ class _SaveFrequency:
 
 
 # ------------------------------------------------------------------------ ModelCheckpoint
-class ModelCheckpoint(keras.callbacks.Callback):
+#: Keras's class as imported (``modelkeep.compat`` may later rebind the public name)
+_KERAS_MODEL_CHECKPOINT = keras.callbacks.ModelCheckpoint
+
+
+class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
     """Keras 3's ``ModelCheckpoint`` with every format, atomic saves, manifests and retention.
 
     Arguments as Keras's (``filepath`` templates with ``{epoch}``, ``{batch}`` and logged
@@ -230,7 +246,10 @@ class ModelCheckpoint(keras.callbacks.Callback):
         on_error: str = "raise",
         async_save: bool = True,
     ) -> None:
-        super().__init__()
+        # Keras's own __init__ would refuse every format but .keras/.h5/.weights.h5, so its
+        # parent's (MonitorCallback: monitor, mode, best, min_delta, monitor_op) runs, and the
+        # rest of Keras's attributes are set below.
+        super(_KERAS_MODEL_CHECKPOINT, self).__init__(monitor, mode, initial_value_threshold)
         self.async_save = async_save
         self._writer: AsyncWriter | None = None
         self._buffers = SnapshotBuffers()
@@ -243,20 +262,14 @@ class ModelCheckpoint(keras.callbacks.Callback):
             save_freq = frequency
         _check_save_freq(save_freq)
         _check_on_error(on_error)
-        if mode not in ("auto", "min", "max"):
-            warnings.warn(f"ModelCheckpoint mode '{mode}' is unknown, fallback to auto mode.", stacklevel=2)
-            mode = "auto"
         for name, value in (("max_to_keep", max_to_keep), ("keep_best", keep_best)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer or None. Received: {name}={value}")
         self.filepath = os.fspath(filepath)
-        self.monitor = monitor
         self.verbose = verbose
         self.save_best_only = save_best_only
         self.save_weights_only = save_weights_only
-        self.mode = mode
         self.save_freq = save_freq
-        self.best = initial_value_threshold
         self.on_error = on_error
         self.retention = {
             "max_to_keep": max_to_keep,
@@ -267,11 +280,34 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self.failed_saves = 0
         self.last_error: CheckpointWriteError | None = None
         self.saved: list[Path] = []
-        self._direction: str | None = None if mode == "auto" else mode
         self._frequency = _SaveFrequency(save_freq)
         self._current_epoch = 0
         self._batches_total = 0
         self.format_for(Path(self.filepath))  # a path no format fits fails here, not mid-training
+
+    # Keras's counters, as views of modelkeep's (code written against Keras reads them)
+    @property
+    def _batches_seen_since_last_saving(self) -> int:
+        return self._frequency.seen_since_save
+
+    @_batches_seen_since_last_saving.setter
+    def _batches_seen_since_last_saving(self, value: int) -> None:
+        self._frequency.seen_since_save = value
+
+    @property
+    def _last_batch_seen(self) -> int | None:
+        return self._frequency.last_batch
+
+    @_last_batch_seen.setter
+    def _last_batch_seen(self, value: int | None) -> None:
+        self._frequency.last_batch = value
+
+    @property
+    def _direction(self) -> str | None:
+        """``"min"``/``"max"`` once ``monitor_op`` is set (Keras's rule for ``mode="auto"``)."""
+        if self.monitor_op is None:
+            return None if self.mode == "auto" else self.mode
+        return "max" if self.monitor_op is keras.ops.greater else "min"
 
     # ---------------------------------------------------------------- format and names
     def format_for(self, path: Path) -> Format:
@@ -303,6 +339,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         wait_for_saves(raise_errors=False)  # a save of an earlier fit that ended in an exception
         self._writer = AsyncWriter(name="modelkeep-ModelCheckpoint") if self.async_save else None
+        self._guard = FitGuard.install(self) if self.async_save else None
         directory = self._directory()
         if directory is not None and directory.is_dir():
             removed = clean_leftovers(directory)
@@ -323,6 +360,10 @@ class ModelCheckpoint(keras.callbacks.Callback):
             self._save(epoch, None, logs)
 
     def _save(self, epoch: int, batch: int | None, logs: dict | None) -> None:
+        if self.monitor_op is None:
+            # Keras's check (mode="auto" on a monitor whose direction it cannot tell raises a
+            # ValueError), made before the first save, by batch count too
+            self._set_monitor_op()
         if self._writer is None or self.format_for(self.file_path(epoch, batch, logs)) in LIVE_MODEL_FORMATS:
             if self._writer is not None:
                 self._writer.wait()  # keep saves in order; surface a background error
@@ -344,6 +385,9 @@ class ModelCheckpoint(keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         """Wait for the last background save; raise its error, if any."""
         writer, self._writer = self._writer, None
+        guard, self._guard = getattr(self, "_guard", None), None
+        if guard is not None:
+            guard.remove()
         if writer is not None:
             try:
                 writer.close()
@@ -421,17 +465,9 @@ class ModelCheckpoint(keras.callbacks.Callback):
             return []
 
     # ---------------------------------------------------------------- best tracking
-    def _resolve_direction(self) -> str:
-        if self._direction is None:
-            self._direction = retention.direction_of(self.monitor, _metric_directions(self.model))
-        return self._direction
-
-    def _is_improvement(self, current: float, reference: float | None) -> bool:
-        if reference is None:
-            return True
-        return current < reference if self._resolve_direction() == "min" else current > reference
-
     def _should_save(self, epoch: int, path: Path, logs: dict | None) -> bool:
+        if self.monitor_op is None:
+            self._set_monitor_op()
         if not self.save_best_only:
             if self.verbose > 0:
                 print(f"\nEpoch {epoch + 1}: saving model to {path}")
@@ -450,7 +486,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
             return True
         value = float(current_array)
         best_text = "None" if self.best is None else f"{self.best:.5f}"
-        if not math.isnan(value) and self._is_improvement(value, self.best):
+        if not math.isnan(value) and bool(self._is_improvement(value, self.best)):
             if self.verbose > 0:
                 print(
                     f"\nEpoch {epoch + 1}: {self.monitor} improved from {best_text} to {value:.5f}, "
@@ -461,19 +497,6 @@ class ModelCheckpoint(keras.callbacks.Callback):
         if self.verbose > 0:
             print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best_text}")
         return False
-
-
-def _metric_directions(model: Any) -> dict[str, str]:
-    """``{metric name: "min"|"max"}`` from the model's compiled metrics (Keras's ``_direction``)."""
-    out: dict[str, str] = {}
-    stack = list(getattr(model, "metrics", []) or [])
-    while stack:
-        metric = stack.pop()
-        stack.extend(getattr(metric, "metrics", []) or [])
-        direction = getattr(metric, "_direction", None)
-        if direction in ("up", "down"):
-            out[metric.name] = "max" if direction == "up" else "min"
-    return out
 
 
 # ------------------------------------------------------------------------ BackupAndRestore

@@ -53,7 +53,7 @@ class Format:
     def require(self, path: Path) -> None:
         if not self.exists(path):
             raise CheckpointNotFoundError(
-                f"load: no {self.name} at {path}. Check the path; a directory of checkpoints "
+                f"File not found: filepath={path}. load: no {self.name} there. Check the path; a directory of checkpoints "
                 "can be given to load_weights to take the newest one."
             )
 

@@ -24,7 +24,8 @@ import numpy as np
 from modelkeep.errors import CorruptCheckpointError
 from modelkeep.formats import legacy_config
 from modelkeep.formats.base import Format
-from modelkeep.state import MODEL, OPTIMIZER, RNG, ModelState
+from modelkeep.own_state import restore_own
+from modelkeep.state import LAYERS, MODEL, OPTIMIZER, RNG, ModelState
 from modelkeep.storage.commit import atomic_path
 
 HEADER_ATTR = "modelkeep"
@@ -176,7 +177,7 @@ class HDF5Format(Format):
         whole_model = state.model_config is not None and (state.compile_config is not None or state.has_optimizer)
         with atomic_path(path) as tmp:
             with h5py.File(tmp, "w") as f:
-                order = [k for k in state.variables if k.startswith((MODEL + "/", OPTIMIZER + "/", RNG + "/"))]
+                order = [k for k in state.variables if k.startswith((MODEL + "/", OPTIMIZER + "/", RNG + "/", LAYERS + "/"))]
                 f.attrs["keras_version"] = keras.__version__
                 f.attrs["backend"] = "tensorflow"
                 if whole_model:
@@ -209,6 +210,12 @@ class HDF5Format(Format):
                     for name, array in rng.items():
                         _dataset(rng_group, name, array)
                         datasets[f"{RNG}/{name}"] = f"{rng_group.name}/{name}"
+                own = state.group(LAYERS)
+                if own:  # a layer's own state (lookup tables, ...): ``modelkeep.own_state``
+                    own_group = f.create_group("modelkeep_layers")
+                    for name, array in own.items():
+                        _dataset(own_group, name, array)
+                        datasets[f"{LAYERS}/{name}"] = f"{own_group.name}/{name}"
                 f.attrs[HEADER_ATTR] = json.dumps({**json.loads(state.header_json()), "order": order, "datasets": datasets})
         return [path]
 
@@ -220,6 +227,7 @@ class HDF5Format(Format):
                 from modelkeep.formats import legacy
 
                 legacy.load_h5_into(model, f, str(path), optimizer=False)
+                restore_own(model, {}, None, source=str(path))  # Normalization: from its variables
                 return
         super().load_weights(model, path)
 
@@ -229,7 +237,9 @@ class HDF5Format(Format):
             if f.attrs.get(HEADER_ATTR) is None:
                 from modelkeep.formats import legacy
 
-                return legacy.load_h5_model(path, f, **kwargs)
+                model = legacy.load_h5_model(path, f, **kwargs)
+                restore_own(model, {}, None, source=str(path))
+                return model
         return super().load_model(path, **kwargs)
 
     def read(self, path: Path) -> ModelState:

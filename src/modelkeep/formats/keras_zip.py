@@ -6,6 +6,7 @@ protocol (Keras writes in place) and clear errors.
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,8 @@ from typing import Any
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
-from modelkeep.capture import _explain_deserialize_error, build_model, capture, restore_rng
-from modelkeep.errors import CorruptCheckpointError, FormatError, UnsupportedModelError
+from modelkeep.capture import build_model, capture, deserialization_error, restore_rng
+from modelkeep.errors import CorruptCheckpointError, DeserializationError, FormatError
 from modelkeep.formats.base import Format
 from modelkeep.state import RNG, ModelState
 from modelkeep.storage.commit import atomic_path
@@ -45,6 +46,15 @@ class KerasZipFormat(Format):
     def save_model(self, model: Any, path: Path, *, include_optimizer: bool = True) -> list[Path]:
         return self.write(capture(model, include_optimizer=include_optimizer), path, model=model)
 
+    def require(self, path: Path) -> None:
+        if not path.exists():
+            from modelkeep.errors import CheckpointNotFoundError
+
+            raise CheckpointNotFoundError(
+                f"File not found: filepath={path}. Please ensure the file is an accessible `.keras` zip "
+                "file. (load: nothing at that path; check it.)"
+            )
+
     def load_model(self, path: Path, *, custom_objects: dict | None = None, compile: bool = True, safe_mode: bool = True) -> Any:
         import keras
 
@@ -73,13 +83,13 @@ class KerasZipFormat(Format):
             unknown = _unregistered_classes(path, custom_objects)
             if unknown:
                 names = ", ".join(f"'{n}'" for n in unknown)
-                raise UnsupportedModelError(
+                raise DeserializationError(
                     f"load_model: {path} uses class(es) {names}, which are not Keras 3 built-ins and are not "
                     "registered here. Import the code that defines them (with "
                     "@keras.saving.register_keras_serializable()) or pass custom_objects={'Name': Class}; "
                     "or build the model in code and load its weights."
                 ) from exc
-            raise UnsupportedModelError(_explain_deserialize_error(exc, str(path))) from exc
+            raise deserialization_error(exc, str(path)) from exc
 
     def read(self, path: Path) -> ModelState:
         return capture(self.load_model(path, compile=True))
@@ -149,9 +159,15 @@ class KerasWeightsFormat(Format):
     def write(self, state: ModelState, path: Path, *, model: Any = None) -> list[Path]:
         return self.save_weights(_model_for(state, model), path)
 
-    def save_weights(self, model: Any, path: Path) -> list[Path]:
+    def save_weights(self, model: Any, path: Path, *, objects_to_skip: Any = None) -> list[Path]:
         with atomic_path(path, keep_suffix=".weights.h5") as tmp:
-            model.save_weights(tmp)
+            if objects_to_skip is None:
+                model.save_weights(tmp)
+                _add_own_state(model, tmp)
+            else:
+                from keras.src.saving import saving_lib
+
+                saving_lib.save_weights_only(model, str(tmp), objects_to_skip=objects_to_skip)
         return [path]
 
     def load_weights(self, model: Any, path: Path) -> None:
@@ -162,12 +178,13 @@ class KerasWeightsFormat(Format):
             _fits_model(f, model, path)
         try:
             model.load_weights(path)
+            _load_own_state(model, path)
         except ValueError as exc:
             from modelkeep.errors import IncompatibleModelError
 
             raise IncompatibleModelError(
-                f"load_weights: {path} does not fit the model: {exc}. The file was saved from "
-                "a different architecture."
+                f"{str(exc).strip()} load_weights: {path} does not fit the model. The file was saved "
+                "from a different architecture; skip_mismatch=True loads the parts that fit."
             ) from exc
 
     def read(self, path: Path) -> ModelState:
@@ -175,3 +192,39 @@ class KerasWeightsFormat(Format):
             f"read: {path} is a Keras 3 weights file, which holds no architecture; load it into a "
             "model you build with modelkeep.load_weights(model, path)."
         )
+
+
+OWN_GROUP = "modelkeep_layer_state"
+
+
+def _add_own_state(model: Any, path: Path) -> None:
+    """Keras's ``.weights.h5`` has no assets (an adapted vocabulary); keep every layer's own
+    state in one extra group, which Keras's loader does not read."""
+    import h5py
+
+    from modelkeep.own_state import capture_own
+
+    arrays, info = capture_own(model)
+    if not info:
+        return
+    with h5py.File(path, "a") as f:
+        group = f.create_group(OWN_GROUP)
+        group.attrs["info"] = json.dumps(info)
+        for key, array in arrays.items():
+            group.create_dataset(key, data=array)
+
+
+def _load_own_state(model: Any, path: Path) -> None:
+    import h5py
+
+    from modelkeep.formats.hdf5 import _open
+    from modelkeep.own_state import restore_own
+
+    with _open(path) as f:  # the guarded opening
+        if OWN_GROUP not in f:
+            return
+        group = f[OWN_GROUP]
+        info = json.loads(group.attrs["info"])
+        arrays: dict[str, Any] = {}
+        group.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    restore_own(model, arrays, info, source=str(path))

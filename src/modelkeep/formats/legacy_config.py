@@ -591,6 +591,8 @@ def to_keras2_training_config(compile_config: dict | None) -> dict | None:
 
 
 def _k2_loss(loss: Any) -> Any:
+    if isinstance(loss, dict) and "class_name" in loss and not isinstance(loss.get("config") or {}, dict):
+        return loss["config"]  # a function (a registered custom loss): Keras 2 wrote its name
     if isinstance(loss, dict) and "class_name" in loss:
         body = {k: v for k, v in (loss.get("config") or {}).items() if k != "dtype"}
         return {"class_name": loss["class_name"], "config": body}

@@ -21,6 +21,7 @@ from pathlib import Path
 from modelkeep.errors import CheckpointNotFoundError, FormatError
 from modelkeep.formats.base import Format
 from modelkeep.formats.hdf5 import HDF5Format
+from modelkeep.formats.keras_extra import KerasDirFormat, KerasShardedWeightsFormat, is_keras_dir
 from modelkeep.formats.keras_zip import KerasWeightsFormat, KerasZipFormat
 from modelkeep.formats.safetensors import SafetensorsFormat
 from modelkeep.formats.savedmodel import SavedModelFormat
@@ -32,8 +33,10 @@ HDF5 = HDF5Format()
 KERAS_ZIP = KerasZipFormat()
 KERAS_WEIGHTS = KerasWeightsFormat()
 SAFETENSORS = SafetensorsFormat()
+KERAS_DIR = KerasDirFormat()
+KERAS_SHARDED = KerasShardedWeightsFormat()
 
-ALL: tuple[Format, ...] = (TF_CHECKPOINT, SAVED_MODEL, HDF5, KERAS_ZIP, KERAS_WEIGHTS, SAFETENSORS)
+ALL: tuple[Format, ...] = (TF_CHECKPOINT, SAVED_MODEL, HDF5, KERAS_ZIP, KERAS_WEIGHTS, SAFETENSORS, KERAS_DIR, KERAS_SHARDED)
 
 _SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".keras", ".safetensors")
 _KNOWN = ".h5 .hdf5 .weights.h5 .keras .safetensors, or no extension"
@@ -41,8 +44,9 @@ _KNOWN = ".h5 .hdf5 .weights.h5 .keras .safetensors, or no extension"
 
 def _suffix(path: Path) -> str:
     name = path.name.lower()
-    if name.endswith(".weights.h5"):
-        return ".weights.h5"
+    for double in (".weights.h5", ".weights.json"):
+        if name.endswith(double):
+            return double
     for suffix in (".h5", ".hdf5", ".keras", ".safetensors", INDEX_SUFFIX):
         if name.endswith(suffix):
             return suffix
@@ -52,44 +56,46 @@ def _suffix(path: Path) -> str:
 
 
 def _unknown(path: Path, what: str) -> FormatError:
+    keras_words = "Invalid filepath extension for saving" if what.startswith("save") else "File format not supported"
     return FormatError(
-        f"{what}: cannot tell the format of {path} from its extension '{path.suffix}'. "
-        f"Expected one of {_KNOWN}. Received: {path}"
+        f"{keras_words}: filepath={path}. {what}: cannot tell the format of {path} from its "
+        f"extension '{path.suffix}'. Expected one of {_KNOWN}. Received: {path}"
     )
 
 
-def weights_format(path: Path) -> Format:
+def weights_format(path: Path, what: str = "save_weights") -> Format:
     """The format ``save_weights``/``load_weights`` use for ``path``."""
     suffix = _suffix(path)
-    table = {".weights.h5": KERAS_WEIGHTS, ".h5": HDF5, ".hdf5": HDF5, ".safetensors": SAFETENSORS}
+    table = {".weights.h5": KERAS_WEIGHTS, ".weights.json": KERAS_SHARDED, ".h5": HDF5, ".hdf5": HDF5,
+             ".safetensors": SAFETENSORS}  # fmt: skip
     if suffix in table:
         return table[suffix]
     if suffix == ".keras":
         raise FormatError(
-            f"save_weights: {path} ends in .keras, which holds a whole model. Use "
+            f"{what}: {path} ends in .keras, which holds a whole model. Use "
             "modelkeep.save_model for .keras, or a weights path (.weights.h5, .h5, "
             ".safetensors, or a bare prefix for a TF checkpoint)."
         )
     if suffix in ("", ".index", ".data") or _looks_like_prefix(path):
         return TF_CHECKPOINT
-    raise _unknown(path, "save_weights")
+    raise _unknown(path, what)
 
 
-def model_format(path: Path) -> Format:
+def model_format(path: Path, what: str = "save_model") -> Format:
     """The format ``save_model``/``load_model`` use for ``path``."""
     suffix = _suffix(path)
     table = {".keras": KERAS_ZIP, ".h5": HDF5, ".hdf5": HDF5}
     if suffix in table:
         return table[suffix]
-    if suffix in (".weights.h5", ".safetensors"):
+    if suffix in (".weights.h5", ".weights.json", ".safetensors"):
         raise FormatError(
-            f"save_model: {path} ends in {suffix}, which holds weights only. Use "
+            f"{what}: {path} ends in {suffix}, which holds weights only. Use "
             "modelkeep.save_weights for it, or a whole-model path (.keras, .h5, or a "
             "directory name for a SavedModel)."
         )
     if suffix == "" or path.is_dir() or _looks_like_prefix(path):
         return SAVED_MODEL
-    raise _unknown(path, "save_model")
+    raise _unknown(path, what)
 
 
 def _looks_like_prefix(path: Path) -> bool:
@@ -119,6 +125,8 @@ def detect(path: Path) -> Format:
     if path.is_dir():
         if (path / "saved_model.pb").exists():
             return SAVED_MODEL
+        if is_keras_dir(path):
+            return KERAS_DIR
         raise FormatError(
             f"load: {path} is a directory but not a SavedModel (no saved_model.pb). For a "
             "directory of checkpoints use load_weights(model, directory) or `modelkeep ls`."
@@ -130,7 +138,8 @@ def detect(path: Path) -> Format:
         return KERAS_WEIGHTS
     if suffix == ".keras" and path.is_file() and _starts_with(path, HDF5_MAGIC):
         return HDF5  # tf.keras <= 2.11 wrote HDF5 under the .keras name: the content decides
-    table = {".weights.h5": KERAS_WEIGHTS, ".h5": HDF5, ".hdf5": HDF5, ".keras": KERAS_ZIP, ".safetensors": SAFETENSORS}
+    table = {".weights.h5": KERAS_WEIGHTS, ".weights.json": KERAS_SHARDED, ".h5": HDF5, ".hdf5": HDF5, ".keras": KERAS_ZIP,
+             ".safetensors": SAFETENSORS}  # fmt: skip
     if suffix in table:
         return table[suffix]
     raise _unknown(path, "load")

@@ -24,7 +24,7 @@ from modelkeep.capture import build_model, capture, model_variable_keys
 from modelkeep.errors import GraphOnlyModelError, UnsupportedModelError
 from modelkeep.formats.base import Format
 from modelkeep.formats.safetensors import SafetensorsFormat
-from modelkeep.state import MODEL, OPTIMIZER, RNG, ModelState
+from modelkeep.state import LAYERS, MODEL, OPTIMIZER, RNG, ModelState
 from modelkeep.storage import guard
 from modelkeep.storage.commit import atomic_path
 
@@ -89,7 +89,7 @@ class SavedModelFormat(Format):
             header["order"] = list(state.group(MODEL))
             header["variables_index"] = positions
             (tmp / HEADER_FILE).write_text(json.dumps(header))
-            training_state = {k: v for k, v in state.variables.items() if k.startswith((OPTIMIZER + "/", RNG + "/"))}
+            training_state = {k: v for k, v in state.variables.items() if k.startswith((OPTIMIZER + "/", RNG + "/", LAYERS + "/"))}
             if training_state:
                 SafetensorsFormat().write(ModelState(training_state), tmp / OPTIMIZER_FILE)
         return self.files(path)
@@ -104,7 +104,11 @@ class SavedModelFormat(Format):
             from modelkeep.formats import legacy
 
             # built once, with the caller's custom_objects, optimizer state included
-            return legacy.load_savedmodel(path, **kwargs)
+            from modelkeep.own_state import restore_own
+
+            model = legacy.load_savedmodel(path, **kwargs)
+            restore_own(model, {}, None, source=str(path))  # Normalization: from its variables
+            return model
         if self.exists(path) and not (path / HEADER_FILE).exists():
             from modelkeep.formats import legacy_signature
 

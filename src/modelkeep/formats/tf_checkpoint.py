@@ -261,6 +261,9 @@ class TFCheckpointFormat(Format):
             from modelkeep.formats import legacy
 
             legacy.load_checkpoint_into(model, path, reader)
+            from modelkeep.own_state import restore_own
+
+            restore_own(model, {}, None, source=str(path))  # Normalization: from its variables
             return
         super().load_weights(model, path)
 
