@@ -16,6 +16,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelkeep.errors import ModelkeepError
 from modelkeep.serving.metrics import Metrics
@@ -54,6 +55,8 @@ class ServeContext:
     max_request_bytes: int
     api_key: str | None
     allow_non_finite: bool
+    tfs_metrics: Any = None  # TF Serving's Prometheus metrics (``modelkeep-model-server``)
+    tensor_content: bool = False  # gRPC outputs in tensor_content (TF Serving's enable_serialization_as_tensor_content)
 
 
 def default_name(path: Path) -> str:

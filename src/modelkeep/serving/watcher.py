@@ -171,7 +171,8 @@ class VersionManager:
 
     def _build(self, candidate: Candidate) -> Predictor:
         try:
-            predictor = Predictor.from_model(self.source.load(candidate))
+            directory = candidate.path if candidate.path.is_dir() else None
+            predictor = Predictor.from_model(self.source.load(candidate), saved_model_dir=directory)
         except UnsupportedModelError:
             if not (candidate.path / "saved_model.pb").exists():
                 raise
