@@ -65,12 +65,14 @@ class _Base:
         if not hmac.compare_digest(str(given).encode(), self._expected.encode()):
             raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token in the 'authorization' metadata.")
 
-    def _target(self, spec: Any) -> Any:
-        return resolve(self.manager, *_spec_of(spec))
+    def _target(self, spec: Any) -> tuple[Any, Any]:
 
-    async def _call(self, method: str, context: grpc.aio.ServicerContext, body: Any) -> Any:
+        return resolve(self.ctx, *_spec_of(spec))
+
+    async def _call(self, method: str, context: grpc.aio.ServicerContext, body: Any, model: str = "") -> Any:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+
         try:
             self._auth(context)
             return await body()
@@ -94,7 +96,7 @@ class _Base:
             self.metrics.requests.inc(("grpc", method, code.name))
             self.metrics.latency.observe(("grpc", method), elapsed)
             if self.ctx.tfs_metrics is not None:
-                self.ctx.tfs_metrics.record(self.manager.name, method, "GRPC", code == grpc.StatusCode.OK, elapsed)
+                self.ctx.tfs_metrics.record(model, method, "GRPC", code == grpc.StatusCode.OK, elapsed)
 
 
 def _model_spec(target: Any, name: str, version: int, signature: str) -> None:
@@ -105,10 +107,10 @@ def _model_spec(target: Any, name: str, version: int, signature: str) -> None:
 
 class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802 - gRPC name
-        return await self._call("predict", context, lambda: self._predict(request))
+        return await self._call("predict", context, lambda: self._predict(request), request.model_spec.name)
 
     async def _predict(self, request: Any) -> Any:
-        entry = self._target(request.model_spec)
+        manager, entry = self._target(request.model_spec)
         predictor = entry.predictor
         signature = predictor.signature(request.model_spec.signature_name)
         signature.check_names(request.inputs)
@@ -116,16 +118,16 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
         raw = {k: proto_to_array(request.inputs[k], signature.inputs[k], order.index(k)) for k in order}
         named = predictor.prepare(signature, raw, allow_non_finite=self.ctx.allow_non_finite)
         wanted = signature.check_output_filter(list(request.output_filter))
-        outputs = await infer(self.manager, entry, signature, named)
+        outputs = await infer(manager, entry, signature, named)
         response = predict_pb2.PredictResponse()
         _model_spec(response.model_spec, request.model_spec.name, entry.version, signature.key)
         for name in wanted:
             response.outputs[name].CopyFrom(array_to_proto(outputs[name], tensor_content=self.ctx.tensor_content))
-        self.metrics.predictions.inc((self.manager.name, str(entry.version)))
+        self.metrics.predictions.inc((manager.name, str(entry.version)))
         return response
 
     async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        return await self._call("metadata", context, lambda: self._metadata(request))
+        return await self._call("metadata", context, lambda: self._metadata(request), request.model_spec.name)
 
     async def _metadata(self, request: Any) -> Any:
         fields = list(request.metadata_field)
@@ -134,14 +136,14 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
         for field in fields:
             if field != "signature_def":
                 raise ServingError("INVALID_ARGUMENT", f"Metadata field {field} is not supported (modelkeep: ask for 'signature_def')")
-        entry = self._target(request.model_spec)
+        _, entry = self._target(request.model_spec)
         return metadata_proto(request.model_spec.name, entry.version, entry.predictor)
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        return await self._call("classify", context, lambda: self._one(request, "classify"))
+        return await self._call("classify", context, lambda: self._one(request, "classify"), request.model_spec.name)
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        return await self._call("regress", context, lambda: self._one(request, "regress"))
+        return await self._call("regress", context, lambda: self._one(request, "regress"), request.model_spec.name)
 
     def _signature(self, entry: Any, name: str) -> Any:
         key = name or "serving_default"
@@ -153,11 +155,11 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
         return entry.predictor.signatures[key]
 
     async def _one(self, request: Any, method: str) -> Any:
-        entry = self._target(request.model_spec)
+        manager, entry = self._target(request.model_spec)
         signature = self._signature(entry, request.model_spec.signature_name)
         serialized = examples.examples_from_input(request.input)
         run = examples.classify if method == "classify" else examples.regress
-        result = await off_loop(self.manager, run, signature, entry.predictor.call, serialized)
+        result = await off_loop(manager, run, signature, entry.predictor.call, serialized)
         response = (classification_pb2.ClassificationResponse if method == "classify" else regression_pb2.RegressionResponse)()
         _model_spec(response.model_spec, request.model_spec.name, entry.version, signature.key)
         response.result.CopyFrom(result)
@@ -177,7 +179,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
             if task.model_spec.signature_name in seen:
                 raise ServingError("INVALID_ARGUMENT", "Duplicate evaluation of signature: " + task.model_spec.signature_name)
             seen.add(task.model_spec.signature_name)
-        entry = self._target(request.tasks[0].model_spec)
+        manager, entry = self._target(request.tasks[0].model_spec)
         serialized = examples.examples_from_input(request.input)
         response = inference_pb2.MultiInferenceResponse()
         for task in request.tasks:
@@ -192,10 +194,10 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
             result = response.results.add()
             _model_spec(result.model_spec, task.model_spec.name, entry.version, signature.key)
             if task.method_name == CLASSIFY_METHOD:
-                out = await off_loop(self.manager, examples.classify, signature, entry.predictor.call, serialized)
+                out = await off_loop(manager, examples.classify, signature, entry.predictor.call, serialized)
                 result.classification_result.CopyFrom(out)
             else:
-                out = await off_loop(self.manager, examples.regress, signature, entry.predictor.call, serialized)
+                out = await off_loop(manager, examples.regress, signature, entry.predictor.call, serialized)
                 result.regression_result.CopyFrom(out)
         return response
 
@@ -205,7 +207,7 @@ class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
         return await self._call("status", context, lambda: self._status(request))
 
     async def _status(self, request: Any) -> Any:
-        states = status_states(self.manager, *_spec_of(request.model_spec))
+        states = status_states(self.ctx, *_spec_of(request.model_spec))
         response: get_model_status_pb2.GetModelStatusResponse = status_proto(states)
         return response
 

@@ -12,7 +12,7 @@
 
 Example::
 
-    entry = resolve(manager, "half", None, None)
+    manager, entry = resolve(ctx, "half", None, None)
     signature, named, row_form = parse_predict_json(body, entry.predictor)
     outputs = await infer(manager, entry, signature, named)
 """
@@ -26,13 +26,22 @@ from modelkeep.serving.signature import DEFAULT_SIGNATURE, ServingError, Signatu
 from modelkeep.serving.tensors import columns_to_arrays, rows_to_arrays
 
 
-def resolve(manager: Any, name: str, version: int | None, label: str | None) -> Any:
-    """The ``ModelVersion`` a request names, as TF Serving's ServerCore finds it."""
+def _label_version(ctx: Any, name: str, label: str) -> int:
+    version = ctx.labels.get(name, {}).get(label)
+    if version is None:
+        known = sorted(ctx.labels.get(name, {}))
+        raise invalid(f"Unrecognized servable version label: {label} (modelkeep: labels of {name!r}: {known})")
+    return version
+
+
+def resolve(ctx: Any, name: str, version: int | None, label: str | None) -> tuple[Any, Any]:
+    """The (``VersionManager``, ``ModelVersion``) a request names, as TF Serving's ServerCore finds it."""
     if label:
-        raise invalid(f"Unrecognized servable version label: {label} (modelkeep: no version labels are configured)")
+        version = _label_version(ctx, name, label)
     request = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
-    if name != manager.name:
-        raise ServingError("NOT_FOUND", f"Servable not found for request: {request} (modelkeep: this server serves {manager.name!r})")
+    manager = ctx.managers.get(name)
+    if manager is None:
+        raise ServingError("NOT_FOUND", f"Servable not found for request: {request} (modelkeep: this server serves {sorted(ctx.managers)})")
     if not manager.ready:
         raise ServingError("UNAVAILABLE", f"Servable not found for request: {request} (modelkeep: no version of {name!r} is loaded yet; see GET /v1/models/{name})")
     entry = manager.resolve(version)
@@ -40,7 +49,7 @@ def resolve(manager: Any, name: str, version: int | None, label: str | None) -> 
         raise ServingError(
             "NOT_FOUND", f"Servable not found for request: {request} (modelkeep: loaded versions are {sorted(manager.loaded)})"
         )
-    return entry
+    return manager, entry
 
 
 def parse_predict_json(body: Any, predictor: Any) -> tuple[Signature, dict[str, Any], bool]:
@@ -126,13 +135,14 @@ def metadata_json(name: str, version: int, predictor: Any) -> dict[str, Any]:
     }
 
 
-def status_states(manager: Any, name: str, version: int | None, label: str | None) -> dict[int, Any]:
+def status_states(ctx: Any, name: str, version: int | None, label: str | None) -> dict[int, Any]:
     """The versions a GetModelStatus request asks about, with TF Serving's errors."""
     if label:
-        raise invalid(f"Unrecognized servable version label: {label} (modelkeep: no version labels are configured)")
-    states = manager.model_states() if name == manager.name else {}
+        version = _label_version(ctx, name, label)
+    manager = ctx.managers.get(name)
+    states = manager.model_states() if manager is not None else {}
     if not states:
-        raise ServingError("NOT_FOUND", f"Could not find any versions of model {name} (modelkeep: this server serves {manager.name!r})")
+        raise ServingError("NOT_FOUND", f"Could not find any versions of model {name} (modelkeep: this server serves {sorted(ctx.managers)})")
     if version is not None:
         if version not in states:
             raise ServingError("NOT_FOUND", f"Could not find version {version} of model {name} (modelkeep: known versions {sorted(states)})")

@@ -138,6 +138,11 @@ _GET_PATH = re.compile(
 _INT64_MAX = 2**63 - 1
 
 
+def _name_of(path: str) -> str:
+    parts = path.split("/")
+    return parts[3].split(":")[0] if len(parts) > 3 else ""
+
+
 def _parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise ServingError("INVALID_ARGUMENT", "JSON Parse error: The document is empty")
@@ -194,18 +199,18 @@ class RestAPI:
             method, match = self._match(verb, path)
             name, version, label = self._spec(match)
             if method == "status":
-                response = _json(status_json(status_states(self.manager, name, version, label)))
+                response = _json(status_json(status_states(self.ctx, name, version, label)))
             elif method == "metadata":
-                entry = resolve(self.manager, name, version, label)
-                response = _json(metadata_json(self.manager.name, entry.version, entry.predictor))
+                _, entry = resolve(self.ctx, name, version, label)
+                response = _json(metadata_json(name, entry.version, entry.predictor))
             else:
                 raw = await read_body(scope, receive, self.ctx.max_request_bytes)
                 body = _parse_json(raw)
-                entry = resolve(self.manager, name, version, label)  # after any await: the version this request runs on
+                manager, entry = resolve(self.ctx, name, version, label)  # after any await: the version it runs on
                 if method == "predict":
-                    content = await self._predict(entry, body)
+                    content = await self._predict(manager, entry, body)
                 else:
-                    content = await self._classify_regress(entry, body, method)
+                    content = await self._classify_regress(manager, entry, body, method)
                 response = JSONBody(content, 200, [(b"x-model-version", entry.version_header)])
         except HTTPError as exc:
             headers = [(b"allow", b"GET, POST")] if exc.status == 405 else None
@@ -221,18 +226,18 @@ class RestAPI:
         self.metrics.requests.inc(("rest", method, str(response.status_code)))
         self.metrics.latency.observe(("rest", method), time.perf_counter() - started)
         if self.ctx.tfs_metrics is not None:
-            self.ctx.tfs_metrics.record(self.manager.name, method, "REST", response.status_code == 200, time.perf_counter() - started)
+            self.ctx.tfs_metrics.record(_name_of(scope["path"]), method, "REST", response.status_code == 200, time.perf_counter() - started)
         return response
 
-    async def _predict(self, entry: Any, body: Any) -> bytes:
+    async def _predict(self, manager: Any, entry: Any, body: Any) -> bytes:
         predictor = entry.predictor
         signature, raw_named, row_form = parse_predict_json(body, predictor)
         named = predictor.prepare(signature, raw_named, allow_non_finite=self.ctx.allow_non_finite)
-        outputs = await infer(self.manager, entry, signature, named)
-        self.metrics.predictions.inc((self.manager.name, str(entry.version)))
+        outputs = await infer(manager, entry, signature, named)
+        self.metrics.predictions.inc((manager.name, str(entry.version)))
         return predict_json(outputs, row_form).encode()
 
-    async def _classify_regress(self, entry: Any, body: Any, method: str) -> bytes:
+    async def _classify_regress(self, manager: Any, entry: Any, body: Any, method: str) -> bytes:
         from modelkeep.serving import examples
 
         if not isinstance(body, dict):
@@ -249,9 +254,9 @@ class RestAPI:
             )
         signature = entry.predictor.signatures[key]
         if method == "classify":
-            result = await off_loop(self.manager, examples.classify, signature, entry.predictor.call, serialized)
+            result = await off_loop(manager, examples.classify, signature, entry.predictor.call, serialized)
             return examples.classification_json(result).encode()
-        result = await off_loop(self.manager, examples.regress, signature, entry.predictor.call, serialized)
+        result = await off_loop(manager, examples.regress, signature, entry.predictor.call, serialized)
         return examples.regression_json(result).encode()
 
     async def healthz(self, request: Request) -> JSONBody:
@@ -274,7 +279,7 @@ class RestAPI:
     async def not_allowed(self, request: Request, exc: Exception) -> JSONBody:
         status = getattr(exc, "status_code", 405)
         headers = dict(getattr(exc, "headers", None) or {})
-        allow = headers.get("Allow") or headers.get("allow") or "GET"
+        allow = ", ".join(sorted(m.strip() for m in (headers.get("Allow") or headers.get("allow") or "GET").split(",")))
         body = json.dumps({"error": f"{request.method} {request.url.path}: method not allowed; use {allow}."}).encode()
         return JSONBody(body, status, [(b"allow", allow.encode())] if status == 405 else None)
 
