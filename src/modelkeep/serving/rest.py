@@ -263,9 +263,12 @@ class RestAPI:
         return _json({"status": "alive"})
 
     async def readyz(self, request: Request) -> JSONBody:
-        if self.manager.ready:
-            return _json({"status": "ready", "model": self.manager.name, "versions": sorted(self.manager.loaded)})
-        return _json({"status": "loading", "model": self.manager.name, "versions": []}, 503)
+        managers = self.ctx.managers.values()
+        ready = all(m.ready for m in managers)
+        body = {"status": "ready" if ready else "loading", "model": self.manager.name, "versions": sorted(self.manager.loaded)}
+        if len(self.ctx.managers) > 1:
+            body["models"] = {m.name: sorted(m.loaded) for m in managers}
+        return _json(body, 200 if ready else 503)
 
     async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
