@@ -155,3 +155,67 @@ def jpeg_bytes(seed: int = 0, size: int = 16) -> tuple[bytes, float]:
     data = tf.io.encode_jpeg(pixels).numpy()
     mean = float(tf.reduce_mean(tf.cast(tf.io.decode_jpeg(data, channels=3), tf.float32)).numpy())
     return data, mean
+
+
+def resnet_float(base: Path):
+    """A stand-in for TF Serving's ResNet export: ``input_1`` (images) → ``activation_49`` (1000 scores)."""
+    import keras
+
+    import modelkeep as mk
+
+    images = keras.Input((None, None, 3), name="input_1")
+    pooled = keras.layers.GlobalAveragePooling2D()(images)
+    scores = keras.layers.Dense(1000, activation="softmax", name="activation_49")(pooled)
+    model = keras.Model(images, scores)
+    mk.save_model(model, base / "1")
+    return base, model
+
+
+def resnet_jpeg(base: Path, kernel: np.ndarray) -> Path:
+    """The JPEG-accepting ResNet stand-in: ``input_1`` JPEG bytes (scalar or batch) → ``activation_49``."""
+    import tensorflow as tf
+
+    class Classifier(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.kernel = tf.Variable(kernel.astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name="input_1")])
+        def serve(self, input_1):
+            def one(data):
+                pixels = tf.cast(tf.io.decode_jpeg(data, channels=3), tf.float32) / 255.0
+                return tf.reduce_mean(pixels, axis=[0, 1])
+
+            means = tf.map_fn(one, tf.reshape(input_1, [-1]), fn_output_signature=tf.float32)
+            return {"activation_49": tf.nn.softmax(tf.matmul(means, self.kernel))}
+
+    module = Classifier()
+    tf.saved_model.save(module, str(base / "1"), signatures={"serving_default": module.serve})
+    return base
+
+
+def mnist_like_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Images whose label k lights pixel block k, and the (W, b) that read them back: error rate 0."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = np.zeros((n, 28, 28), np.uint8)
+    flat = images.reshape(n, 784)
+    for i, k in enumerate(labels.tolist()):
+        flat[i, k * 78 : (k + 1) * 78] = 255
+    weights = np.zeros((784, 10), np.float32)
+    for i in range(780):
+        weights[i, i // 78] = 1.0
+    return images, labels, weights, np.zeros(10, np.float32)
+
+
+def write_mnist_idx(directory: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """The four MNIST idx files (gzip) TF Serving's mnist_input_data reads, from our arrays."""
+    import gzip
+    import struct
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix in ("train", "t10k"):
+        with gzip.open(directory / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">IIII", 2051, len(images), 28, 28) + images.tobytes())
+        with gzip.open(directory / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">II", 2049, len(labels)) + labels.tobytes())
