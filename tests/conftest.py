@@ -16,3 +16,14 @@ def _seeded():
 
     keras.utils.set_random_seed(1234)
     yield
+
+
+@pytest.fixture(scope="session")
+def tfs_built(tmp_path_factory):
+    """One ``modelkeep-model-server`` serving our equivalents of TF Serving's test models
+    (``tfserving_server.py``), shared by the TF Serving compatibility and client tests."""
+    from tfserving_server import start
+
+    server = start("built", tmp_path_factory.mktemp("tfs-built")).wait()
+    yield server
+    server.stop()

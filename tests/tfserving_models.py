@@ -6,7 +6,8 @@ the base path:
 * ``half_plus_two_tf1``: a ``tf.compat.v1`` graph saved with ``SavedModelBuilder``:
   ``y = 0.5x + 2`` with ``serving_default`` (x → y), ``classify_x_to_y``,
   ``regress_x_to_y`` (``tf.Example`` feature ``x``), ``regress_x2_to_y3`` (``y3 = 0.5x2 + 3``);
-  ``plus`` changes the 2 (for a second version);
+  ``plus`` changes the 2 (half_plus_three, a second version), ``api_rest_regress`` adds the
+  ``tensorflow/serving/regress`` key of TF Serving's half_plus_three;
 * ``module_unknown_rank``: ``tf.saved_model.save`` of a ``tf.Module``: ``y = 3 * 2 * x``,
   ``x`` of unknown rank (TF Serving's ``test_tf_saved_model_save``);
 * ``module_two_signatures``: ``serving_default`` → 1, ``custom_signature_key`` → 2;
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 
-def half_plus_two_tf1(base: Path, version: str = "00000123", plus: float = 2.0) -> Path:
+def half_plus_two_tf1(base: Path, version: str = "00000123", plus: float = 2.0, api_rest_regress: bool = False) -> Path:
     import tensorflow as tf
 
     v1 = tf.compat.v1
@@ -46,17 +47,11 @@ def half_plus_two_tf1(base: Path, version: str = "00000123", plus: float = 2.0) 
         classify = sig({"inputs": info(serialized)}, {"scores": info(y)}, "tensorflow/serving/classify")
         regress = sig({"inputs": info(serialized)}, {"outputs": info(y)}, "tensorflow/serving/regress")
         regress2 = sig({"inputs": info(x2)}, {"outputs": info(y3)}, "tensorflow/serving/regress")
+        signatures = {"serving_default": predict, "classify_x_to_y": classify, "regress_x_to_y": regress, "regress_x2_to_y3": regress2}
+        if api_rest_regress:  # saved_model_half_plus_three's key, as api_rest.md calls it
+            signatures["tensorflow/serving/regress"] = regress
         builder = v1.saved_model.Builder(str(export))
-        builder.add_meta_graph_and_variables(
-            sess,
-            ["serve"],
-            signature_def_map={
-                "serving_default": predict,
-                "classify_x_to_y": classify,
-                "regress_x_to_y": regress,
-                "regress_x2_to_y3": regress2,
-            },
-        )
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map=signatures)
         builder.save()
     return base
 
@@ -219,3 +214,35 @@ def write_mnist_idx(directory: Path, images: np.ndarray, labels: np.ndarray) -> 
             f.write(struct.pack(">IIII", 2051, len(images), 28, 28) + images.tobytes())
         with gzip.open(directory / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
             f.write(struct.pack(">II", 2049, len(labels)) + labels.tobytes())
+
+
+def half_plus_two_tf2(base: Path, version: str = "00000123") -> Path:
+    """TF Serving's saved_model_half_plus_two_tf2_cpu, rebuilt: a tf.Module with predict, classify
+    and regress signatures (``x`` of shape [1]; ``tf.Example`` inputs of shape [None])."""
+    import tensorflow as tf
+
+    class HalfPlusTwo(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = tf.Variable(0.5)
+            self.b = tf.Variable(2.0)
+
+        def _parse(self, serialized):
+            return tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([1], tf.float32)})["x"]
+
+        @tf.function(input_signature=[tf.TensorSpec([1], tf.float32, name="x")])
+        def predict(self, x):
+            return {"y": self.a * x + self.b}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def classify(self, inputs):
+            return {"scores": self.a * self._parse(inputs) + self.b}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def regress(self, inputs):
+            return {"outputs": self.a * self._parse(inputs) + self.b}
+
+    module = HalfPlusTwo()
+    signatures = {"serving_default": module.predict, "classify_x_to_y": module.classify, "regress_x_to_y": module.regress}
+    tf.saved_model.save(module, str(base / version), signatures=signatures)
+    return base

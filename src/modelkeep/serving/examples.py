@@ -99,8 +99,8 @@ def examples_from_input(message: Any) -> list[bytes]:
     return [context + e.SerializeToString() for e in examples]
 
 
-def _input(signature: Signature, method: str, label: str) -> str:
-    if signature.method_name != method:
+def _input(signature: Signature, method: str, label: str, check_method: bool) -> str:
+    if check_method and signature.method_name != method:
         raise invalid(f"Expected {label} signature method_name to be {method}. Was: {signature.method_name}")
     if len(signature.inputs) != 1:
         raise invalid("Expected one input Tensor.")
@@ -115,11 +115,14 @@ def _batch(serialized: list[bytes]) -> np.ndarray:
     return out
 
 
-def classify(signature: Signature, call: Any, serialized: list[bytes]) -> Any:
-    """A ``ClassificationResult`` (blocking: run it off the event loop)."""
+def classify(signature: Signature, call: Any, serialized: list[bytes], check_method: bool = True) -> Any:
+    """A ``ClassificationResult`` (blocking: run it off the event loop).
+
+    ``check_method``: the signature's method_name must be classify (TF Serving checks it
+    for TF1 SavedModels only; TF2 exports mark every signature predict)."""
     from tensorflow_serving.apis import classification_pb2
 
-    key = _input(signature, CLASSIFY_METHOD, "classification")
+    key = _input(signature, CLASSIFY_METHOD, "classification", check_method)
     if len(signature.outputs) not in (1, 2):
         raise invalid(f"Expected one or two output Tensors, found {len(signature.outputs)}")
     if "classes" not in signature.outputs and "scores" not in signature.outputs:
@@ -149,11 +152,11 @@ def classify(signature: Signature, call: Any, serialized: list[bytes]) -> Any:
     return result
 
 
-def regress(signature: Signature, call: Any, serialized: list[bytes]) -> Any:
+def regress(signature: Signature, call: Any, serialized: list[bytes], check_method: bool = True) -> Any:
     """A ``RegressionResult`` (blocking)."""
     from tensorflow_serving.apis import regression_pb2
 
-    key = _input(signature, REGRESS_METHOD, "regression")
+    key = _input(signature, REGRESS_METHOD, "regression", check_method)
     if len(signature.outputs) != 1:
         raise invalid("Expected one output Tensor.")
     if "outputs" not in signature.outputs:

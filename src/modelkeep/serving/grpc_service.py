@@ -159,7 +159,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
         signature = self._signature(entry, request.model_spec.signature_name)
         serialized = examples.examples_from_input(request.input)
         run = examples.classify if method == "classify" else examples.regress
-        result = await off_loop(manager, run, signature, entry.predictor.call, serialized)
+        result = await off_loop(manager, run, signature, entry.predictor.call, serialized, entry.predictor.tf1)
         response = (classification_pb2.ClassificationResponse if method == "classify" else regression_pb2.RegressionResponse)()
         _model_spec(response.model_spec, request.model_spec.name, entry.version, signature.key)
         response.result.CopyFrom(result)
@@ -186,7 +186,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
             signature = self._signature(entry, task.model_spec.signature_name)
             if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
                 raise ServingError("UNIMPLEMENTED", f"Unsupported signature method_name: {task.method_name}")
-            if signature.method_name != task.method_name:
+            if entry.predictor.tf1 and signature.method_name != task.method_name:
                 raise ServingError(
                     "INVALID_ARGUMENT",
                     f"Expected signature method_name to be {task.method_name}. Was: {signature.method_name}",
@@ -194,10 +194,10 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
             result = response.results.add()
             _model_spec(result.model_spec, task.model_spec.name, entry.version, signature.key)
             if task.method_name == CLASSIFY_METHOD:
-                out = await off_loop(manager, examples.classify, signature, entry.predictor.call, serialized)
+                out = await off_loop(manager, examples.classify, signature, entry.predictor.call, serialized, entry.predictor.tf1)
                 result.classification_result.CopyFrom(out)
             else:
-                out = await off_loop(manager, examples.regress, signature, entry.predictor.call, serialized)
+                out = await off_loop(manager, examples.regress, signature, entry.predictor.call, serialized, entry.predictor.tf1)
                 result.regression_result.CopyFrom(out)
         return response
 

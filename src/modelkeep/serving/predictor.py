@@ -91,6 +91,7 @@ class Predictor:
         }
         self._caller = caller  # (signature key, {key: array}) -> {key: array}, for non-Keras models
         self.batchable = caller is None  # Keras models: the default signature goes through the micro-batcher
+        self.tf1 = path == "session"  # TF1 graph: classify/regress check the signature's method_name
 
     def signature(self, name: str | None) -> Signature:
         """The signature ``name`` ('' or None: serving_default); FAILED_PRECONDITION when absent."""

@@ -254,9 +254,9 @@ class RestAPI:
             )
         signature = entry.predictor.signatures[key]
         if method == "classify":
-            result = await off_loop(manager, examples.classify, signature, entry.predictor.call, serialized)
+            result = await off_loop(manager, examples.classify, signature, entry.predictor.call, serialized, entry.predictor.tf1)
             return examples.classification_json(result).encode()
-        result = await off_loop(manager, examples.regress, signature, entry.predictor.call, serialized)
+        result = await off_loop(manager, examples.regress, signature, entry.predictor.call, serialized, entry.predictor.tf1)
         return examples.regression_json(result).encode()
 
     async def healthz(self, request: Request) -> JSONBody:
