@@ -26,6 +26,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
+
 from tfserving_server import SHARED, start
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
 import tfserving_models as tm
 from test_serving_helpers import HOST, free_port
 
