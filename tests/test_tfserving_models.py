@@ -1,0 +1,145 @@
+"""Models TF Serving serves that modelkeep used to refuse: strings and bytes (b64 in, ``_bytes``
+out, JPEG decoding), ``tf.Module`` with unknown-rank inputs and several signatures, Keras
+models with dict outputs; plus TF Serving's tensor conversions as units (float formatting,
+typed gRPC fields, ``tensor_content`` behind its flag) and ``mk.save_model``'s signature keys."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tfserving_models import jpeg_bytes
+
+from modelkeep.serving.signature import STRING, Signature, TensorSpec
+from modelkeep.serving.tensors import array_to_proto, columns_to_arrays, format_floats, predict_json, rows_to_arrays
+
+
+def post(server, path, body):
+    return httpx.post(f"{server.url}/v1/models/{path}", content=body if isinstance(body, str) else json.dumps(body), timeout=30)
+
+
+def grpc_predict(server, model, inputs, signature=""):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_target))
+    return stub.Predict(request, 20)
+
+
+def test_string_inputs_row_columnar_b64_and_bytes_outputs(tfs_built):
+    r = post(tfs_built, "strings:predict", {"instances": ["ab", {"b64": base64.b64encode(b"\x00\xff").decode()}]})
+    assert r.json() == {"predictions": [
+        {"length": 2, "y_bytes": {"b64": base64.b64encode(b"ab!").decode()}},
+        {"length": 2, "y_bytes": {"b64": base64.b64encode(b"\x00\xff!").decode()}},
+    ]}
+    r = post(tfs_built, "strings:predict", {"inputs": {"text": ["héllo"]}})
+    assert r.json() == {"outputs": {"length": [6], "y_bytes": [{"b64": base64.b64encode("héllo!".encode()).decode()}]}}
+    r = post(tfs_built, "strings:predict", {"instances": [{"b64": "not base64!"}]})
+    assert r.status_code == 400 and r.json()["error"].startswith("Unable to base64 decode")
+    r = post(tfs_built, "strings:predict", {"instances": [1.5]})
+    assert r.status_code == 400 and "JSON Value: 1.5 Type: Number is not of expected type: string" in r.json()["error"]
+    result = grpc_predict(tfs_built, "strings", {"text": np.array([b"x", b"yz"], dtype=object)})
+    assert list(result.outputs["y_bytes"].string_val) == [b"x!", b"yz!"]
+    assert list(result.outputs["length"].int_val) == [1, 2]
+
+
+def test_model_decoding_jpeg_bytes(tfs_built):
+    data, mean = jpeg_bytes(seed=1)
+    r = post(tfs_built, "jpeg:predict", {"instances": [{"b64": base64.b64encode(data).decode()}]})
+    assert r.status_code == 200
+    assert abs(r.json()["predictions"][0] - mean) < 1e-4
+    result = grpc_predict(tfs_built, "jpeg", {"image_bytes": np.array([data, data], dtype=object)})
+    assert np.allclose(result.outputs["mean"].float_val, [mean, mean], atol=1e-4)
+
+
+def test_tf_module_unknown_rank_and_several_signatures(tfs_built):
+    assert post(tfs_built, "module:predict", {"inputs": 2.0}).json() == {"outputs": 12.0}
+    assert post(tfs_built, "module:predict", {"inputs": [[1.0, 2.0]]}).json() == {"outputs": [[6.0, 12.0]]}
+    r = post(tfs_built, "module:predict", {"instances": 2.0})
+    assert r.status_code == 400 and "Expecting 'instances' to be an list/array" in r.json()["error"]
+    assert list(grpc_predict(tfs_built, "module", {"x": np.float32(2.0)}).outputs["y"].float_val) == [12.0]
+    got = grpc_predict(tfs_built, "multi", {"x": np.float32(2.0)}, "custom_signature_key")
+    assert list(got.outputs["y"].float_val) == [2.0] and got.model_spec.signature_name == "custom_signature_key"
+    assert list(grpc_predict(tfs_built, "multi", {"x": np.float32(2.0)}).outputs["y"].float_val) == [1.0]
+    meta = httpx.get(f"{tfs_built.url}/v1/models/multi/metadata").json()["metadata"]["signature_def"]["signature_def"]
+    assert {"serving_default", "custom_signature_key"} <= set(meta)
+    assert meta["serving_default"]["inputs"]["x"] == {
+        "name": "serving_default_x:0", "dtype": "DT_FLOAT", "tensor_shape": {"dim": [], "unknown_rank": True}}
+
+
+def test_keras_dict_outputs_by_keras_names(tfs_built):
+    model = tfs_built.extras["keras_model"]
+    a, b = np.float32([[1, 2, 3]]), np.float32([[4, 5]])
+    expected = model.predict({"a": a, "b": b}, verbose=0)
+    r = post(tfs_built, "keras_dict:predict", {"instances": [{"a": a[0].tolist(), "b": b[0].tolist()}]}).json()
+    (row,) = r["predictions"]
+    assert set(row) == {"total", "double"}
+    np.testing.assert_allclose(row["total"], expected["total"][0], rtol=1e-5)
+    np.testing.assert_allclose(row["double"], expected["double"][0], rtol=1e-5)
+    result = grpc_predict(tfs_built, "keras_dict", {"a": a, "b": b})
+    np.testing.assert_allclose(result.outputs["double"].float_val, expected["double"][0], rtol=1e-5)
+    meta = httpx.get(f"{tfs_built.url}/v1/models/keras_dict/metadata").json()["metadata"]["signature_def"]["signature_def"]
+    sig = meta["serving_default"]
+    assert set(sig["inputs"]) == {"a", "b"} and set(sig["outputs"]) == {"total", "double"}
+    assert sig["inputs"]["a"]["name"] == "serve_a:0" or sig["inputs"]["a"]["name"].endswith("a:0")
+
+
+def test_save_model_signature_keys_are_keras_names(tfs_built):
+    from modelkeep.serving.signature import read_signature_defs
+
+    defs, tf1 = read_signature_defs(tfs_built.models["keras_dict"] / "1")
+    assert not tf1
+    assert set(defs["serving_default"].inputs) == {"a", "b"}
+    assert set(defs["serving_default"].outputs) == {"total", "double"}
+    loaded = tf.saved_model.load(str(tfs_built.models["keras_dict"] / "1"))
+    out = loaded.signatures["serving_default"](a=tf.ones((1, 3)), b=tf.ones((1, 2)))
+    assert set(out) == {"total", "double"}  # TF itself (and so TF Serving) sees the same keys
+
+
+# ------------------------------------------------------------------ units: json_tensor.cc
+@pytest.mark.parametrize("value,text", [
+    (2.05, "2.05"), (3.0, "3.0"), (0.1, "0.1"), (1e-5, "1e-05"), (9000000.0, "9e+06"),
+    (0.123456789, "0.123456791"), (16777216.0, "16777216.0"), (-0.0, "-0.0"),
+    (float("nan"), "NaN"), (float("inf"), "Infinity"), (float("-inf"), "-Infinity"),
+])
+def test_float32_formatting_is_tf_serving_writedecimal(value, text):
+    assert format_floats(np.float32([value])) == [text]
+
+
+def test_float64_keeps_17_digits_when_needed():
+    assert format_floats(np.float64([0.1, 2.05, 1 / 3])) == ["0.1", "2.05", "0.33333333333333331"]
+
+
+def test_row_and_columnar_json_forms():
+    sig = Signature("s", "tensorflow/serving/predict", {
+        "tag": TensorSpec("tag", STRING, None), "signal": TensorSpec("signal", np.dtype("int32"), None),
+    }, {})
+    rows = rows_to_arrays([{"tag": "foo", "signal": [1, 2]}, {"tag": "bar", "signal": [3, 4]}], sig)
+    assert rows["tag"].tolist() == [b"foo", b"bar"] and rows["signal"].dtype == np.int32
+    cols = columns_to_arrays({"tag": ["foo", "bar"], "signal": [[1, 2], [3, 4]]}, sig)
+    assert cols["signal"].tolist() == [[1, 2], [3, 4]]
+    text = predict_json({"y": np.float32([[1.5], [2.0]]), "ok": np.array([True, False])}, row_form=True)
+    assert json.loads(text) == {"predictions": [{"ok": True, "y": [1.5]}, {"ok": False, "y": [2.0]}]}
+    with pytest.raises(Exception, match="has inconsistent batch size"):
+        predict_json({"a": np.zeros(2, np.float32), "b": np.zeros(3, np.float32)}, row_form=True)
+
+
+def test_grpc_typed_fields_and_tensor_content_flag():
+    proto = array_to_proto(np.float32([[1.5, 2.0]]))
+    assert list(proto.float_val) == [1.5, 2.0] and not proto.tensor_content
+    assert [d.size for d in proto.tensor_shape.dim] == [1, 2]
+    assert list(array_to_proto(np.int64([7])).int64_val) == [7]
+    assert list(array_to_proto(np.array([True])).bool_val) == [True]
+    assert list(array_to_proto(np.array([b"a"], dtype=object)).string_val) == [b"a"]
+    assert list(array_to_proto(np.float64([0.25])).double_val) == [0.25]
+    packed = array_to_proto(np.float32([1.5, 2.0]), tensor_content=True)
+    assert packed.tensor_content and not packed.float_val
+    assert tf.make_ndarray(packed).tolist() == [1.5, 2.0]
