@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
 from tfserving_models import jpeg_bytes
 
 
@@ -86,10 +87,10 @@ def test_resnet_client_float_rest_and_grpc(tfs_built):
 
 
 def test_resnet_client_jpeg_rest_b64_and_grpc_bytes(tfs_built):
-    data, pixels = _image()
+    data, _ = _image()
     means = (tf.cast(tf.io.decode_jpeg(data, channels=3), tf.float32) / 255.0).numpy().mean(axis=(0, 1))
     expected = int(np.argmax(means @ tfs_built.extras["kernel"]))
-    body = '{"instances" : [{"b64": "%s"}]}' % base64.b64encode(data).decode("utf-8")
+    body = '{"instances" : [{"b64": "' + base64.b64encode(data).decode("utf-8") + '"}]}'  # the client's own text
     r = httpx.post(f"{tfs_built.url}/v1/models/resnet_jpeg:predict", content=body)
     r.raise_for_status()
     assert int(np.argmax(r.json()["predictions"][0])) == expected

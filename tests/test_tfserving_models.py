@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-from tfserving_models import jpeg_bytes
 
 from modelkeep.serving.signature import STRING, Signature, TensorSpec
 from modelkeep.serving.tensors import array_to_proto, columns_to_arrays, format_floats, predict_json, rows_to_arrays
+from tfserving_models import jpeg_bytes
 
 
 def post(server, path, body):
