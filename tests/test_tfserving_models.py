@@ -143,3 +143,22 @@ def test_grpc_typed_fields_and_tensor_content_flag():
     packed = array_to_proto(np.float32([1.5, 2.0]), tensor_content=True)
     assert packed.tensor_content and not packed.float_val
     assert tf.make_ndarray(packed).tolist() == [1.5, 2.0]
+
+
+def test_openapi_document_describes_each_model_by_its_signature(tfs_built):
+    doc = httpx.get(f"{tfs_built.url}/openapi.json").json()
+    paths = doc["paths"]
+    for model in ("default", "keras_dict", "strings"):
+        for route in (":predict", ":classify", ":regress", "", "/metadata"):
+            for prefix in ("", "/versions/{version}", "/labels/{label}"):
+                assert f"/v1/models/{model}{prefix}{route}" in paths
+    keras = paths["/v1/models/keras_dict:predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert keras["properties"]["inputs"]["required"] == ["a", "b"]
+    assert keras["properties"]["inputs"]["properties"]["a"] == {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+    strings = paths["/v1/models/strings:predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert strings["properties"]["instances"]["items"]["oneOf"][0] == {"type": "string"}
+    assert "400" in paths["/v1/models/default:predict"]["get"]["responses"]  # TF Serving's 'Malformed request'
+    r = httpx.get(f"{tfs_built.url}/v1/models/default:predict")
+    assert r.status_code == 400 and r.json()["error"].startswith("Malformed request: GET /v1/models/default:predict")
+    r = httpx.delete(f"{tfs_built.url}/v1/models/default")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"

@@ -274,7 +274,7 @@ class RestAPI:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document(self.manager.name))
+        return JSONResponse(openapi_document(self.ctx))
 
     async def not_found(self, request: Request, exc: Exception) -> JSONBody:
         return _error(404, f"no such endpoint {request.url.path!r}; see /openapi.json.")
