@@ -30,7 +30,10 @@ def test_tf_serving_flags_unchanged(tmp_path):
     assert config.monitoring_path == "/monitoring/prometheus/metrics"
     assert config.grpc_options == [("grpc.max_connection_age_ms", 2000), ("grpc.lb_policy_name", "grpclb")]
     assert config.allow_non_finite and config.host == "0.0.0.0"  # TF Serving accepts NaN and binds every interface
-    assert not config_from_args(build_parser().parse_args([f"--model_base_path={tmp_path / 'half'}"])).rest  # REST off by default
+    plain = config_from_args(build_parser().parse_args([f"--model_base_path={tmp_path / 'half'}"]))
+    assert not plain.rest and not plain.tensor_content  # REST off, typed gRPC fields: TF Serving's defaults
+    packed = build_parser().parse_args([f"--model_base_path={tmp_path / 'half'}", "--enable_serialization_as_tensor_content=true"])
+    assert config_from_args(packed).tensor_content
 
 
 def test_model_config_file_policies_and_labels(tmp_path):

@@ -246,11 +246,9 @@ MALFORMED = [
 
 def test_rest_unsupported_api_calls(tfs):
     for method, path in MALFORMED:
-        r = httpx.request(method, tfs.url + path)
-        if path.startswith("/v1/models"):
-            assert r.status_code == 400 and "Malformed request" in r.json()["error"], (method, path, r.text)
-        else:  # outside TF Serving's path regex: not its handler
-            assert r.status_code == 404, (method, path)
+        r = httpx.request(method, tfs.url + path)  # every /v1/ path reaches TF Serving's handler
+        assert r.status_code == 400 and r.json()["error"].startswith(f"Malformed request: {method} {path}"), (method, path, r.text)
+    assert httpx.get(f"{tfs.url}/statuspage").status_code == 404  # outside kPathRegex
     r = httpx.get(f"{tfs.url}/v1/models")
     assert r.status_code == 400 and "Missing model name" in r.json()["error"]
     r = httpx.post(f"{tfs.url}/v1/models/foo/versions/{2**64 - 1}:regress")

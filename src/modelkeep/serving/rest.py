@@ -296,6 +296,7 @@ def build_app(ctx: Any) -> Any:
     routes = [
         Route("/v1/models", api),
         Route("/v1/models/{rest:path}", api),  # an ASGI endpoint: every method reaches it
+        Route("/v1/{rest:path}", api),  # TF Serving's handler takes every /v1/ path ("Malformed request")
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.prometheus, methods=["GET"]),
