@@ -75,6 +75,20 @@ def test_tf_module_unknown_rank_and_several_signatures(tfs_built):
         "name": "serving_default_x:0", "dtype": "DT_FLOAT", "tensor_shape": {"dim": [], "unknown_rank": True}}
 
 
+def test_sequential_keras_saved_model_save(tfs_built):
+    """TF Serving's test: x of shape [1, 1] = 2.0, no output filter, y = 2.0 in float_val."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "keras_sequential", "serving_default"
+    request.inputs["x"].dtype = tf.float32.as_datatype_enum
+    request.inputs["x"].float_val.append(2.0)
+    request.inputs["x"].tensor_shape.dim.add().size = 1
+    request.inputs["x"].tensor_shape.dim.add().size = 1
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(tfs_built.grpc_target))
+    result = stub.Predict(request, 20)
+    assert result.outputs["y"].dtype == tf.float32.as_datatype_enum and list(result.outputs["y"].float_val) == [2.0]
+    assert result.model_spec.version.value == 123
+
+
 def test_keras_dict_outputs_by_keras_names(tfs_built):
     model = tfs_built.extras["keras_model"]
     a, b = np.float32([[1, 2, 3]]), np.float32([[4, 5]])
@@ -162,3 +176,40 @@ def test_openapi_document_describes_each_model_by_its_signature(tfs_built):
     assert r.status_code == 400 and r.json()["error"].startswith("Malformed request: GET /v1/models/default:predict")
     r = httpx.delete(f"{tfs_built.url}/v1/models/default")
     assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+
+
+def _served(server, name, timeout=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{server.url}/v1/models/{name}", timeout=5)
+        if r.status_code == 200 and r.json()["model_version_status"][0]["state"] == "AVAILABLE":
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_model_config_file_is_polled_and_reload_config_request(tfs_built):
+    """testModelConfigReload: a model added to the config file is served after the poll; a
+    HandleReloadConfigRequest without it unloads it again; the other models keep serving."""
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+    from tensorflow_serving.config import model_server_config_pb2
+
+    original = tfs_built.config.read_text()
+    base = tfs_built.models["half_plus_three"]
+    added = original.rstrip().rstrip("}") + f'  config: {{ name: "added", base_path: "{base}", model_platform: "tensorflow" }}\n}}\n'
+    tfs_built.config.write_text(added)
+    try:
+        assert _served(tfs_built, "added")
+        assert post(tfs_built, "added:predict", {"instances": [2.0]}).json() == {"predictions": [4.0]}
+    finally:
+        tfs_built.config.write_text(original)
+    request = model_management_pb2.ReloadConfigRequest()
+    request.config.CopyFrom(text_format.Parse(original, model_server_config_pb2.ModelServerConfig()))
+    stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(tfs_built.grpc_target))
+    assert stub.HandleReloadConfigRequest(request, 60).status.error_code == 0
+    r = post(tfs_built, "added:predict", {"instances": [2.0]})
+    assert r.status_code == 404 and r.json()["error"].startswith("Servable not found for request: Latest(added)")
+    assert post(tfs_built, "default:predict", {"instances": [2.0]}).json() == {"predictions": [3.0]}

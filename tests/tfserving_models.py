@@ -246,3 +246,16 @@ def half_plus_two_tf2(base: Path, version: str = "00000123") -> Path:
     signatures = {"serving_default": module.predict, "classify_x_to_y": module.classify, "regress_x_to_y": module.regress}
     tf.saved_model.save(module, str(base / version), signatures=signatures)
     return base
+
+
+def tf_keras_sequential(base: Path) -> Path:
+    """TF Serving's test_sequential_keras_saved_model_save: a tf.keras 2 Sequential (Input ``x``,
+    identity Lambda ``y``) written by ``tf.saved_model.save``."""
+    import tensorflow as tf
+    import tf_keras
+
+    model = tf_keras.models.Sequential()
+    model.add(tf_keras.layers.Input(dtype="float32", shape=(1,), name="x"))
+    model.add(tf_keras.layers.Lambda(lambda x: x, name="y"))
+    tf.saved_model.save(model, str(base / "00000123"))
+    return base

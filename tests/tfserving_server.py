@@ -109,6 +109,7 @@ def build_models(root: Path) -> tuple[dict[str, Path], dict]:
         "mnist": tm.mnist_tf1(root / "mnist", weights, bias),
         "resnet": resnet_base,
         "resnet_jpeg": tm.resnet_jpeg(root / "resnet_jpeg", kernel),
+        "keras_sequential": tm.tf_keras_sequential(root / "keras_sequential"),
     }
     extras = {"keras_model": keras_model, "resnet_model": resnet_model, "kernel": kernel, "mnist": (images, labels)}
     return models, extras
@@ -130,8 +131,10 @@ def start(kind: str, root: Path) -> ModelServer:
     config = write_config(root / "models.config", models, {"saved_model_half_plus_two_2_versions": TWO_VERSIONS})
     monitoring = root / "monitoring.config"
     monitoring.write_text('prometheus_config: {\n  enable: true,\n  path: "/monitoring/prometheus/metrics"\n}\n')
-    server = ModelServer(config, root, f"--monitoring_config_file={monitoring}")
+    poll = ["--model_config_file_poll_wait_seconds=1"] if kind == "built" else []
+    server = ModelServer(config, root, f"--monitoring_config_file={monitoring}", *poll)
     server.models = models
     server.extras = extras
     server.kind = kind
+    server.config = config
     return server

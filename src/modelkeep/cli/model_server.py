@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model_name", default="default", help="model name (default 'default')")
     add("--model_base_path", default="", help="base directory of the model's numbered versions")
     add("--model_config_file", default="", help="ModelServerConfig text proto (several models, version policies, labels)")
-    add("--model_config_file_poll_wait_seconds", type=int, default=0, help="accepted; the config file is read at start")
+    add("--model_config_file_poll_wait_seconds", type=int, default=0, help="re-read the config file this often (0: never)")
     add("--file_system_poll_wait_seconds", type=float, default=1.0, help="how often to look for new versions (default 1)")
     add("--monitoring_config_file", default="", help="MonitoringConfig text proto: prometheus_config { enable, path }")
     add("--enable_batching", type=_bool, nargs="?", const=True, default=False, help="accepted; micro-batching is always on")
@@ -77,46 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _text_proto(path: str, message: Any, flag: str) -> Any:
-    from google.protobuf import text_format
-
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ModelkeepError(f"--{flag}={path}: cannot read it ({exc.strerror}).") from None
-    try:
-        return text_format.Parse(text, message)
-    except text_format.ParseError as exc:
-        raise ModelkeepError(
-            f"Error parsing text-format {message.DESCRIPTOR.full_name}: {exc} (modelkeep: --{flag}={path})"
-        ) from None
-
-
 def models_from_config(path: str) -> list[Any]:
     """The ``ModelEntry`` of each ``model_config_list`` entry, version policy and labels included."""
-    from tensorflow_serving.config import model_server_config_pb2
+    from modelkeep.serving.model_config import read_model_config
 
-    from modelkeep.serving.server import ModelEntry
-
-    config = _text_proto(path, model_server_config_pb2.ModelServerConfig(), "model_config_file")
-    if config.WhichOneof("config") != "model_config_list" or not config.model_config_list.config:
-        raise ModelkeepError(f"--model_config_file={path}: expected model_config_list with at least one config.")
-    entries = []
-    for c in config.model_config_list.config:
-        if c.model_platform not in ("", "tensorflow"):
-            raise ModelkeepError(f"--model_config_file={path}: model {c.name!r} has platform {c.model_platform!r}; only 'tensorflow' is served.")
-        policy = c.model_version_policy
-        kind = policy.WhichOneof("policy_choice")
-        if kind == "all":
-            text = "all"
-        elif kind == "specific":
-            text = "specific:" + ",".join(str(v) for v in policy.specific.versions)
-        elif kind == "latest" and policy.latest.num_versions > 1:
-            text = f"newest:{policy.latest.num_versions}"
-        else:
-            text = "latest"
-        entries.append(ModelEntry(c.name, c.base_path, text, dict(c.version_labels)))
-    return entries
+    return read_model_config(path)
 
 
 def monitoring_path(path: str) -> str | None:
@@ -151,7 +116,8 @@ def grpc_options(text: str) -> list[tuple[str, Any]]:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from modelkeep.serving.server import ModelEntry, ServeConfig
+    from modelkeep.serving.model_config import ModelEntry
+    from modelkeep.serving.server import ServeConfig
 
     if args.model_config_file and args.model_base_path:
         raise ModelkeepError("Invalid arguments: both --model_config_file and --model_base_path are set; give one.")
@@ -181,6 +147,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         tensor_content=args.enable_serialization_as_tensor_content,
         grpc_options=grpc_options(args.grpc_channel_arguments),
         rest=args.rest_api_port != 0,
+        model_config_file=args.model_config_file or None,
+        config_poll_seconds=float(args.model_config_file_poll_wait_seconds),
     )
 
 

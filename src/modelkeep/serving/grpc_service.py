@@ -27,6 +27,7 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_status_pb2,
     inference_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -209,6 +210,22 @@ class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
     async def _status(self, request: Any) -> Any:
         states = status_states(self.ctx, *_spec_of(request.model_spec))
         response: get_model_status_pb2.GetModelStatusResponse = status_proto(states)
+        return response
+
+    async def HandleReloadConfigRequest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return await self._call("reload_config", context, lambda: self._reload(request))
+
+    async def _reload(self, request: Any) -> Any:
+        from modelkeep.errors import ModelkeepError
+        from modelkeep.serving.model_config import apply_entries, entries_from_proto
+
+        try:
+            entries = entries_from_proto(request.config, "HandleReloadConfigRequest")
+            await apply_entries(self.ctx, entries)
+        except ModelkeepError as exc:
+            raise ServingError("INVALID_ARGUMENT", str(exc)) from None
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.error_code = 0
         return response
 
 

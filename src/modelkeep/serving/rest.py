@@ -265,7 +265,8 @@ class RestAPI:
     async def readyz(self, request: Request) -> JSONBody:
         managers = self.ctx.managers.values()
         ready = all(m.ready for m in managers)
-        body = {"status": "ready" if ready else "loading", "model": self.manager.name, "versions": sorted(self.manager.loaded)}
+        first = self.ctx.manager
+        body = {"status": "ready" if ready else "loading", "model": first.name, "versions": sorted(first.loaded)}
         if len(self.ctx.managers) > 1:
             body["models"] = {m.name: sorted(m.loaded) for m in managers}
         return _json(body, 200 if ready else 503)

@@ -20,6 +20,7 @@ from typing import Any
 
 from modelkeep.errors import ModelkeepError
 from modelkeep.serving.metrics import Metrics, TFServingMetrics
+from modelkeep.serving.model_config import ModelEntry
 from modelkeep.serving.versions import ModelSource
 from modelkeep.serving.watcher import Policy, VersionManager
 
@@ -49,16 +50,8 @@ class ServeConfig:
     tensor_content: bool = False
     grpc_options: list[tuple[str, Any]] | None = None
     rest: bool = True  # False: gRPC only (TF Serving's --rest_api_port=0)
-
-
-@dataclass
-class ModelEntry:
-    """One served model: a name, a path, a version policy, version labels."""
-
-    name: str
-    path: str | Path
-    policy: str = "latest"
-    labels: dict[str, int] | None = None
+    model_config_file: str | None = None  # re-read every config_poll_seconds (TF Serving's poll wait; 0: never)
+    config_poll_seconds: float = 0.0
 
 
 @dataclass
@@ -74,6 +67,10 @@ class ServeContext:
     tensor_content: bool = False  # gRPC outputs in tensor_content (TF Serving's enable_serialization_as_tensor_content)
     managers: dict[str, VersionManager] = field(default_factory=dict)  # by model name; ``manager`` is the first
     labels: dict[str, dict[str, int]] = field(default_factory=dict)  # model → version label → version
+    entries: dict[str, ModelEntry] = field(default_factory=dict)  # what each manager was made from
+    serve_config: Any = None
+    pollers: dict[str, Any] = field(default_factory=dict)  # model → its poller task
+    stop: Any = None  # asyncio.Event set at shut-down
 
     def __post_init__(self) -> None:
         if not self.managers:
@@ -117,6 +114,7 @@ def build_context(config: ServeConfig) -> ServeContext:
     return ServeContext(
         first, metrics, config.max_request_bytes, config.api_key, config.allow_non_finite, tfs,
         config.tensor_content, managers, {e.name: dict(e.labels or {}) for e in entries},
+        {e.name: e for e in entries}, config,
     )
 
 
@@ -139,7 +137,13 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
             http_socket.close()
         raise
     loop = asyncio.get_running_loop()
-    pollers = [loop.create_task(m.run(config.poll_seconds, stop)) for m in ctx.managers.values()]
+    ctx.stop, ctx.serve_config = stop, ctx.serve_config or config
+    ctx.pollers = {name: loop.create_task(m.run(config.poll_seconds, stop)) for name, m in ctx.managers.items()}
+    watcher = None
+    if config.model_config_file and config.config_poll_seconds > 0:
+        from modelkeep.serving.model_config import watch_config
+
+        watcher = loop.create_task(watch_config(ctx, config.model_config_file, config.config_poll_seconds))
     if http_socket is not None:
         uv_config = uvicorn.Config(
             build_app(ctx),
@@ -168,8 +172,13 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
         await server.serve(sockets=[http_socket])
     finally:
         stop.set()
-        for poller in pollers:
-            await poller
+        if watcher is not None:
+            await watcher
+        for poller in list(ctx.pollers.values()):
+            try:
+                await poller
+            except asyncio.CancelledError:
+                pass
         if grpc_server is not None:
             await grpc_server.stop(grace=2.0)
         for manager in ctx.managers.values():
