@@ -22,6 +22,7 @@ import base64
 import binascii
 import json
 import math
+import struct
 from typing import Any
 
 import numpy as np
@@ -213,23 +214,40 @@ def columns_to_arrays(inputs: Any, signature: Signature) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ JSON out
+_F32 = struct.Struct("f")
+
+
+def _text32(v: float) -> str:
+    """WriteDecimal of one float32 (as a Python float): %g, else %.9g; '.0' on whole numbers."""
+    if v != v:
+        return "NaN"
+    if v in (math.inf, -math.inf):
+        return "Infinity" if v > 0 else "-Infinity"
+    text = f"{v:g}"
+    try:
+        same = _F32.unpack(_F32.pack(float(text)))[0] == v
+    except OverflowError:
+        same = False
+    if not same:
+        text = f"{v:.9g}"
+    return text if ("." in text or "e" in text) else text + ".0"
+
+
+def _text64(v: float) -> str:
+    if not math.isfinite(v):
+        return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+    text = f"{v:g}"
+    if float(text) != v:
+        text = f"{v:.17g}"
+    return text if ("." in text or "e" in text) else text + ".0"
+
+
 def format_floats(values: np.ndarray) -> list[str]:
     """TF Serving's WriteDecimal for every value of a float array (flattened)."""
-    flat = np.ascontiguousarray(values).ravel()
-    single = flat.dtype != np.float64
-    as_float = flat.astype(np.float32 if single else np.float64, copy=False)
-    items = as_float.tolist()
-    texts = [f"{v:g}" for v in items]
-    finite = np.isfinite(as_float)
-    back = np.array(texts).astype(as_float.dtype) if texts else as_float
-    digits = ".9g" if single else ".17g"
-    for i in np.flatnonzero(finite & (back != as_float)):
-        texts[i] = format(items[i], digits)
-    for i, text in enumerate(texts):
-        if "." not in text and "e" not in text:
-            v = items[i]
-            texts[i] = text + ".0" if math.isfinite(v) else ("NaN" if v != v else ("-Infinity" if v < 0 else "Infinity"))
-    return texts
+    flat = np.asarray(values).ravel()
+    if flat.dtype == np.float64:
+        return [_text64(v) for v in flat.tolist()]
+    return [_text32(v) for v in flat.astype(np.float32, copy=False).tolist()]
 
 
 def _leaves(array: np.ndarray, name: str) -> list[str]:
