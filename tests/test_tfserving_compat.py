@@ -208,6 +208,10 @@ def test_rest_status(tfs):
     model = "saved_model_half_plus_two_2_versions"
     for suffix in ("", "/versions/123", "/labels/stable"):  # GetStatus of the handler test
         assert httpx.get(f"{tfs.url}/v1/models/{model}{suffix}").json() == expected
+    r = httpx.get(f"{tfs.url}/v1/models/nope")  # get_model_status_impl.cc
+    assert r.status_code == 404 and r.json()["error"].startswith("Could not find any versions of model nope")
+    r = httpx.get(f"{tfs.url}/v1/models/default/versions/7")
+    assert r.status_code == 404 and r.json()["error"].startswith("Could not find version 7 of model default")
 
 
 def test_rest_metadata_lists_every_signature_with_tf_serving_names(tfs):
