@@ -128,6 +128,20 @@ def test_float32_formatting_is_tf_serving_writedecimal(value, text):
     assert format_floats(np.float32([value])) == [text]
 
 
+def test_float32_formatting_of_large_arrays_equals_the_per_value_rule():
+    from modelkeep.serving.tensors import _text32
+
+    rng = np.random.default_rng(0)
+    with np.errstate(over="ignore"):
+        values = np.concatenate([
+            rng.random(3000, dtype=np.float32), np.float32(rng.integers(-10**7, 10**7, 3000)),
+            (rng.standard_normal(3000) * 10.0 ** rng.integers(-40, 39, 3000)).astype(np.float32),
+            np.round(rng.random(3000), 3).astype(np.float32),
+            np.float32([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, 3.4028235e38, 16777216, 2.05, 0.1, 1e-5, 9e6]),
+        ])
+    assert format_floats(values) == [_text32(v) for v in values.tolist()]
+
+
 def test_float64_keeps_17_digits_when_needed():
     assert format_floats(np.float64([0.1, 2.05, 1 / 3])) == ["0.1", "2.05", "0.33333333333333331"]
 

@@ -242,12 +242,44 @@ def _text64(v: float) -> str:
     return text if ("." in text or "e" in text) else text + ".0"
 
 
+def _needs_nine(flat: np.ndarray) -> np.ndarray:
+    """True where no 6-significant-digit decimal reads back as the float32: %g cannot round-trip.
+
+    The nearest 6-digit decimal (what %g prints) is within one unit of ``rint(v * 10**(5-e))``,
+    so when none of those three candidates reads back as ``v``, %g does not either."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _needs_nine_unchecked(flat)
+
+
+def _needs_nine_unchecked(flat: np.ndarray) -> np.ndarray:
+    d = flat.astype(np.float64)
+    ok = np.isfinite(d) & (d != 0)
+    e = np.floor(np.log10(np.abs(np.where(ok, d, 1.0))))
+    scale = 10.0 ** (5 - e)
+    m = np.rint(d * scale)
+    near = np.zeros(len(flat), dtype=bool)
+    for k in (-1.0, 0.0, 1.0):
+        near |= ((m + k) / scale).astype(np.float32) == flat
+    return ok & ~near
+
+
 def format_floats(values: np.ndarray) -> list[str]:
     """TF Serving's WriteDecimal for every value of a float array (flattened)."""
     flat = np.asarray(values).ravel()
     if flat.dtype == np.float64:
         return [_text64(v) for v in flat.tolist()]
-    return [_text32(v) for v in flat.astype(np.float32, copy=False).tolist()]
+    flat = flat.astype(np.float32, copy=False)
+    items = flat.tolist()
+    if len(items) < 32:
+        return [_text32(v) for v in items]
+    out = []
+    for v, nine in zip(items, _needs_nine(flat).tolist()):
+        if nine:
+            text = f"{v:.9g}"
+            out.append(text if ("." in text or "e" in text) else text + ".0")
+        else:
+            out.append(_text32(v))
+    return out
 
 
 def _leaves(array: np.ndarray, name: str) -> list[str]:
