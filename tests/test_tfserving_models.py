@@ -227,3 +227,38 @@ def test_model_config_file_is_polled_and_reload_config_request(tfs_built):
     r = post(tfs_built, "added:predict", {"instances": [2.0]})
     assert r.status_code == 404 and r.json()["error"].startswith("Servable not found for request: Latest(added)")
     assert post(tfs_built, "default:predict", {"instances": [2.0]}).json() == {"predictions": [3.0]}
+
+
+def test_classify_examples_json_b64_context_and_labelled_results():
+    """api_rest.md: the classify_objects request (b64 image + caption), a context, and the
+    label/score pairs of a signature with both ``classes`` and ``scores``."""
+    from tensorflow.core.example import example_pb2
+
+    from modelkeep.serving import examples
+
+    body = {"signature_name": "classify_objects", "context": {"site": 7}, "examples": [
+        {"image": {"b64": "aW1hZ2UgYnl0ZXM="}, "caption": "seaside"},
+        {"image": {"b64": "YXdlc29tZSBpbWFnZSBieXRlcw=="}, "caption": "mountains", "sensor_readings": [1.0, -3.14, float("nan")]},
+    ]}
+    serialized = examples.examples_from_json(body, "classify")
+    first, second = (example_pb2.Example.FromString(s) for s in serialized)
+    assert first.features.feature["image"].bytes_list.value == [b"image bytes"]
+    assert first.features.feature["caption"].bytes_list.value == [b"seaside"]
+    assert first.features.feature["site"].int64_list.value == [7]  # the context, merged in
+    assert second.features.feature["image"].bytes_list.value == [b"awesome image bytes"]
+    assert len(second.features.feature["sensor_readings"].float_list.value) == 3
+
+    spec = TensorSpec("inputs", STRING, (None,))
+    out = {"classes": TensorSpec("classes", STRING, (None, 2)), "scores": TensorSpec("scores", np.dtype("float32"), (None, 2))}
+    sig = Signature("classify_objects", "tensorflow/serving/classify", {"inputs": spec}, out)
+
+    def call(name, named):
+        n = len(named["inputs"])
+        return {"classes": np.array([[b"sea", b"hill"]] * n, dtype=object), "scores": np.float32([[0.75, 0.25]] * n)}
+
+    result = examples.classify(sig, call, serialized)
+    assert json.loads(examples.classification_json(result)) == {"results": [[["sea", 0.75], ["hill", 0.25]]] * 2}
+    with pytest.raises(Exception, match="When method is classify, key 'examples' is expected and was not found"):
+        examples.examples_from_json({"instances": [1]}, "classify")
+    with pytest.raises(Exception, match="Unexpected element type in feature: x expecting type: float"):
+        examples.examples_from_json({"examples": [{"x": [1.0, "a"]}]}, "regress")
