@@ -301,7 +301,7 @@ def _nest(texts: list[str], shape: tuple[int, ...]) -> str:
         return texts[0]
     if len(shape) == 1:
         return "[" + ",".join(texts) + "]"
-    step = int(np.prod(shape[1:]))
+    step = math.prod(shape[1:])
     return "[" + ",".join(_nest(texts[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])) + "]"
 
 
@@ -335,7 +335,7 @@ def predict_json(outputs: dict[str, np.ndarray], row_form: bool) -> str:
         fields = []
         for n in names:
             shape = outputs[n].shape[1:]
-            step = int(np.prod(shape))
+            step = math.prod(shape)
             fields.append(json.dumps(n) + ":" + _nest(leaves[n][i * step : (i + 1) * step], shape))
         rows.append("{" + ",".join(fields) + "}")
     return '{"predictions":[' + ",".join(rows) + "]}"
