@@ -27,3 +27,10 @@ def tfs_built(tmp_path_factory):
     server = start("built", tmp_path_factory.mktemp("tfs-built")).wait()
     yield server
     server.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say where this run happened: float results depend on the CPU and TF's kernel settings."""
+    from machine import machine_line
+
+    terminalreporter.write_line(machine_line())

@@ -25,6 +25,7 @@ import pytest
 import modelkeep as mk
 from modelkeep.capture import capture, model_variable_keys, optimizer_variable_keys
 from modelkeep.errors import UnsupportedModelError
+from numerics import STORED_ULPS, assert_close_ulps, keras3_reference
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOOL = FIXTURES / "make_fixtures.py"
@@ -54,6 +55,8 @@ TOLERANCE = {
     # Keras 2's LayerNormalization uses fused batch norm; Keras 3 uses moments + rsqrt (seen: 4.8e-7).
     "layernorm_reshape": 6e-7,
 }
+#: the longest reduction each model runs through (``numerics.STORED_ULPS``); "dense" if absent
+LAYER_KIND = {"embed_lstm": "recurrent", "embed_bigru_mask": "recurrent", "bilstm": "recurrent"}
 #: Keras 3 slot name -> what tf-keras calls it (new optimizers, legacy optimizers)
 K2_SLOTS = {"momentum": ("m", "momentum"), "velocity": ("v", "velocity", "rms")}
 
@@ -93,12 +96,24 @@ def _predictions(model, x) -> list[np.ndarray]:
     return got if isinstance(got, list) else [got]
 
 
-def assert_same_predictions(name: str, model, expected) -> None:
+def assert_same_predictions(name: str, model, expected, stored: bool = False) -> None:
+    """``model``'s predictions equal, bit for bit, those of the architecture built in code with
+    the file's weights (computed here, now); and match tf-keras's ``expected`` predictions:
+    bit for bit when tf-keras made them in this run (``TOLERANCE`` where Keras 2 and 3 compute
+    differently), within ``numerics.STORED_ULPS`` when they were stored by another run
+    (``stored=True``: the committed fixtures)."""
     want = [expected[k] for k in sorted(k for k in expected.files if k.startswith("pred_"))]
-    got = _predictions(model, _inputs(expected))
+    x = _inputs(expected)
+    got = _predictions(model, x)
     assert len(got) == len(want)
+    weights = [expected[k] for k in expected.files if k.startswith("w/")]
+    reference = keras3_reference(zoo.BUILDERS[name], weights, x)
+    for g, r in zip(got, reference):
+        assert np.array_equal(g, r), f"{name}: max diff {np.max(np.abs(g - r))} from the model built in code"
     for g, w in zip(got, want):
-        if name in TOLERANCE:
+        if stored:
+            assert_close_ulps(g, w, STORED_ULPS[LAYER_KIND.get(name, "dense")], name)
+        elif name in TOLERANCE:
             np.testing.assert_allclose(g, w, rtol=0, atol=TOLERANCE[name])
         else:
             assert np.array_equal(g, w), f"{name}: max diff {np.max(np.abs(g - w))}"
@@ -242,12 +257,12 @@ def test_committed_fixtures_load(name):
             model = mk.load_model(folder / kind)
             assert_weights_match_keras2(model, expected)
             assert_optimizer_matches_keras2(model, expected)
-            assert_same_predictions(name, model, expected)
+            assert_same_predictions(name, model, expected, stored=True)
     for kind in ("ckpt", "weights.h5"):
         if Path(str(folder / kind) + (".index" if kind == "ckpt" else "")).exists():
             model = zoo.BUILDERS[name](keras)
             mk.load_weights(model, folder / kind)
-            assert_same_predictions(name, model, expected)
+            assert_same_predictions(name, model, expected, stored=True)
             if kind == "ckpt":  # built in code, so compare by position with the rebuilt model
                 assert int(model.optimizer.iterations.numpy()) == 2
 

@@ -67,9 +67,11 @@ def test_rest_row_and_columnar_forms_match_model_predict(served):
     np.testing.assert_allclose(np.array(r.json()["predictions"]), expected[:1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sequential_requests_are_not_delayed(served):
     """A keep-alive client asking one row at a time gets answers in milliseconds (no Nagle /
-    delayed-ACK stall, no batching wait)."""
+    delayed-ACK stall, no batching wait). A wall-clock bound: slow run only, on a quiet machine
+    (on 2 loaded cores a scheduler delay alone can pass 20 ms)."""
     import time
 
     server, _ = served

@@ -65,7 +65,11 @@ for epoch in range(1, {EPOCHS} + 1):
     if epoch == 1:
         while not go.exists():
             time.sleep(0.05)
-    time.sleep(0.5)
+    # a handshake, not a sleep: wait (at most 60 s) until a client was answered by this version,
+    # so a loaded machine cannot make the server skip versions
+    deadline = time.monotonic() + 60
+    while not (run.parent / f"seen-{{step}}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 print("trainer done", flush=True)
 """
 
@@ -81,8 +85,8 @@ def load_version(infos, step: int):
 class LoadLoop:
     """Client threads posting the same rows until stopped; answers grouped by version."""
 
-    def __init__(self, url: str, rows: np.ndarray, threads: int = 4):
-        self.url, self.rows = url, rows
+    def __init__(self, url: str, rows: np.ndarray, threads: int = 4, seen_dir=None):
+        self.url, self.rows, self.seen_dir = url, rows, seen_dir
         self.answers: dict[int, list[np.ndarray]] = {}
         self.failures: list[str] = []
         self.done = threading.Event()
@@ -99,7 +103,10 @@ class LoadLoop:
                 if r.status_code != 200:
                     self.failures.append(f"{r.status_code}: {r.text}")
                     continue
-                self.answers.setdefault(int(r.headers["X-Model-Version"]), []).append(np.array(r.json()["predictions"]))
+                version = int(r.headers["X-Model-Version"])
+                if self.seen_dir is not None and version not in self.answers:
+                    (self.seen_dir / f"seen-{version}").touch()
+                self.answers.setdefault(version, []).append(np.array(r.json()["predictions"]))
 
     def start(self) -> None:
         for t in self.threads:
@@ -110,12 +117,19 @@ class LoadLoop:
         for t in self.threads:
             t.join(30)
 
-    def run_while(self, proc: subprocess.Popen, limit: float = 120, tail: float = 1.5) -> None:
+    def run_while(self, proc: subprocess.Popen, limit: float = 120, tail: float = 1.5, until: int | None = None) -> None:
+        """Ask while ``proc`` runs; then ``tail`` seconds more, or until version ``until`` answered
+        (at most 60 s: a loaded machine may take long to swap the last checkpoint in)."""
         self.start()
         deadline = time.monotonic() + limit
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(tail)  # let the last checkpoint be picked up under load
+        if until is None:
+            time.sleep(tail)
+        else:
+            deadline = time.monotonic() + 60
+            while until not in self.answers and time.monotonic() < deadline:
+                time.sleep(0.1)
         self.stop()
 
     def check(self, run, expected: dict[int, np.ndarray] | None = None) -> int:
@@ -145,11 +159,11 @@ def test_hot_reload_under_load(tmp_path):
     np.save(tmp_path / "rows.npy", rows)
     trainer = subprocess.Popen([sys.executable, str(script), str(run), str(go)])
     server = ServerProcess(run, "--name", "tutorial", "--poll-seconds", "0.2", log_dir=tmp_path, grpc=False)
-    load = LoadLoop(server.url, rows)
+    load = LoadLoop(server.url, rows, seen_dir=tmp_path)
     try:
         server.wait(timeout=120)
         go.touch()
-        load.run_while(trainer, limit=90)
+        load.run_while(trainer, limit=600, until=EPOCHS * STEPS_PER_EPOCH)
         status = httpx.get(f"{server.url}/v1/models/tutorial").json()["model_version_status"]
         metrics = httpx.get(f"{server.url}/metrics").text
     finally:
