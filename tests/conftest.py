@@ -18,6 +18,17 @@ def _seeded():
     yield
 
 
+@pytest.fixture(scope="session")
+def tfs_built(tmp_path_factory):
+    """One ``modelkeep-model-server`` serving our equivalents of TF Serving's test models
+    (``tfserving_server.py``), shared by the TF Serving compatibility and client tests."""
+    from tfserving_server import start
+
+    server = start("built", tmp_path_factory.mktemp("tfs-built")).wait()
+    yield server
+    server.stop()
+
+
 def pytest_terminal_summary(terminalreporter):
     """Say where this run happened: float results depend on the CPU and TF's kernel settings."""
     from machine import machine_line

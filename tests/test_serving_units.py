@@ -112,7 +112,7 @@ def test_batcher_respects_max_batch_size_and_isolates_errors():
 def test_check_inputs_messages_name_expected_and_received():
     predictor = Predictor.from_model(_dense_stack(["relu"]))
     name = predictor.input_names[0]
-    with pytest.raises(RequestError, match=r"expected shape float32\[\?, 6\], got \[2, 5\]"):
+    with pytest.raises(RequestError, match=r"expected shape float\[\?, 6\], got \[2, 5\]"):
         predictor.check_inputs({name: np.zeros((2, 5))})
     with pytest.raises(RequestError, match="ragged"):
         predictor.check_inputs({name: [[0.0] * 6, [0.0] * 5]})

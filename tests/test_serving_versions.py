@@ -103,11 +103,11 @@ def test_named_inputs_both_forms_and_versions(served):
     assert not np.allclose(score1, score2)
 
     for body, needle in [
-        ({"instances": [ROWS_A[0]]}, "this model has 2 inputs"),
-        ({"inputs": {"a": ROWS_A}}, "missing input(s) ['b']"),
-        ({"inputs": {"a": ROWS_A, "b": [[1.5, 2]]}}, "expected integers (int32[?, 2])"),
+        ({"instances": [ROWS_A[0]]}, "instances is a plain list, but expecting list of objects"),
+        ({"inputs": {"a": ROWS_A}}, "Missing named input: b in 'inputs' object."),
+        ({"inputs": {"a": ROWS_A, "b": [[1.5, 2]]}}, "JSON Value: 1.5 Type: Number is not of expected type: int32"),
         ({"inputs": {"a": ROWS_A, "b": [[1, 2]]}}, "different batch sizes"),
-        ({"instances": [{"a": ROWS_A[0], "b": ROWS_B[0]}, {"a": ROWS_A[1]}]}, "same input names"),
+        ({"instances": [{"a": ROWS_A[0], "b": ROWS_B[0]}, {"a": ROWS_A[1]}]}, "keys must be equal to: a,b"),
     ]:
         r = httpx.post(f"{server.url}/v1/models/{NAME}:predict", headers=AUTH, json=body)
         assert r.status_code == 400 and needle in r.json()["error"], (body, r.text)

@@ -104,8 +104,14 @@ def _safe(name: str) -> str:
 _CLASS: list[type] = []
 
 
-def inference_model(path: Path, signature_name: str = DEFAULT_SIGNATURE) -> Any:
-    """An ``InferenceOnlyModel`` for a SavedModel without a Keras part, with a one-line notice."""
+def inference_model(path: Path, signature_name: str = DEFAULT_SIGNATURE, *, allow_unsafe_ops: bool = False) -> Any:
+    """An ``InferenceOnlyModel`` for a SavedModel without a Keras part, with a one-line notice.
+
+    Its graph is scanned first (protobuf only, nothing runs): file-system, network or Python ops
+    are refused by name (``UnsafeFileError``) unless ``allow_unsafe_ops`` (``safe_mode=False``)."""
+    from modelkeep.storage.graph_ops import check_saved_model_ops
+
+    check_saved_model_ops(path, allow_unsafe_ops=allow_unsafe_ops)
     if not _CLASS:
         _CLASS.append(_model_class())
     model = _CLASS[0](path, signature_name)

@@ -33,23 +33,74 @@ OPTIMIZER_FILE = "modelkeep_optimizer.safetensors"
 LEGACY_METADATA = "keras_metadata.pb"
 
 
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        out.append(name if count == 0 else f"{name}_{count}")
+    return out
+
+
+def _keys_of(struct: Any, tensors: list[Any], layer_name: Any) -> list[str]:
+    if isinstance(struct, dict):
+        by_id = {id(t): k for k, t in struct.items()}
+        if all(id(t) in by_id for t in tensors):
+            return [by_id[id(t)] for t in tensors]
+    return _unique([layer_name(t) for t in tensors])
+
+
+def signature_keys(model: Any) -> tuple[list[str], list[str]]:
+    """The SavedModel signature keys of a Keras model's inputs and outputs, in ``model.inputs``
+    / ``model.outputs`` order: dict keys for dict-structured models, else the input layers'
+    and output layers' names (made unique), as tf.keras 2 exports named them.
+
+    Example::
+
+        signature_keys(model)      # (['input_layer'], ['dense_1'])
+    """
+
+    def layer_name(t: Any) -> str:
+        history = getattr(t, "_keras_history", None)
+        op = getattr(history, "operation", None) if history is not None else None
+        return getattr(op, "name", None) or t.name.split(":")[0]
+
+    inputs = _keys_of(getattr(model, "_inputs_struct", None), list(model.inputs), layer_name)
+    outputs = _keys_of(getattr(model, "_outputs_struct", None), list(model.outputs), layer_name)
+    return inputs, outputs
+
+
 def _export(model: Any, directory: Path) -> None:
-    """TensorFlow's part: a SavedModel whose ``serving_default`` calls the model."""
+    """TensorFlow's part: a SavedModel whose ``serving_default`` calls the model, its inputs
+    and outputs keyed by the Keras names (``signature_keys``), as TF Serving will show them."""
     import keras
     import tensorflow as tf
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    specs = []
-    for tensor in model.inputs:
-        name = tensor.name.split(":")[0]
-        specs.append(tf.TensorSpec(tuple(tensor.shape), tensor.dtype, name=name))
+    in_keys, out_keys = signature_keys(model)
+    specs = [tf.TensorSpec(tuple(t.shape), t.dtype, name=k) for k, t in zip(in_keys, model.inputs)]
+    keyed = isinstance(getattr(model, "_inputs_struct", None), dict)
 
     def serve(*args: Any) -> Any:
-        return model(list(args) if len(args) > 1 else args[0], training=False)
+        if keyed:
+            out = model(dict(zip(in_keys, args)), training=False)
+        else:
+            out = model(list(args) if len(args) > 1 else args[0], training=False)
+        if isinstance(out, dict):
+            return {k: out[k] for k in out_keys}
+        flat = list(out) if isinstance(out, (list, tuple)) else [out]
+        return dict(zip(out_keys, flat))
 
     archive.add_endpoint("serve", serve, input_signature=specs)
     archive.write_out(str(directory), verbose=False)
+
+
+def has_keras_part(path: Path) -> bool:
+    """A SavedModel from which a Keras model can be rebuilt (modelkeep's or tf-keras's), as
+    opposed to a graph-only export (``tf.saved_model.save`` of a ``tf.Module``, a TF1 graph)."""
+    return (path / HEADER_FILE).exists() or _keras2_part(path)
 
 
 def _keras2_part(path: Path) -> bool:
@@ -112,8 +163,9 @@ class SavedModelFormat(Format):
         if self.exists(path) and not (path / HEADER_FILE).exists():
             from modelkeep.formats import legacy_signature
 
-            # a tf.Module export or a TF1 graph: no Keras layers, but a serving signature
-            return legacy_signature.inference_model(path)
+            # a tf.Module export or a TF1 graph: no Keras layers, but a serving signature; its graph
+            # runs, so it is scanned for file-system/Python ops first (run anyway with safe_mode=False)
+            return legacy_signature.inference_model(path, allow_unsafe_ops=kwargs.get("safe_mode", True) is False)
         return super().load_model(path, **kwargs)
 
     def read(self, path: Path) -> ModelState:

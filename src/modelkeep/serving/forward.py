@@ -94,6 +94,9 @@ def tf_function_forward(model: Any, input_specs: list[Any]) -> Forward:
     # a Functional model built on a dict of inputs is called with a dict, else with a list
     keyed = isinstance(getattr(model, "_inputs_struct", None), dict)
     names = [s.name for s in input_specs]
+    from modelkeep.formats.savedmodel import signature_keys
+
+    out_keys = signature_keys(model)[1]
 
     @tf.function(input_signature=signature, reduce_retracing=True)
     def call(*xs: Any) -> Any:
@@ -102,7 +105,7 @@ def tf_function_forward(model: Any, input_specs: list[Any]) -> Forward:
         else:
             out = model(xs[0] if single else list(xs), training=False)
         if isinstance(out, dict):
-            return list(out.values())
+            return [out[k] for k in out_keys]
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
     def forward(arrays: list[np.ndarray]) -> list[np.ndarray]:

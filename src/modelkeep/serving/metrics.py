@@ -107,3 +107,45 @@ class Metrics:
         ):
             parts.extend(metric.render())
         return "\n".join(parts) + "\n"
+
+
+TFS_LATENCY_BUCKETS_US = tuple(float(round(10 * 1.8**i)) for i in range(33))  # TF Serving: 10 µs x 1.8^i
+
+
+class TFServingMetrics:
+    """TF Serving's own metric names, at the path of ``--monitoring_config_file``.
+
+    ``:tensorflow:serving:request_count{model_name,status}`` and
+    ``:tensorflow:serving:request_latency{model_name,API,entrypoint}`` (microseconds), as
+    TF Serving's Prometheus exporter names ``/tensorflow/serving/request_count`` and
+    ``/tensorflow/serving/request_latency``; modelkeep's own metrics follow them.
+
+    Example::
+
+        tfs = TFServingMetrics("/monitoring/prometheus/metrics", own=Metrics())
+        tfs.record("half", "predict", "REST", True, 0.0012)
+    """
+
+    _API = {"predict": "predict", "classify": "classify", "regress": "regress", "metadata": "GetModelMetadata",
+            "status": "GetModelStatus", "multi_inference": "MultiInference"}
+
+    def __init__(self, path: str, own: Metrics | None = None):
+        self.path = path
+        self.own = own
+        self.count = Counter(":tensorflow:serving:request_count", "The total number of requests.", ("model_name", "status"))
+        self.latency = Histogram(
+            ":tensorflow:serving:request_latency", "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+            ("model_name", "API", "entrypoint"), TFS_LATENCY_BUCKETS_US,
+        )
+
+    def record(self, model: str, method: str, entrypoint: str, ok: bool, seconds: float) -> None:
+        if method in ("status", "unknown"):
+            return
+        self.count.inc((model, "OK" if ok else "ERROR"))
+        if ok:
+            self.latency.observe((model, self._API.get(method, method), entrypoint), seconds * 1e6)
+
+    def render(self) -> str:
+        lines = self.count.render() + self.latency.render()
+        text = "\n".join(lines) + "\n"
+        return text + (self.own.render() if self.own is not None else "")

@@ -19,99 +19,157 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from modelkeep.serving.forward import build_forward
+from modelkeep.serving.signature import (
+    DEFAULT_SIGNATURE,
+    PREDICT_METHOD,
+    ServingError,
+    Signature,
+    TensorSpec,
+    read_signature_defs,
+    signatures_from_defs,
+)
 
-SIGNATURE_NAME = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One named input or output: dtype (numpy) and shape (None for any size)."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | None, ...]
-
-    def describe(self) -> str:
-        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.dtype.name}[{dims}]"
+SIGNATURE_NAME = DEFAULT_SIGNATURE
+__all__ = ["PREDICT_METHOD", "SIGNATURE_NAME", "Predictor", "RequestError", "TensorSpec", "coerce"]
 
 
-class RequestError(ValueError):
+class RequestError(ServingError, ValueError):
     """A request that does not fit the model's signature (HTTP 400 / INVALID_ARGUMENT)."""
 
+    def __init__(self, message: str):
+        super().__init__("INVALID_ARGUMENT", message)
 
-def _spec(name: str, tensor: Any) -> TensorSpec:
-    return TensorSpec(name, np.dtype(str(tensor.dtype)), tuple(tensor.shape))
+
+def _keras_spec(name: str, tensor: Any, tensor_name: str) -> TensorSpec:
+    return TensorSpec(name, np.dtype(str(tensor.dtype)), tuple(tensor.shape), tensor_name)
+
+
+def _op_error(exc: Exception) -> ServingError:
+    """A TensorFlow runtime error (bad shape, bad value) as its own status code."""
+    from tensorflow.core.protobuf import error_codes_pb2
+
+    code = getattr(exc, "error_code", None)
+    name = error_codes_pb2.Code.Name(code) if code is not None else "INVALID_ARGUMENT"
+    message = getattr(exc, "message", None) or str(exc)
+    return ServingError(name, f"{message.strip()} (modelkeep: the model refused these inputs)")
 
 
 class Predictor:
-    """The signature and forward pass of one model; ``run`` is thread-safe."""
+    """The signatures and forward pass of one model; ``run`` and ``call`` are thread-safe.
 
-    def __init__(self, model: Any, inputs: list[TensorSpec], outputs: list[TensorSpec], forward: Any, path: str):
+    ``inputs``/``outputs``/``run`` are the default signature's (positional, batchable for
+    Keras models); ``call(signature, {key: array})`` runs any signature by its keys.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        forward: Any,
+        path: str,
+        signatures: dict[str, Signature] | None = None,
+        caller: Any = None,
+    ):
         self.model = model
         self.inputs = inputs
         self.outputs = outputs
         self._forward = forward
-        self.path = path  # "numpy" or "tf.function": which fast path is in use
+        self.path = path  # "numpy", "tf.function", "signature" or "session": which path is in use
         self.input_names = [s.name for s in inputs]
         self.output_names = [s.name for s in outputs]
+        self.signatures = signatures or {
+            DEFAULT_SIGNATURE: Signature(
+                DEFAULT_SIGNATURE, PREDICT_METHOD, {s.name: s for s in inputs}, {s.name: s for s in outputs}, True
+            )
+        }
+        self._caller = caller  # (signature key, {key: array}) -> {key: array}, for non-Keras models
+        self.batchable = caller is None  # Keras models: the default signature goes through the micro-batcher
+        self.tf1 = path == "session"  # TF1 graph: classify/regress check the signature's method_name
+
+    def signature(self, name: str | None) -> Signature:
+        """The signature ``name`` ('' or None: serving_default); FAILED_PRECONDITION when absent."""
+        key = name or DEFAULT_SIGNATURE
+        found = self.signatures.get(key)
+        if found is None:
+            raise ServingError(
+                "FAILED_PRECONDITION",
+                f'Serving signature key "{key}" not found. (modelkeep: this model has {sorted(self.signatures)})',
+            )
+        return found
+
+    def call(self, name: str, named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run signature ``name`` on arrays keyed by its input keys; outputs keyed by its output keys."""
+        if self._caller is None:
+            outputs = self.run([named[k] for k in self.input_names])
+            return dict(zip(self.output_names, outputs))
+        return self._caller(name, named)
 
     @classmethod
-    def from_model(cls, model: Any, *, check_rows: int = 8, allow_numpy: bool = True) -> Predictor:
-        """Build the signature and the fastest path that matches ``model.predict``."""
+    def from_model(
+        cls, model: Any, *, check_rows: int = 8, allow_numpy: bool = True, saved_model_dir: str | Path | None = None
+    ) -> Predictor:
+        """Build the signature and the fastest path that matches ``model.predict``.
+
+        Inputs and outputs are keyed as ``mk.save_model``'s SavedModel signature keys them
+        (the Keras input and output names); with ``saved_model_dir``, the stored SignatureDef
+        supplies the graph tensor names TF Serving's metadata shows."""
+        from modelkeep.formats.savedmodel import signature_keys
+
         if not getattr(model, "inputs", None) or not getattr(model, "outputs", None):
             raise RequestError(
                 "serve: the model has no defined inputs/outputs (a subclassed model that was never "
                 "called); save it as a Functional or Sequential model to serve it."
             )
-        inputs = [_spec(t.name, t) for t in model.inputs]
-        names = list(getattr(model, "output_names", None) or [])
-        if len(names) != len(model.outputs):
-            names = [f"output_{i}" for i in range(len(model.outputs))]
-        outputs = [_spec(n, t) for n, t in zip(names, model.outputs)]
+        in_keys, out_keys = signature_keys(model)
+        inputs = [_keras_spec(k, t, f"serving_default_{k}:0") for k, t in zip(in_keys, model.inputs)]
+        outputs = [_keras_spec(k, t, f"StatefulPartitionedCall:{i}") for i, (k, t) in enumerate(zip(out_keys, model.outputs))]
         path, forward = build_forward(model, inputs, allow_numpy=allow_numpy)
         predictor = cls(model, inputs, outputs, forward, path)
+        if saved_model_dir is not None and (Path(saved_model_dir) / "saved_model.pb").exists():
+            stored = read_signature_defs(saved_model_dir)[0].get(DEFAULT_SIGNATURE)
+            if stored is not None and set(stored.inputs) == set(in_keys) and set(stored.outputs) == set(out_keys):
+                predictor.signatures[DEFAULT_SIGNATURE].proto = stored
         if check_rows:
             predictor.check_against_predict(check_rows)
         return predictor
 
     @classmethod
     def from_saved_model(cls, path: str, *, allow_unsafe_ops: bool = False) -> Predictor:
-        """A SavedModel without a Keras part (``model.export()``, ``tf.saved_model.save``):
-        its ``serving_default`` signature, called as TF Serving would, names included.
+        """A SavedModel without a Keras part, served as TF Serving serves it: every signature
+        of its ``serve`` MetaGraph, by the signature's keys, with no shape check of its own.
 
+        TF2 SavedModels (``tf.saved_model.save``, ``model.export``) run their restored
+        signature functions; TF1 ones (``SavedModelBuilder``) run in a ``tf.compat.v1`` session.
         Its graph is scanned first (protobuf only): one holding file-system, network or Python
         ops is refused (``UnsafeFileError`` naming them) unless ``allow_unsafe_ops=True``."""
-        import tensorflow as tf
-
         from modelkeep.storage.graph_ops import check_saved_model_ops
 
         check_saved_model_ops(path, allow_unsafe_ops=allow_unsafe_ops)
-        loaded = tf.saved_model.load(str(path))
-        if SIGNATURE_NAME not in loaded.signatures:
+        defs, tf1 = read_signature_defs(path)
+        signatures = signatures_from_defs(defs)
+        if not signatures:
             raise RequestError(
-                f"serve: {path} has no {SIGNATURE_NAME!r} signature (found {sorted(loaded.signatures)}); "
-                "export the model with model.export(path) or tf.saved_model.save(..., signatures=...)."
+                f"serve: {path} has no signatures; export the model with model.export(path) or "
+                "tf.saved_model.save(..., signatures=...)."
             )
-        fn = loaded.signatures[SIGNATURE_NAME]
-        _, kwargs = fn.structured_input_signature
-        as_spec = lambda n, t: TensorSpec(n, np.dtype(t.dtype.as_numpy_dtype), tuple(t.shape))  # noqa: E731
-        inputs = [as_spec(n, t) for n, t in sorted(kwargs.items())]
-        outputs = [as_spec(n, t) for n, t in sorted(fn.structured_outputs.items())]
-        names = [o.name for o in outputs]
+        model, caller = (_session_caller if tf1 else _function_caller)(str(path), signatures)
+        default = signatures.get(DEFAULT_SIGNATURE) or signatures[sorted(signatures)[0]]
+        inputs = [default.inputs[k] for k in sorted(default.inputs)]
+        outputs = [default.outputs[k] for k in sorted(default.outputs)]
+        out_names = [o.name for o in outputs]
 
         def forward(arrays: list[np.ndarray]) -> list[np.ndarray]:
-            result = fn(**{spec.name: tf.constant(a) for spec, a in zip(inputs, arrays)})
-            return [result[n].numpy() for n in names]
+            result = caller(default.key, {spec.name: a for spec, a in zip(inputs, arrays)})
+            return [result[n] for n in out_names]
 
-        return cls(loaded, inputs, outputs, forward, "signature")
+        return cls(model, inputs, outputs, forward, "session" if tf1 else "signature", signatures, caller)
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Forward pass on arrays already checked by ``check_inputs`` (one per input)."""
@@ -154,10 +212,33 @@ class Predictor:
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 2, 8, 32)) -> None:
         """Run each batch size once so the first real request pays no tracing cost."""
+        if self._caller is not None:  # a stored signature: traced when saved, nothing to warm
+            return
         for size in batch_sizes:
             self.run(self.sample_inputs(size))
 
     # ------------------------------------------------------------------ checking
+    def prepare(self, signature: Signature, named: dict[str, Any], *, allow_non_finite: bool = False) -> dict[str, np.ndarray]:
+        """Request arrays (already of the signature's dtypes) checked as this model needs.
+
+        Keras signatures check shapes (the fast paths need them); stored signatures leave
+        shapes to the model, as TF Serving does. Non-finite floats are refused unless allowed."""
+        signature.check_names(named)
+        if signature.strict_shapes:
+            arrays = self.check_inputs(named, allow_non_finite=allow_non_finite)
+            return dict(zip(self.input_names, arrays))
+        out = {}
+        for key, array in named.items():
+            spec = signature.inputs[key]
+            if spec.dtype.kind == "f":
+                cast = array.astype(spec.dtype, copy=False)
+                if not allow_non_finite and not np.isfinite(cast).all():
+                    bad = "NaN/Infinity" if not np.isfinite(array).all() else f"numbers too large for {spec.dtype.name}"
+                    raise RequestError(f"input '{key}': expected finite numbers, got {bad} (start with --allow-non-finite to accept them).")
+                array = cast
+            out[key] = array
+        return out
+
     def check_inputs(self, named: dict[str, Any], *, allow_non_finite: bool = False) -> list[np.ndarray]:
         """Turn request values (nested lists or arrays) into arrays in input order.
 
@@ -225,3 +306,59 @@ def coerce(value: Any, spec: TensorSpec, *, allow_non_finite: bool = False) -> n
             raise RequestError(f"input '{spec.name}': numbers out of range for {spec.dtype.name} [{info.min}, {info.max}].")
         return raw.astype(spec.dtype, copy=False)
     return raw.astype(spec.dtype, copy=False)
+
+
+def _function_caller(path: str, signatures: dict[str, Signature]) -> tuple[Any, Any]:
+    """TF2: the restored signature functions, called with the signature's keys."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    functions = {k: loaded.signatures[k] for k in signatures if k in loaded.signatures}
+
+    def call(name: str, named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        fn = functions.get(name)
+        if fn is None:
+            raise ServingError("FAILED_PRECONDITION", f"signature {name!r} is not callable (modelkeep: it is not a function of the SavedModel)")
+        try:
+            result = fn(**{k: tf.constant(v) for k, v in named.items()})
+        except tf.errors.OpError as exc:
+            raise _op_error(exc) from None
+        except (TypeError, ValueError) as exc:
+            raise RequestError(f"{exc} (modelkeep: signature {name!r} takes {signatures[name].describe_inputs()})") from None
+        return {k: v.numpy() for k, v in result.items()}
+
+    return loaded, call
+
+
+def _session_caller(path: str, signatures: dict[str, Signature]) -> tuple[Any, Any]:
+    """TF1 (SavedModelBuilder): the graph in a ``tf.compat.v1`` session, fed by tensor name.
+
+    The feed goes straight to the session (as TF Serving's ``Session::Run``): no Python-side
+    shape check, so ``[2.0, 3.0]`` reaches a ``[?, 1]`` placeholder as TF Serving lets it."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph)
+    with graph.as_default():
+        tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+    plans = {}
+    for key, sig in signatures.items():
+        try:
+            feeds = {k: graph.get_tensor_by_name(s.tensor_name)._as_tf_output() for k, s in sig.inputs.items()}
+            fetches = [(k, graph.get_tensor_by_name(s.tensor_name)._as_tf_output()) for k, s in sig.outputs.items()]
+        except (KeyError, ValueError):
+            continue  # a signature naming tensors the graph lacks: not servable, as in TF Serving
+        plans[key] = (feeds, fetches)
+
+    def call(name: str, named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if name not in plans:
+            raise ServingError("FAILED_PRECONDITION", f"signature {name!r} is not callable (modelkeep: its tensors are not in the graph)")
+        feeds, fetches = plans[name]
+        feed = {feeds[k]: v for k, v in named.items()}
+        try:
+            values = session._call_tf_sessionrun(None, feed, [t for _, t in fetches], [], None)
+        except tf.errors.OpError as exc:
+            raise _op_error(exc) from None
+        return {k: np.asarray(v) for (k, _), v in zip(fetches, values)}
+
+    return session, call

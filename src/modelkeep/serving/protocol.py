@@ -1,152 +1,153 @@
-"""TensorFlow Serving's message shapes, shared by the REST and gRPC front ends.
+"""TensorFlow Serving's requests and answers, shared by the REST and gRPC front ends.
 
-* ``parse_predict_json``: a REST predict body (``instances`` row form or ``inputs``
-  columnar form, named or not) → named values;
-* ``predict_json``: outputs → ``{"predictions": ...}`` or ``{"outputs": ...}``;
-* ``status_proto`` / ``metadata_proto``: ``GetModelStatusResponse`` and
-  ``GetModelMetadataResponse`` protobufs; the REST API answers their JSON form, as TF
-  Serving does.
+* ``resolve``: a model spec (name, version or label) → the loaded version, or a
+  ``ServingError`` with TF Serving's code and text (``Servable not found for request:
+  Latest(half)``);
+* ``parse_predict_json``: a REST predict body → ``(signature, {key: array}, row_form)``,
+  the same request model a gRPC ``PredictRequest`` becomes;
+* ``infer``: run one signature of one version (the micro-batcher for a Keras model's
+  default signature, a worker thread otherwise);
+* ``status_proto`` / ``metadata_proto`` (+ JSON forms): ``GetModelStatusResponse`` and
+  ``GetModelMetadataResponse``, every signature listed with its stored tensor names.
 
 Example::
 
-    named, row_form = parse_predict_json(body, predictor)
-    arrays = predictor.check_inputs(named)
-    answer = predict_json(predictor.run(arrays), predictor, row_form)
+    manager, entry = resolve(ctx, "half", None, None)
+    signature, named, row_form = parse_predict_json(body, entry.predictor)
+    outputs = await infer(manager, entry, signature, named)
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-import numpy as np
-
-from modelkeep.serving.predictor import PREDICT_METHOD, SIGNATURE_NAME, Predictor, RequestError
-
-
-def check_signature(name: str | None) -> None:
-    if name not in (None, "", SIGNATURE_NAME):
-        raise RequestError(f"signature_name {name!r} not found; this model has [{SIGNATURE_NAME!r}].")
+from modelkeep.serving.signature import DEFAULT_SIGNATURE, ServingError, Signature, invalid
+from modelkeep.serving.tensors import columns_to_arrays, rows_to_arrays
 
 
-def parse_predict_json(body: Any, predictor: Predictor) -> tuple[dict[str, Any], bool]:
-    """Named input values of a predict body, and whether it used the row (instances) form."""
-    if not isinstance(body, dict):
-        raise RequestError(f"the request body must be a JSON object with 'instances' or 'inputs', got {_kind(body)}.")
-    extra = sorted(set(body) - {"signature_name", "instances", "inputs"})
-    if extra:
-        raise RequestError(f"unknown field(s) {extra}; expected 'signature_name' and one of 'instances' or 'inputs'.")
-    signature = body.get("signature_name")
-    if signature is not None and not isinstance(signature, str):
-        raise RequestError(f"'signature_name' must be a string, got {_kind(signature)}.")
-    check_signature(signature)
-    if ("instances" in body) == ("inputs" in body):
-        raise RequestError("the request needs exactly one of 'instances' (row form) or 'inputs' (columnar form).")
-    if "instances" in body:
-        return _rows(body["instances"], predictor), True
-    return _columns(body["inputs"], predictor), False
+def _label_version(ctx: Any, name: str, label: str) -> int:
+    version = ctx.labels.get(name, {}).get(label)
+    if version is None:
+        known = sorted(ctx.labels.get(name, {}))
+        raise invalid(f"Unrecognized servable version label: {label} (modelkeep: labels of {name!r}: {known})")
+    return version
 
 
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number"
-    )
-
-
-def _single_name(predictor: Predictor, form: str) -> str:
-    if len(predictor.input_names) != 1:
-        raise RequestError(
-            f"this model has {len(predictor.input_names)} inputs {predictor.input_names}; "
-            f"send {form} as objects keyed by input name."
+def resolve(ctx: Any, name: str, version: int | None, label: str | None) -> tuple[Any, Any]:
+    """The (``VersionManager``, ``ModelVersion``) a request names, as TF Serving's ServerCore finds it."""
+    if label:
+        version = _label_version(ctx, name, label)
+    request = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+    manager = ctx.managers.get(name)
+    if manager is None:
+        raise ServingError("NOT_FOUND", f"Servable not found for request: {request} (modelkeep: this server serves {sorted(ctx.managers)})")
+    if not manager.ready:
+        raise ServingError("UNAVAILABLE", f"Servable not found for request: {request} (modelkeep: no version of {name!r} is loaded yet; see GET /v1/models/{name})")
+    entry = manager.resolve(version)
+    if entry is None:
+        raise ServingError(
+            "NOT_FOUND", f"Servable not found for request: {request} (modelkeep: loaded versions are {sorted(manager.loaded)})"
         )
-    return predictor.input_names[0]
+    return manager, entry
 
 
-def _rows(instances: Any, predictor: Predictor) -> dict[str, Any]:
-    if not isinstance(instances, list):
-        raise RequestError(f"'instances' must be a list of rows, got {_kind(instances)}.")
-    if not instances:
-        raise RequestError("'instances' is empty; send at least one row.")
-    if not isinstance(instances[0], dict):
-        if any(isinstance(row, dict) for row in instances):
-            raise RequestError("'instances' mixes objects and plain rows; use one form for every row.")
-        return {_single_name(predictor, "'instances'"): instances}
-    keys = set(instances[0])
-    for i, row in enumerate(instances):
-        if not isinstance(row, dict) or set(row) != keys:
-            raise RequestError(
-                f"'instances'[{i}] must be an object with the same input names as 'instances'[0] {sorted(keys)}."
-            )
-    return {k: [row[k] for row in instances] for k in keys}
+def parse_predict_json(body: Any, predictor: Any) -> tuple[Signature, dict[str, Any], bool]:
+    """A parsed REST predict body as (signature, {input key: array}, row form?)."""
+    if not isinstance(body, dict):
+        raise invalid(f"JSON Value: {_short(body)} Is not object")
+    name = body.get("signature_name", "")
+    if not isinstance(name, str):
+        raise invalid(f"JSON Value: {_short(body)} not formatted correctly. 'signature_name' key must be a string value.")
+    key = name or DEFAULT_SIGNATURE
+    if key not in predictor.signatures:
+        raise invalid(
+            f'Serving signature name: "{key}" not found in signature def (modelkeep: this model has '
+            f"{sorted(predictor.signatures)})"
+        )
+    signature = predictor.signatures[key]
+    if not signature.inputs:
+        raise invalid(f"Failed to get input map for signature: {name or 'DEFAULT'}")
+    if "instances" in body:
+        if "inputs" in body:
+            raise invalid(f"JSON Value: {_short(body)} Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist ")
+        instances = body["instances"]
+        if not isinstance(instances, list):
+            raise invalid(f"JSON Value: {_short(body)} Expecting 'instances' to be an list/array")
+        if not instances:
+            raise invalid(f"JSON Value: {_short(body)} No values in 'instances' array")
+        return signature, rows_to_arrays(instances, signature), True
+    if "inputs" in body:
+        return signature, columns_to_arrays(body["inputs"], signature), False
+    raise invalid("Missing 'inputs' or 'instances' key")
 
 
-def _columns(inputs: Any, predictor: Predictor) -> dict[str, Any]:
-    if isinstance(inputs, dict):
-        if not inputs:
-            raise RequestError(f"'inputs' is an empty object; the model's inputs are {predictor.input_names}.")
-        return dict(inputs)
-    return {_single_name(predictor, "'inputs'"): inputs}
+def _short(body: Any) -> str:
+    import json
+
+    text = json.dumps(body, separators=(",", ":"))
+    return text if len(text) < 200 else text[:200] + "..."
 
 
-def predict_json(outputs: list[np.ndarray], predictor: Predictor, row_form: bool) -> dict[str, Any]:
-    """The answer in the form of the request: row → ``predictions``, columnar → ``outputs``."""
-    names = predictor.output_names
-    if row_form:
-        if len(outputs) == 1:
-            return {"predictions": outputs[0].tolist()}
-        columns = [o.tolist() for o in outputs]
-        return {"predictions": [dict(zip(names, row)) for row in zip(*columns)]}
-    if len(outputs) == 1:
-        return {"outputs": outputs[0].tolist()}
-    return {"outputs": {n: o.tolist() for n, o in zip(names, outputs)}}
+async def infer(manager: Any, entry: Any, signature: Signature, named: dict[str, Any]) -> dict[str, Any]:
+    """Outputs of ``signature`` on ``named`` (already prepared), keyed by output key."""
+    predictor = entry.predictor
+    if predictor.batchable and signature.key == DEFAULT_SIGNATURE:
+        outputs = await entry.batcher.submit([named[k] for k in predictor.input_names])
+        return dict(zip(predictor.output_names, outputs))
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(manager._compute, predictor.call, signature.key, named)
+
+
+async def off_loop(manager: Any, fn: Any, *args: Any) -> Any:
+    """A blocking call (classify/regress) on the inference thread."""
+    return await asyncio.get_running_loop().run_in_executor(manager._compute, fn, *args)
 
 
 # ---------------------------------------------------------------------- protobufs
-def signature_def(predictor: Predictor) -> Any:
-    """The model's ``serving_default`` as a ``SignatureDef`` protobuf."""
-    import tensorflow as tf
-    from tensorflow.core.framework import tensor_shape_pb2
-    from tensorflow.core.protobuf import meta_graph_pb2
+def signature_map(predictor: Any) -> Any:
+    from tensorflow_serving.apis import get_model_metadata_pb2
 
-    def info(spec: Any, tensor_name: str) -> Any:
-        shape = tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=-1 if d is None else d) for d in spec.shape]
-        )
-        return meta_graph_pb2.TensorInfo(
-            name=tensor_name, dtype=tf.as_dtype(spec.dtype).as_datatype_enum, tensor_shape=shape
-        )
-
-    sig = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
-    for spec in predictor.inputs:
-        sig.inputs[spec.name].CopyFrom(info(spec, f"serving_default_{spec.name}:0"))
-    for i, spec in enumerate(predictor.outputs):
-        sig.outputs[spec.name].CopyFrom(info(spec, f"StatefulPartitionedCall:{i}"))
-    return sig
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, sig in predictor.signatures.items():
+        sig_map.signature_def[key].CopyFrom(sig.to_proto())
+    return sig_map
 
 
-def metadata_proto(name: str, version: int, predictor: Predictor) -> Any:
+def metadata_proto(name: str, version: int, predictor: Any) -> Any:
     """``GetModelMetadataResponse`` with ``metadata['signature_def']`` packed, as TF Serving does."""
     from tensorflow_serving.apis import get_model_metadata_pb2
 
-    sig_map = get_model_metadata_pb2.SignatureDefMap()
-    sig_map.signature_def[SIGNATURE_NAME].CopyFrom(signature_def(predictor))
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     response.model_spec.name = name
     response.model_spec.version.value = version
-    response.metadata["signature_def"].Pack(sig_map)
+    response.metadata["signature_def"].Pack(signature_map(predictor))
     return response
 
 
-def metadata_json(name: str, version: int, predictor: Predictor) -> dict[str, Any]:
+def metadata_json(name: str, version: int, predictor: Any) -> dict[str, Any]:
     """The REST form of the metadata: the ``Any`` unpacked into its JSON, as TF Serving prints it."""
     from google.protobuf import json_format
-    from tensorflow_serving.apis import get_model_metadata_pb2
 
-    sig_map = get_model_metadata_pb2.SignatureDefMap()
-    sig_map.signature_def[SIGNATURE_NAME].CopyFrom(signature_def(predictor))
     return {
         "model_spec": {"name": name, "signature_name": "", "version": str(version)},
-        "metadata": {"signature_def": _to_dict(json_format, sig_map)},
+        "metadata": {"signature_def": _to_dict(json_format, signature_map(predictor))},
     }
+
+
+def status_states(ctx: Any, name: str, version: int | None, label: str | None) -> dict[int, Any]:
+    """The versions a GetModelStatus request asks about, with TF Serving's errors."""
+    if label:
+        version = _label_version(ctx, name, label)
+    manager = ctx.managers.get(name)
+    states = manager.model_states() if manager is not None else {}
+    if not states:
+        raise ServingError("NOT_FOUND", f"Could not find any versions of model {name} (modelkeep: this server serves {sorted(ctx.managers)})")
+    if version is not None:
+        if version not in states:
+            raise ServingError("NOT_FOUND", f"Could not find version {version} of model {name} (modelkeep: known versions {sorted(states)})")
+        states = {version: states[version]}
+    return states
 
 
 def status_proto(states: dict[int, Any]) -> Any:

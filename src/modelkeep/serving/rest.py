@@ -7,10 +7,14 @@ Routes::
     GET  /v1/models/{name}[/versions/{v}]/metadata   signature def (GetModelMetadataResponse JSON)
     GET  /healthz   /readyz   /metrics   /openapi.json
 
-Every answer to a predict carries ``X-Model-Version``. Errors are ``{"error": "..."}`` with
-400 (bad input), 401 (token), 404 (unknown model or version), 405, 413 (body too large) or
-503 (no version loaded yet); a bug answers 500 with the same shape and is counted, never
-crashing the server.
+    POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify|:regress   tf.Example JSON → results
+
+Paths, status codes and error texts are TF Serving's (``http_rest_api_util.cc``): a GET to a
+POST route (or the reverse) is 400 "Malformed request: GET /v1/models/m:predict"; other
+methods are 405 with ``Allow``. Errors are ``{"error": "<TF Serving's text> (modelkeep: ...)"}``
+with TF Serving's HTTP mapping of the status code (400, 404, 503, ...), plus 401 (token) and
+413 (body too large); a bug answers 500 with the same shape and is counted, never crashing
+the server. Every successful answer carries ``X-Model-Version``.
 
 Example::
 
@@ -32,16 +36,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modelkeep.serving.openapi import openapi_document
-from modelkeep.serving.predictor import RequestError
-from modelkeep.serving.protocol import metadata_json, parse_predict_json, predict_json, status_json
+from modelkeep.serving.protocol import (
+    infer,
+    metadata_json,
+    off_loop,
+    parse_predict_json,
+    resolve,
+    status_json,
+    status_states,
+)
+from modelkeep.serving.signature import ServingError
+from modelkeep.serving.tensors import predict_json
 
 log = logging.getLogger("modelkeep.serve")
 
-_MODEL_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<tail>/metadata|:[A-Za-z]+)?$"
-)
 
 
 class HTTPError(Exception):
@@ -117,6 +125,36 @@ async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+_POST_PATH = re.compile(
+    r"/v1/models/(?P<name>[^/:]+)(?:(?:/versions/(?P<version>\d+))|(?:/labels/(?P<label>[^/:]+)))?"
+    r":(?P<method>classify|regress|predict)",
+    re.IGNORECASE,
+)
+_GET_PATH = re.compile(
+    r"/v1/models(?:/(?P<name>[^/:]+))?(?:(?:/versions/(?P<version>\d+))|(?:/labels/(?P<label>[^/:]+)))?"
+    r"(?:/(?P<metadata>metadata))?",
+    re.IGNORECASE,
+)
+_INT64_MAX = 2**63 - 1
+
+
+def _name_of(path: str) -> str:
+    parts = path.split("/")
+    return parts[3].split(":")[0] if len(parts) > 3 else ""
+
+
+def _parse_json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise ServingError("INVALID_ARGUMENT", "JSON Parse error: The document is empty")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ServingError("INVALID_ARGUMENT", "JSON Parse error: nesting too deep (modelkeep: over Python's limit)") from None
+    except ValueError as exc:
+        pos, msg = getattr(exc, "pos", 0), getattr(exc, "msg", str(exc))
+        raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: Invalid value. at offset: {pos} (modelkeep: {msg})") from None
+
+
 class RestAPI:
     """The handlers; ``ctx`` is the server's ``ServeContext``."""
 
@@ -125,122 +163,147 @@ class RestAPI:
         self.manager = ctx.manager
         self.metrics = ctx.metrics
 
-    def _target(self, match: re.Match) -> tuple[Any, int | None]:
-        name, version, label = match["name"], match["version"], match["label"]
-        if name != self.manager.name:
-            raise HTTPError(404, f"Servable not found: no model named {name!r}; this server serves {self.manager.name!r}.", "not_found")
-        if label is not None:
-            raise HTTPError(404, f"version labels are not supported (got label {label!r}); use /versions/<number>.", "not_found")
-        if version is not None and not version.isdigit():
-            raise HTTPError(400, f"version must be a non-negative integer, got {version!r}.")
-        number = int(version) if version is not None else None
-        if not self.manager.ready:
-            raise HTTPError(503, f"model {name!r} has no version loaded yet; see GET /v1/models/{name}.", "unavailable")
-        entry = self.manager.resolve(number)
-        if entry is None:
-            loaded = sorted(self.manager.loaded)
-            raise HTTPError(404, f"Servable not found for request: version {number} of {name!r}; loaded versions: {loaded}.", "not_found")
-        return entry, number
-
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         """``/v1/models/...`` as a plain ASGI endpoint: the hot path skips Request/Response objects."""
         response = await self.models(scope, receive)
         await response(scope, receive, send)
 
+    def _match(self, verb: str, path: str) -> tuple[str, re.Match]:
+        """TF Serving's ParseModelInfo: which handler, or 400 'Malformed request'."""
+        pattern = _POST_PATH if verb == "POST" else _GET_PATH if verb == "GET" else None
+        match = pattern.fullmatch(path) if pattern is not None else None
+        if match is None:
+            if verb not in ("GET", "POST"):
+                raise HTTPError(405, f"Malformed request: {verb} {path} (modelkeep: use GET or POST)", "method")
+            raise HTTPError(400, f"Malformed request: {verb} {path} (modelkeep: see /openapi.json for the routes)")
+        if match["version"] is not None and int(match["version"]) > _INT64_MAX:
+            raise HTTPError(400, f"Failed to convert version: {match['version']} to numeric.")
+        if verb == "POST":
+            return match["method"].lower(), match
+        if match["name"] is None:
+            raise HTTPError(400, "Missing model name in request.")
+        return ("metadata" if match["metadata"] else "status"), match
+
+    @staticmethod
+    def _spec(match: re.Match) -> tuple[str, int | None, str | None]:
+        from urllib.parse import unquote
+
+        version = match["version"]
+        return unquote(match["name"]), (int(version) if version is not None else None), match["label"] and unquote(match["label"])
+
     async def models(self, scope: dict, receive: Any) -> JSONBody:
         started = time.perf_counter()
         path, verb = scope["path"], scope["method"]
-        match = _MODEL_PATH.match(path)
         method = "unknown"
         try:
-            if match is None:
-                raise HTTPError(404, f"no such endpoint {path!r}; see /openapi.json.", "not_found")
-            tail = match["tail"] or ""
-            method = {"": "status", "/metadata": "metadata"}.get(tail, tail.lstrip(":"))
-            if method in ("status", "metadata"):
-                if verb != "GET":
-                    raise HTTPError(405, f"{verb} not allowed here; use GET.", "method")
-                response = self._status(match) if method == "status" else self._metadata(match)
-            elif method == "predict":
-                if verb != "POST":
-                    raise HTTPError(405, f"{verb} not allowed here; use POST.", "method")
-                response = await self._predict(scope, receive, match)
+            method, match = self._match(verb, path)
+            name, version, label = self._spec(match)
+            if method == "status":
+                response = _json(status_json(status_states(self.ctx, name, version, label)))
+            elif method == "metadata":
+                _, entry = resolve(self.ctx, name, version, label)
+                response = _json(metadata_json(name, entry.version, entry.predictor))
             else:
-                raise HTTPError(404, f"unsupported method {tail!r}; this server supports :predict.", "not_found")
+                raw = await read_body(scope, receive, self.ctx.max_request_bytes)
+                body = _parse_json(raw)
+                manager, entry = resolve(self.ctx, name, version, label)  # after any await: the version it runs on
+                if method == "predict":
+                    content = await self._predict(manager, entry, body)
+                else:
+                    content = await self._classify_regress(manager, entry, body, method)
+                response = JSONBody(content, 200, [(b"x-model-version", entry.version_header)])
         except HTTPError as exc:
-            response = _error(exc.status, exc.message)
+            headers = [(b"allow", b"GET, POST")] if exc.status == 405 else None
+            response = JSONBody(json.dumps({"error": exc.message}).encode(), exc.status, headers)
             self.metrics.errors.inc(("rest", exc.kind))
+        except ServingError as exc:
+            response = _error(exc.http_status, exc.message)
+            self.metrics.errors.inc(("rest", exc.code.lower()))
         except Exception as exc:  # noqa: BLE001 - answer, count and log; never take the server down
             log.exception("serve: internal error on %s", path)
             response = _error(500, f"internal error: {type(exc).__name__}: {exc}")
             self.metrics.errors.inc(("rest", "internal"))
         self.metrics.requests.inc(("rest", method, str(response.status_code)))
         self.metrics.latency.observe(("rest", method), time.perf_counter() - started)
+        if self.ctx.tfs_metrics is not None:
+            self.ctx.tfs_metrics.record(_name_of(scope["path"]), method, "REST", response.status_code == 200, time.perf_counter() - started)
         return response
 
-    def _status(self, match: re.Match) -> JSONBody:
-        name, version = match["name"], match["version"]
-        if name != self.manager.name:
-            raise HTTPError(404, f"Servable not found: no model named {name!r}; this server serves {self.manager.name!r}.", "not_found")
-        states = self.manager.model_states()
-        if version is not None:
-            if not version.isdigit() or int(version) not in states:
-                raise HTTPError(404, f"version {version!r} of {name!r} is not known; known: {sorted(states)}.", "not_found")
-            states = {int(version): states[int(version)]}
-        return _json(status_json(states))
-
-    def _metadata(self, match: re.Match) -> JSONBody:
-        entry, _ = self._target(match)
-        return _json(metadata_json(self.manager.name, entry.version, entry.predictor))
-
-    async def _predict(self, scope: dict, receive: Any, match: re.Match) -> JSONBody:
-        raw = await read_body(scope, receive, self.ctx.max_request_bytes)
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise HTTPError(400, f"malformed JSON body: {exc}; expected an object with 'instances' or 'inputs'.") from None
-        entry, _ = self._target(match)  # after any await: the version this request runs on
+    async def _predict(self, manager: Any, entry: Any, body: Any) -> bytes:
         predictor = entry.predictor
-        try:
-            named, row_form = parse_predict_json(body, predictor)
-            arrays = predictor.check_inputs(named, allow_non_finite=self.ctx.allow_non_finite)
-        except RequestError as exc:
-            raise HTTPError(400, str(exc)) from None
-        outputs = await entry.batcher.submit(arrays)
-        self.metrics.predictions.inc((self.manager.name, str(entry.version)))
-        content = json.dumps(predict_json(outputs, predictor, row_form), separators=(",", ":")).encode()
-        return JSONBody(content, 200, [(b"x-model-version", entry.version_header)])
+        signature, raw_named, row_form = parse_predict_json(body, predictor)
+        named = predictor.prepare(signature, raw_named, allow_non_finite=self.ctx.allow_non_finite)
+        outputs = await infer(manager, entry, signature, named)
+        self.metrics.predictions.inc((manager.name, str(entry.version)))
+        return predict_json(outputs, row_form).encode()
+
+    async def _classify_regress(self, manager: Any, entry: Any, body: Any, method: str) -> bytes:
+        from modelkeep.serving import examples
+
+        if not isinstance(body, dict):
+            raise ServingError("INVALID_ARGUMENT", f"JSON Value: {json.dumps(body)[:200]} Is not object")
+        name = body.get("signature_name", "")
+        if not isinstance(name, str):
+            raise ServingError("INVALID_ARGUMENT", "JSON Value: not formatted correctly. 'signature_name' key must be a string value.")
+        serialized = examples.examples_from_json(body, method)
+        key = name or "serving_default"
+        if key not in entry.predictor.signatures:
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"No signature was found with the name: {key} (modelkeep: this model has {sorted(entry.predictor.signatures)})",
+            )
+        signature = entry.predictor.signatures[key]
+        if method == "classify":
+            result = await off_loop(manager, examples.classify, signature, entry.predictor.call, serialized, entry.predictor.tf1)
+            return examples.classification_json(result).encode()
+        result = await off_loop(manager, examples.regress, signature, entry.predictor.call, serialized, entry.predictor.tf1)
+        return examples.regression_json(result).encode()
 
     async def healthz(self, request: Request) -> JSONBody:
         return _json({"status": "alive"})
 
     async def readyz(self, request: Request) -> JSONBody:
-        if self.manager.ready:
-            return _json({"status": "ready", "model": self.manager.name, "versions": sorted(self.manager.loaded)})
-        return _json({"status": "loading", "model": self.manager.name, "versions": []}, 503)
+        managers = self.ctx.managers.values()
+        ready = all(m.ready for m in managers)
+        first = self.ctx.manager
+        body = {"status": "ready" if ready else "loading", "model": first.name, "versions": sorted(first.loaded)}
+        if len(self.ctx.managers) > 1:
+            body["models"] = {m.name: sorted(m.loaded) for m in managers}
+        return _json(body, 200 if ready else 503)
 
     async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document(self.manager.name))
+        return JSONResponse(openapi_document(self.ctx))
 
     async def not_found(self, request: Request, exc: Exception) -> JSONBody:
         return _error(404, f"no such endpoint {request.url.path!r}; see /openapi.json.")
 
     async def not_allowed(self, request: Request, exc: Exception) -> JSONBody:
-        return _error(getattr(exc, "status_code", 405), f"{request.method} {request.url.path}: {getattr(exc, 'detail', 'not allowed')}.")
+        status = getattr(exc, "status_code", 405)
+        headers = dict(getattr(exc, "headers", None) or {})
+        allow = ", ".join(sorted(m.strip() for m in (headers.get("Allow") or headers.get("allow") or "GET").split(",")))
+        body = json.dumps({"error": f"{request.method} {request.url.path}: method not allowed; use {allow}."}).encode()
+        return JSONBody(body, status, [(b"allow", allow.encode())] if status == 405 else None)
+
+    async def tfs_prometheus(self, request: Request) -> Response:
+        return Response(self.ctx.tfs_metrics.render(), media_type="text/plain; version=0.0.4")
 
 
 def build_app(ctx: Any) -> Any:
     """The ASGI application (Starlette, wrapped in the token check when a token is set)."""
     api = RestAPI(ctx)
     routes = [
+        Route("/v1/models", api),
         Route("/v1/models/{rest:path}", api),  # an ASGI endpoint: every method reaches it
+        Route("/v1/{rest:path}", api),  # TF Serving's handler takes every /v1/ path ("Malformed request")
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.prometheus, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
     ]
+    if ctx.tfs_metrics is not None and ctx.tfs_metrics.path:
+        routes.append(Route(ctx.tfs_metrics.path, api.tfs_prometheus, methods=["GET"]))
     app = Starlette(routes=routes, exception_handlers={404: api.not_found, 405: api.not_allowed})
     return AuthMiddleware(app, ctx.api_key)

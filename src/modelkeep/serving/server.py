@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from modelkeep.errors import ModelkeepError
-from modelkeep.serving.metrics import Metrics
+from modelkeep.serving.metrics import Metrics, TFServingMetrics
+from modelkeep.serving.model_config import ModelEntry
 from modelkeep.serving.versions import ModelSource
 from modelkeep.serving.watcher import Policy, VersionManager
 
@@ -44,6 +46,13 @@ class ServeConfig:
     poll_seconds: float = 2.0
     allow_non_finite: bool = False
     allow_unsafe_ops: bool = False  # run SavedModel graphs holding file-system/network/Python ops
+    models: list[ModelEntry] | None = None  # several models (a model config file); else path/name/policy
+    monitoring_path: str | None = None  # TF Serving's Prometheus path (``--monitoring_config_file``)
+    tensor_content: bool = False
+    grpc_options: list[tuple[str, Any]] | None = None
+    rest: bool = True  # False: gRPC only (TF Serving's --rest_api_port=0)
+    model_config_file: str | None = None  # re-read every config_poll_seconds (TF Serving's poll wait; 0: never)
+    config_poll_seconds: float = 0.0
 
 
 @dataclass
@@ -55,6 +64,18 @@ class ServeContext:
     max_request_bytes: int
     api_key: str | None
     allow_non_finite: bool
+    tfs_metrics: Any = None  # TF Serving's Prometheus metrics (``modelkeep-model-server``)
+    tensor_content: bool = False  # gRPC outputs in tensor_content (TF Serving's enable_serialization_as_tensor_content)
+    managers: dict[str, VersionManager] = field(default_factory=dict)  # by model name; ``manager`` is the first
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)  # model → version label → version
+    entries: dict[str, ModelEntry] = field(default_factory=dict)  # what each manager was made from
+    serve_config: Any = None
+    pollers: dict[str, Any] = field(default_factory=dict)  # model → its poller task
+    stop: Any = None  # asyncio.Event set at shut-down
+
+    def __post_init__(self) -> None:
+        if not self.managers:
+            self.managers = {self.manager.name: self.manager}
 
 
 def default_name(path: Path) -> str:
@@ -75,18 +96,28 @@ def read_api_key(path: str | Path) -> str:
 
 
 def build_context(config: ServeConfig) -> ServeContext:
-    source = ModelSource.detect(config.path)
     metrics = Metrics()
-    manager = VersionManager(
-        config.name or default_name(Path(config.path)),
-        source,
-        Policy.parse(config.policy),
-        metrics,
-        max_batch_size=config.max_batch_size,
-        batch_timeout_s=config.batch_timeout_ms / 1000.0,
-        allow_unsafe_ops=config.allow_unsafe_ops,
+    entries = config.models or [
+        ModelEntry(config.name or default_name(Path(config.path)), config.path, config.policy)
+    ]
+    managers = {}
+    for entry in entries:
+        managers[entry.name] = VersionManager(
+            entry.name,
+            ModelSource.detect(entry.path),
+            Policy.parse(entry.policy),
+            metrics,
+            max_batch_size=config.max_batch_size,
+            batch_timeout_s=config.batch_timeout_ms / 1000.0,
+            allow_unsafe_ops=config.allow_unsafe_ops,
+        )
+    first = next(iter(managers.values()))
+    tfs = TFServingMetrics(config.monitoring_path, metrics) if config.monitoring_path else None
+    return ServeContext(
+        first, metrics, config.max_request_bytes, config.api_key, config.allow_non_finite, tfs,
+        config.tensor_content, managers, {e.name: dict(e.labels or {}) for e in entries},
+        {e.name: e for e in entries}, config,
     )
-    return ServeContext(manager, metrics, config.max_request_bytes, config.api_key, config.allow_non_finite)
 
 
 async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> None:
@@ -100,41 +131,70 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
     ctx = ctx or build_context(config)
     stop = asyncio.Event()
     _STOPPING.clear()
-    http_socket = _listen(config.host, config.port, "--port")
+    http_socket = _listen(config.host, config.port, "--port") if config.rest else None
     try:
         grpc_server = await _start_grpc(config, ctx) if config.grpc_port else None
     except BaseException:
-        http_socket.close()
+        if http_socket is not None:
+            http_socket.close()
         raise
-    poller = asyncio.get_running_loop().create_task(ctx.manager.run(config.poll_seconds, stop))
-    uv_config = uvicorn.Config(
-        build_app(ctx),
-        host=config.host,
-        port=config.port,
-        loop="none",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        timeout_keep_alive=30,
-        backlog=2048,
-    )
-    server = uvicorn.Server(uv_config)
+    loop = asyncio.get_running_loop()
+    ctx.stop, ctx.serve_config = stop, ctx.serve_config or config
+    ctx.pollers = {name: loop.create_task(m.run(config.poll_seconds, stop)) for name, m in ctx.managers.items()}
+    watcher = None
+    if config.model_config_file and config.config_poll_seconds > 0:
+        from modelkeep.serving.model_config import watch_config
+
+        watcher = loop.create_task(watch_config(ctx, config.model_config_file, config.config_poll_seconds))
+    if http_socket is not None:
+        uv_config = uvicorn.Config(
+            build_app(ctx),
+            host=config.host,
+            port=config.port,
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_keep_alive=30,
+            backlog=2048,
+        )
+        server: Any = uvicorn.Server(uv_config)
+    else:
+        server = _GrpcOnly()
     _RUNNING[:] = [server]
     if _STOPPING:  # a signal came while starting
         server.should_exit = True
-    log.warning(
-        "serve: model '%s' from %s (%s) on http://%s:%d%s",
-        ctx.manager.name, config.path, ctx.manager.source.kind, config.host, config.port,
-        f" and grpc {config.host}:{config.grpc_port}" if grpc_server else "",
-    )
+    for manager in ctx.managers.values():
+        log.warning(
+            "serve: model '%s' from %s (%s)%s%s", manager.name, manager.source.path, manager.source.kind,
+            f" on http://{config.host}:{config.port}" if http_socket is not None else "",
+            f" and grpc {config.host}:{config.grpc_port}" if grpc_server else "",
+        )
     try:
         await server.serve(sockets=[http_socket])
     finally:
         stop.set()
-        await poller
+        if watcher is not None:
+            await watcher
+        for poller in list(ctx.pollers.values()):
+            try:
+                await poller
+            except asyncio.CancelledError:
+                pass
         if grpc_server is not None:
             await grpc_server.stop(grace=2.0)
-        await ctx.manager.close()
+        for manager in ctx.managers.values():
+            await manager.close()
+
+
+class _GrpcOnly:
+    """No REST port (TF Serving's ``--rest_api_port=0``): wait for the signal that stops the server."""
+
+    should_exit = False
+
+    async def serve(self, sockets: list) -> None:
+        while not self.should_exit:
+            await asyncio.sleep(0.1)
 
 
 async def _start_grpc(config: ServeConfig, ctx: ServeContext) -> object:
@@ -145,6 +205,7 @@ async def _start_grpc(config: ServeConfig, ctx: ServeContext) -> object:
 
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", config.max_request_bytes), ("grpc.so_reuseport", 0)]
+        + list(config.grpc_options or [])
     )
     add_services(server, ctx)
     try:

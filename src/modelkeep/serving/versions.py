@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from modelkeep.checkpoint import store
-from modelkeep.errors import CheckpointNotFoundError, CorruptCheckpointError
+from modelkeep.errors import CheckpointNotFoundError, CorruptCheckpointError, GraphOnlyModelError
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -129,5 +129,11 @@ class ModelSource:
             state = store.load_state(candidate.path)
             return build_model(state, compile=False, source=str(candidate.path))
         from modelkeep.api import load_model
+        from modelkeep.formats.savedmodel import has_keras_part
 
-        return load_model(candidate.path, compile=False)
+        path = candidate.path
+        if path.is_dir() and (path / "saved_model.pb").exists() and not has_keras_part(path):
+            # served by its signatures as TF Serving does (Predictor.from_saved_model, ops scanned
+            # first), not through the inference-only Keras wrapper load_model would return
+            raise GraphOnlyModelError(f"serve: {path} is a SavedModel without a Keras part")
+        return load_model(path, compile=False)

@@ -8,7 +8,7 @@ meanwhile. Retired versions drain their queue before they stop. Corrupt, incompl
 unloadable checkpoints are never served; each is logged once and counted.
 
 Policies: ``latest`` (the newest version only), ``pinned:V`` (only V), ``newest:N`` (the N
-newest loaded; requests without a version go to the newest).
+newest loaded; requests without a version go to the newest), ``all``, ``specific:V1,V2``.
 
 Example::
 
@@ -41,6 +41,7 @@ class Policy:
 
     kind: str
     value: int = 1
+    versions: tuple[int, ...] = ()  # kind 'specific' (TF Serving's model_version_policy.specific)
 
     @classmethod
     def parse(cls, text: str) -> Policy:
@@ -49,13 +50,21 @@ class Policy:
             return cls("latest", 1)
         if kind in ("pinned", "newest") and arg.isdigit() and (kind == "pinned" or int(arg) >= 1):
             return cls(kind, int(arg))
-        raise ValueError(f"--policy: expected latest, pinned:VERSION or newest:N (N >= 1), got {text!r}.")
+        if kind == "all" and not arg:
+            return cls("newest", 2**62)
+        if kind == "specific" and arg and all(p.isdigit() for p in arg.split(",")):
+            return cls("specific", 0, tuple(int(p) for p in arg.split(",")))
+        raise ValueError(
+            f"--policy: expected latest, pinned:VERSION, newest:N (N >= 1), all or specific:V1,V2, got {text!r}."
+        )
 
     def wanted(self, versions: list[int]) -> list[int]:
         """The versions to keep loaded, newest first, from the loadable ones."""
         ordered = sorted(set(versions), reverse=True)
         if self.kind == "pinned":
             return [v for v in ordered if v == self.value]
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.versions]
         return ordered[: self.value]
 
 
@@ -173,7 +182,8 @@ class VersionManager:
 
     def _build(self, candidate: Candidate) -> Predictor:
         try:
-            predictor = Predictor.from_model(self.source.load(candidate))
+            directory = candidate.path if candidate.path.is_dir() else None
+            predictor = Predictor.from_model(self.source.load(candidate), saved_model_dir=directory)
         except GraphOnlyModelError:  # exported without any Keras part; a refused Keras model never gets here
             predictor = Predictor.from_saved_model(candidate.path, allow_unsafe_ops=self.allow_unsafe_ops)
         predictor.warm_up(tuple(sorted({1, 2, min(8, self.max_batch_size), self.max_batch_size})))

@@ -154,7 +154,11 @@ def load_for_predict(path: Path | str, *, allow_unsafe_ops: bool = False) -> Any
     A Keras model that was refused (a Lambda layer) is never run through its graph."""
     from modelkeep.api import load_model
     from modelkeep.errors import GraphOnlyModelError
+    from modelkeep.formats.savedmodel import has_keras_part
 
+    directory = Path(path)
+    if directory.is_dir() and (directory / "saved_model.pb").exists() and not has_keras_part(directory):
+        return SignatureModel(path, allow_unsafe_ops=allow_unsafe_ops)
     try:
         return load_model(path, compile=False)
     except GraphOnlyModelError:
