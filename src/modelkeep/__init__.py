@@ -21,6 +21,7 @@ from modelkeep.errors import (  # noqa: E402
     IncompatibleModelError,
     ModelkeepError,
     UnsupportedModelError,
+    WorkerLostError,
 )
 from modelkeep.state import ModelState  # noqa: E402
 
@@ -37,6 +38,7 @@ __all__ = [
     "ModelState",
     "ModelkeepError",
     "UnsupportedModelError",
+    "WorkerLostError",
     "fit",
     "load_model",
     "load_weights",

@@ -32,3 +32,7 @@ class UnsupportedModelError(ModelkeepError, ValueError):
 
 class CheckpointWriteError(ModelkeepError, OSError):
     """A save that failed (disk full, permission denied, I/O error); nothing was replaced."""
+
+
+class WorkerLostError(ModelkeepError, RuntimeError):
+    """A worker of a multi-worker training job stopped answering; every worker must restart."""
