@@ -62,6 +62,8 @@ class ClusterRun:
 
     def survivor_seconds(self) -> list[float]:
         """Seconds from the kill to each survivor's exit."""
+        if self.killed_at is None:
+            return []
         return [w.exited_at - self.killed_at for w in self.workers if w.index != self.killed and w.exited_at]
 
 

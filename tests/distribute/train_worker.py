@@ -40,6 +40,29 @@ def _strategy(name: str):
 
 
 
+def _audit(directories: list[Path]) -> dict:
+    """Count this process's file-system calls in ``directories`` (Python audit events)."""
+    prefixes = tuple(os.path.abspath(d) for d in directories)
+    counts = {"read": 0, "write": 0, "after_start": 0, "started": False}
+
+    def hook(event: str, event_args: tuple) -> None:
+        if event not in ("open", "os.rename", "os.remove", "os.mkdir", "os.rmdir", "shutil.rmtree", "os.listdir",
+                         "os.scandir"):
+            return
+        path = event_args[0] if event_args else None
+        if not isinstance(path, (str, bytes, os.PathLike)) or not os.path.abspath(os.fsdecode(path)).startswith(prefixes):
+            return
+        mode = event_args[1] if event == "open" and len(event_args) > 1 else None
+        flags = event_args[2] if event == "open" and len(event_args) > 2 else 0
+        writing = event not in ("open", "os.listdir", "os.scandir") or (isinstance(mode, str) and any(
+            c in mode for c in "wax+")) or bool(isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+        counts["write" if writing else "read"] += 1
+        counts["after_start"] += int(counts["started"])
+
+    sys.addaudithook(hook)
+    return counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("strategy", choices=["mirrored", "mwms"])
@@ -50,7 +73,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--save-freq", type=int, default=3)
     parser.add_argument("--checkpoint", action="store_true", help="add an mk.ModelCheckpoint")
+    parser.add_argument("--keras-fit", action="store_true", help="model.fit + mk.BackupAndRestore instead")
     args = parser.parse_args()
+    audit = _audit([args.workdir / "backups", args.workdir / "ckpts"])
     strategy = _strategy(args.strategy)  # first: it starts TensorFlow's runtime
 
     import keras
@@ -72,6 +97,9 @@ def main() -> int:
 
         def set_state(self, state):
             pass
+
+        def on_train_batch_begin(self, batch, logs=None):
+            audit["started"] = True  # the backup, if any, was read before the first step
 
         def on_train_batch_end(self, batch, logs=None):
             if int(self.model.optimizer.iterations.numpy()) == self.step:
@@ -116,9 +144,15 @@ def main() -> int:
         kwargs.update(x=ds.with_options(options))
     callbacks = [Kill(args.kill_at)]
     if args.checkpoint:
-        callbacks.append(mk.ModelCheckpoint(str(args.workdir / "weights-{epoch}.weights.h5"), save_weights_only=True))
-    history = mk.fit(model, backup_dir=args.workdir / "backups", save_freq=args.save_freq, verbose=0,
-                     callbacks=callbacks, **kwargs)
+        callbacks.append(mk.ModelCheckpoint(str(args.workdir / "ckpts" / "weights-{epoch}.weights.h5"), save_weights_only=True))
+    if args.keras_fit:
+        callbacks.append(mk.BackupAndRestore(str(args.workdir / "backups"), save_freq=args.save_freq))
+        history = model.fit(verbose=0, callbacks=callbacks, **kwargs)
+        history.history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    else:
+        history = mk.fit(model, backup_dir=args.workdir / "backups", save_freq=args.save_freq, verbose=0,
+                         callbacks=callbacks, **kwargs)
+    print("AUDIT", json.dumps({k: v for k, v in audit.items() if k != "started"}), flush=True)
     arrays = {f"model/{i}": v.numpy() for i, v in enumerate(model.variables)}
     arrays.update({f"optimizer/{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)})
     for i, metric in enumerate(model.metrics):

@@ -28,6 +28,7 @@ from modelkeep.checkpoint.callbacks import (
     _global_step,
     _SaveFrequency,
 )
+from modelkeep.checkpoint.distribute import should_write
 from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers, wait_for_saves
 from modelkeep.state import ModelState
 from modelkeep.storage.commit import clean_leftovers
@@ -92,7 +93,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._writer = AsyncWriter(name="modelkeep-BackupAndRestore") if self.async_save else None
         if not self.backup_dir.is_dir():
             return
-        clean_leftovers(self.backup_dir)
+        if should_write(self.model):  # a multi-worker job's other workers write nothing
+            clean_leftovers(self.backup_dir)
         info = self.newest_good_backup()
         if info is None:
             return
@@ -162,6 +164,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         return info
 
     def _save(self, batch: int | None) -> None:
+        if not should_write(self.model):  # a multi-worker job's other workers write nothing
+            return
         if self._writer is None:
             self.write(*self.snapshot(batch, copy=False))
             return

@@ -41,6 +41,7 @@ import numpy as np
 
 from modelkeep.capture import capture
 from modelkeep.checkpoint import retention, store
+from modelkeep.checkpoint.distribute import should_write
 from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers, wait_for_saves
 from modelkeep.errors import CheckpointWriteError, CorruptCheckpointError
 from modelkeep.formats import registry
@@ -304,7 +305,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
         wait_for_saves(raise_errors=False)  # a save of an earlier fit that ended in an exception
         self._writer = AsyncWriter(name="modelkeep-ModelCheckpoint") if self.async_save else None
         directory = self._directory()
-        if directory is not None and directory.is_dir():
+        if directory is not None and directory.is_dir() and should_write(self.model):  # chief only
             removed = clean_leftovers(directory)
             store.recover_pending(directory)
             if removed and self.verbose:
@@ -323,6 +324,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
             self._save(epoch, None, logs)
 
     def _save(self, epoch: int, batch: int | None, logs: dict | None) -> None:
+        if not should_write(self.model):  # a multi-worker job's other workers write nothing
+            return
         if self._writer is None or self.format_for(self.file_path(epoch, batch, logs)) in LIVE_MODEL_FORMATS:
             if self._writer is not None:
                 self._writer.wait()  # keep saves in order; surface a background error

@@ -175,25 +175,39 @@ class Distributed:
         return lambda data: compiled(_drop_trailing_none(data))
 
     # ------------------------------------------------------------------ replica state
-    def _sync_on_read(self, model: Any) -> list[tuple[str, Any]]:
+    def _replica_local(self, model: Any) -> list[tuple[str, Any, bool]]:
+        """``(key, variable, summed)`` for every variable whose replicas hold different values:
+        the metric accumulators (``SyncOnRead``, summed when read) and the non-trainable
+        variables Keras updates per replica without aggregation (BatchNormalization's moving
+        statistics: each replica keeps its own; the backup's model holds the first one's)."""
+        import tensorflow as tf
         from tensorflow.python.distribute import values as tf_values
 
-        from modelkeep.capture import training_state_keys
+        from modelkeep.capture import model_variable_keys, training_state_keys
+        from modelkeep.state import MODEL
 
-        return [(key, v) for key, v in training_state_keys(model)
-                if isinstance(getattr(v, "value", v), tf_values.SyncOnReadVariable)]
+        out = []
+        for key, v in model_variable_keys(model):
+            inner = getattr(v, "value", v)
+            if (isinstance(inner, tf_values.MirroredVariable) and not inner.trainable
+                    and inner.aggregation == tf.VariableAggregation.NONE):
+                out.append((f"{MODEL}/{key}", v, False))
+        for key, v in training_state_keys(model):
+            if isinstance(getattr(v, "value", v), tf_values.SyncOnReadVariable):
+                out.append((key, v, True))
+        return out
 
     def capture_replicas(self, model: Any) -> dict[str, np.ndarray]:
         """Each replica's own value of every metric accumulator, ``(replicas, *shape)``.
 
         A collective under MultiWorkerMirroredStrategy: every worker calls it at the same step."""
-        pairs = self._sync_on_read(model)
+        pairs = self._replica_local(model)
         if not pairs:
             return {}
         if self._gather is None:
-            self._gather = self._make_gather([v for _, v in pairs])
+            self._gather = self._make_gather([v for _, v, _ in pairs])
         gathered = self._gather()
-        return {REPLICA_PREFIX + key: np.asarray(value) for (key, _), value in zip(pairs, gathered)}
+        return {REPLICA_PREFIX + key: np.asarray(value) for (key, _, _), value in zip(pairs, gathered)}
 
     def _make_gather(self, variables: list[Any]) -> Callable[[], list[Any]]:
         import tensorflow as tf
@@ -205,39 +219,38 @@ class Distributed:
 
         @tf.function
         def gather() -> list[Any]:
-            return strategy.gather(strategy.run(local), axis=0)
+            return [strategy.gather(value, axis=0) for value in strategy.run(local)]
 
         return lambda: [t.numpy() for t in gather()]
 
     def restore_replicas(self, model: Any, arrays: dict[str, np.ndarray]) -> list[str]:
-        """Put every replica's accumulators back; a backup from another replica count keeps the
-        sums (all on the first replica) and is named in the returned notes."""
+        """Put every replica's own values back. A backup from another number of replicas (or
+        none) gives every replica the saved value, and a sum all to the first replica; the
+        returned notes name those variables."""
         import tensorflow as tf
 
-        pairs = self._sync_on_read(model)
+        pairs = self._replica_local(model)
         notes: list[str] = []
         rows = []
-        for key, variable in pairs:
+        for key, variable, summed in pairs:
             saved = arrays.get(REPLICA_PREFIX + key)
-            total = arrays.get(key)
             if saved is None or saved.shape[0] != self.replicas:
-                if total is None:
-                    notes.append(f"{key} ({variable.path})")
-                    total = np.zeros(variable.shape, variable.dtype)
-                saved = np.zeros((self.replicas, *np.shape(total)), np.asarray(total).dtype)
-                saved[0] = total
-                notes.append(f"the per-replica split of {key} (backup from another number of replicas)")
+                total = np.asarray(arrays[key]) if key in arrays else np.zeros(variable.shape, variable.dtype)
+                saved = np.stack([total] * self.replicas)
+                if summed:
+                    saved[1:] = 0
+                notes.append(f"the per-replica values of {key} (the backup has them for another number of replicas)")
             rows.append(tf.constant(saved))
         if not pairs:
             return notes
 
         def local(*values: Any) -> None:
             rid = tf.distribute.get_replica_context().replica_id_in_sync_group
-            for (_, variable), value in zip(pairs, values):
+            for (_, variable, _), value in zip(pairs, values):
                 getattr(variable, "value", variable).assign(value[rid])
 
         tf.function(lambda: self.strategy.run(local, args=tuple(rows)))()
-        return sorted(set(notes))
+        return notes
 
     def add_replicas(self, state: ModelState, model: Any) -> ModelState:
         state.variables.update(self.capture_replicas(model))
@@ -245,7 +258,7 @@ class Distributed:
 
     # ------------------------------------------------------------------ faults
     @contextlib.contextmanager
-    def lost_worker_errors(self, backup_dir: Path) -> Iterator[None]:
+    def lost_worker_errors(self, backup_dir: Path, progress: Any = None) -> Iterator[None]:
         """Turn the error a lost peer causes into a ``WorkerLostError`` naming what to do."""
         if not self.multi_worker:
             yield
@@ -257,13 +270,26 @@ class Distributed:
         try:
             yield
         except lost as exc:
-            first = (str(getattr(exc, "message", exc)).strip().splitlines() or [type(exc).__name__])[0]
             raise WorkerLostError(
-                f"mk.fit: worker {self.task[0]}:{self.task[1]} stopped: a collective with the other "
-                f"workers failed ({type(exc).__name__}: {first[:300]}). A worker was lost or cannot be "
-                f"reached. Start every worker again with the same command; training resumes from the "
-                f"newest good backup in {backup_dir}."
+                f"mk.fit: worker {self.task[0]}:{self.task[1]} (one of {self.workers}) stopped"
+                f"{'' if progress is None else f' after step {progress.step}'}: {_peer_problem(exc)}. "
+                "Expected every worker to answer; one was lost or cannot be reached. Start every "
+                "worker again with the same command; training resumes from the newest good backup "
+                f"in {backup_dir}."
             ) from exc
+
+
+def _peer_problem(exc: BaseException) -> str:
+    """The informative part of TensorFlow's collective error: which peer, what happened."""
+    import re
+
+    text = str(getattr(exc, "message", exc))
+    peer = re.search(r"(/job:\w+/replica:\d+/task:\d+)", text)
+    why = next((line.strip() for line in text.splitlines()
+                if "aborted by" in line or "is down" in line or "timed out" in line.lower()), None)
+    why = why or (text.strip().splitlines() or [type(exc).__name__])[-1].strip()
+    reported = f"; reported by {peer.group(1)}" if peer else ""
+    return f"a collective with the other workers failed ({type(exc).__name__}: {why[:240]}{reported})"
 
 
 def _replica_slice(tensor: Any, replica: Any, replicas: int) -> Any:

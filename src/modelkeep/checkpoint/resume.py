@@ -254,7 +254,7 @@ def fit(
             step_function=dist.step_function(model, spec_batch, split=source.kind != "tf.data")
             if dist else make_step_function(model, spec_batch),
         )
-        with dist.lost_worker_errors(backup_dir) if dist else contextlib.nullcontext():
+        with dist.lost_worker_errors(backup_dir, progress) if dist else contextlib.nullcontext():
             _train(loop, backups, epochs)
     cbs.on_train_end(logs=progress.epoch_logs)
     return history
