@@ -78,6 +78,7 @@ def test_mirrored_strategy_checkpoint_kill_resume_is_exact(tmp_path, capsys):
     assert [i.step for i in infos] == [12, 9] and all(i.status == store.OK for i in infos)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_keras_fit_with_backup_and_restore(tmp_path):
     """Keras's own fit under MirroredStrategy with mk.BackupAndRestore and mk.ModelCheckpoint:
     killed at step 7, the same command restores the backup of step 6 and finishes."""
@@ -99,8 +100,9 @@ def test_multi_worker_mk_fit_trains_and_only_the_chief_writes(tmp_path, workers,
     started = time.monotonic()
     run = _ok(cluster.run("mwms", data, tmp_path, ports=cluster.free_ports(workers), args=("--checkpoint",)))
     results = [cluster.load(tmp_path, task) for task in range(workers)]
-    for other in results[1:]:
-        assert cluster.mismatches(results[0], other) == [], "every worker ends with the same model"
+    for other in results[1:]:  # the same model on every worker, but for BatchNormalization's moving
+        # statistics: Keras updates them per replica without aggregation (the chief's are saved)
+        assert [k for k in cluster.mismatches(results[0], other) if "moving_" not in k] == []
     _, history = results[0]
     assert history["steps"] == 12 and len(history["history"]["loss"]) == 2
     infos = store.list_checkpoints(tmp_path / "backups")
@@ -147,6 +149,7 @@ def _fault_chain(workers: int, data: str, workdir: Path, kills: list[tuple[int, 
     return [cluster.load(workdir, t) for t in range(workers)], figures, lost
 
 
+@pytest.mark.slow
 def test_multi_worker_kill_a_worker_and_resume_exactly(tmp_path, capsys):
     """2 workers: SIGKILL the non-chief after step 5; the chief stops with WorkerLostError;
     the same command on both resumes from the backup of step 3 and ends bitwise equal."""

@@ -153,7 +153,7 @@ def main() -> int:
         history = mk.fit(model, backup_dir=args.workdir / "backups", save_freq=args.save_freq, verbose=0,
                          callbacks=callbacks, **kwargs)
     print("AUDIT", json.dumps({k: v for k, v in audit.items() if k != "started"}), flush=True)
-    arrays = {f"model/{i}": v.numpy() for i, v in enumerate(model.variables)}
+    arrays = {f"model/{i}/{v.path}": v.numpy() for i, v in enumerate(model.variables)}
     arrays.update({f"optimizer/{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)})
     for i, metric in enumerate(model.metrics):
         arrays.update({f"metrics/{i}/{j}": v.numpy() for j, v in enumerate(metric.variables)})
