@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from modelkeep.checkpoint.data_position import DataSource, TFDataSource
-from modelkeep.errors import WorkerLostError
+from modelkeep.errors import CheckpointNotFoundError, WorkerLostError
 from modelkeep.state import ModelState
 
 #: prefix of the per-replica copies of the metric accumulators in a backup
@@ -125,7 +125,7 @@ class Distributed:
 
             path = backup_dir / store.store_name(step)
             if not (path / store.STORE_MANIFEST).exists():
-                raise WorkerLostError(
+                raise CheckpointNotFoundError(
                     f"mk.fit: worker {self.task[0]}:{self.task[1]} cannot read {path}, the backup the "
                     "chief resumes from. backup_dir must be one location every worker reaches "
                     "(a shared folder or an object store URL), not a folder local to each machine."
