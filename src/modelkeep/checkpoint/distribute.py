@@ -52,7 +52,14 @@ REPLICA_PREFIX = "replicas/"
 
 
 def strategy_of(model: Any) -> Any | None:
-    """The ``tf.distribute`` strategy ``model`` was created under, or None (the default one)."""
+    """The ``tf.distribute`` strategy ``model`` was created under, or None (the default one).
+
+    Example::
+
+        with strategy.scope():
+            model = make_model()
+        assert strategy_of(model) is strategy
+    """
     import tensorflow as tf
 
     strategy = getattr(model, "_distribute_strategy", None)
@@ -62,7 +69,13 @@ def strategy_of(model: Any) -> Any | None:
 
 
 def should_write(model: Any = None) -> bool:
-    """False on a worker that must not write checkpoints (not the chief of a multi-worker job)."""
+    """False on a worker that must not write checkpoints (not the chief of a multi-worker job).
+
+    Example::
+
+        if should_write(model):
+            mk.save_weights(model, "run/final.weights.h5")
+    """
     import tensorflow as tf
 
     strategy = strategy_of(model) if model is not None else None
@@ -72,7 +85,13 @@ def should_write(model: Any = None) -> bool:
 
 
 class Distributed:
-    """What ``mk.fit`` needs to know and do under one strategy (see the module docstring)."""
+    """What ``mk.fit`` needs to know and do under one strategy (see the module docstring).
+
+    Example::
+
+        dist = Distributed(tf.distribute.MultiWorkerMirroredStrategy())
+        seed = dist.broadcast(seed)          # every worker now has the chief's
+    """
 
     def __init__(self, strategy: Any) -> None:
         self.strategy = strategy
@@ -116,6 +135,11 @@ class Distributed:
         """``find(backup_dir)`` on the chief; every other worker loads the backup it picked."""
         if not self.multi_worker:
             return find(backup_dir)
+        with self.lost_worker_errors(backup_dir):  # the chief failed to read its backup, say
+            return self._agreed_backup(backup_dir, find, load)
+
+    def _agreed_backup(self, backup_dir: Path, find: Callable[[Path], tuple[Any, Any]],
+                       load: Callable[[Path], tuple[Any, Any]]) -> tuple[Any, Any]:
         info, saved = find(backup_dir) if self.is_writer else (None, None)
         step = self.broadcast(-1 if info is None else int(info.step))
         if step < 0:
