@@ -27,11 +27,6 @@ from modelkeep.checkpoint import store
 SURVIVOR_TIMEOUT = 120
 
 
-def _parallel(*jobs):
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        return [f.result() for f in [pool.submit(*job) for job in jobs]]
-
-
 def _ok(run: cluster.ClusterRun) -> cluster.ClusterRun:
     assert run.returncodes == [0] * len(run.workers), cluster.failure(run)
     return run
@@ -53,17 +48,21 @@ def _chain(strategy, data, workdir, kills, *, ports=None, args=()):
     return runs
 
 
+@pytest.fixture(scope="module")
+def mirrored_base(tmp_path_factory):
+    """The uninterrupted MirroredStrategy run, started in the background (a future of its dir)."""
+    path = tmp_path_factory.mktemp("mirrored-base")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(lambda: _ok(cluster.run("mirrored", "arrays", path, args=("--checkpoint",))) and path)
+
+
 # --------------------------------------------------------------------------- MirroredStrategy
-def test_mirrored_strategy_checkpoint_kill_resume_is_exact(tmp_path, capsys):
+def test_mirrored_strategy_checkpoint_kill_resume_is_exact(tmp_path, mirrored_base, capsys):
     """Two logical CPU devices: mk.fit + mk.ModelCheckpoint, SIGKILL after step 5, resume."""
     started = time.monotonic()
-    args = ("--checkpoint",)
-    base, runs = _parallel(
-        (lambda: _ok(cluster.run("mirrored", "arrays", tmp_path / "base", args=args)),),
-        (lambda: _chain("mirrored", "arrays", tmp_path / "killed", [(0, "step:5")], args=args),),
-    )
+    runs = _chain("mirrored", "arrays", tmp_path / "killed", [(0, "step:5")], args=("--checkpoint",))
     assert runs[0].returncodes == [-9]
-    straight, resumed = cluster.load(tmp_path / "base"), cluster.load(tmp_path / "killed")
+    straight, resumed = cluster.load(mirrored_base.result()), cluster.load(tmp_path / "killed")
     bad = cluster.mismatches(straight, resumed)
     with capsys.disabled():
         print(f"\nMirroredStrategy (2 CPU devices): 1 kill at step 5, steps={resumed[1]['steps']}/"
@@ -96,7 +95,7 @@ def test_mirrored_strategy_keras_fit_with_backup_and_restore(tmp_path):
 
 # --------------------------------------------------------------------------- MultiWorkerMirroredStrategy
 @pytest.mark.parametrize("workers, data", [(2, "arrays"), (3, "tfdata")])
-def test_multi_worker_mk_fit_trains_and_only_the_chief_writes(tmp_path, workers, data, capsys):
+def test_multi_worker_mk_fit_trains_and_only_the_chief_writes(tmp_path, workers, data, mirrored_base, capsys):
     started = time.monotonic()
     run = _ok(cluster.run("mwms", data, tmp_path, ports=cluster.free_ports(workers), args=("--checkpoint",)))
     results = [cluster.load(tmp_path, task) for task in range(workers)]
@@ -105,6 +104,8 @@ def test_multi_worker_mk_fit_trains_and_only_the_chief_writes(tmp_path, workers,
         assert [k for k in cluster.mismatches(results[0], other) if "moving_" not in k] == []
     _, history = results[0]
     assert history["steps"] == 12 and len(history["history"]["loss"]) == 2
+    if workers == 2 and data == "arrays":  # 2 workers x 1 device train as 1 worker x 2 devices
+        assert cluster.mismatches(cluster.load(mirrored_base.result()), results[0]) == []
     infos = store.list_checkpoints(tmp_path / "backups")
     assert [i.step for i in infos] == [12, 9] and all(i.status == store.OK for i in infos)
     audits = [_audit(run, task) for task in range(workers)]
