@@ -138,7 +138,8 @@ def _fault_chain(workers: int, data: str, workdir: Path, kills: list[tuple[int, 
         assert all("WorkerLostError" in w.stderr for w in survivors), cluster.failure(run)
         newest = _newest_good(workdir / "backups")
         step = int(point.split(":")[1])
-        expected = step // 3 * 3 if step >= 3 else None
+        # the kill point is on_train_batch_end of `step`: before that step's backup is taken
+        expected = (step - 1) // 3 * 3 if step > 3 else None
         if newest is None and previous is not None or (
                 previous is not None and newest < previous) or (wait and newest != expected):
             lost += 1
@@ -168,6 +169,24 @@ def test_multi_worker_kill_a_worker_and_resume_exactly(tmp_path, capsys):
     assert lost == 0
     assert bad == [[], []]
     assert all(f["survivor_s"] < SURVIVOR_TIMEOUT for f in figures)
+
+
+@pytest.mark.slow
+def test_multi_worker_frozen_worker_is_caught_by_the_health_check(tmp_path, capsys):
+    """A worker that stops answering but keeps its connections open (SIGSTOP): no collective
+    timeout is set, so TensorFlow's peer health check must abort the survivors' collectives."""
+    ports = cluster.free_ports(2)
+    env = {"MK_TIMEOUT": "3600"}
+    run = cluster.run("mwms", "arrays", tmp_path, ports=ports, kill=(1, "step:4"), env=env, freeze=True)
+    assert run.point == "step:4", cluster.failure(run)
+    chief = run.workers[0]
+    assert chief.proc.returncode == 1 and "WorkerLostError" in chief.stderr, cluster.failure(run)
+    seconds = max(run.survivor_seconds())
+    with capsys.disabled():
+        print(f"\nMWMS frozen worker (SIGSTOP): the chief stopped with WorkerLostError after {seconds:.1f}s")
+    assert seconds < SURVIVOR_TIMEOUT
+    final = _ok(cluster.run("mwms", "arrays", tmp_path, ports=ports, env=env))
+    assert final
 
 
 @pytest.mark.slow

@@ -75,8 +75,12 @@ def _env(extra: dict | None, ports: list[int] | None, index: int) -> dict:
 
 
 def run(strategy: str, data: str, workdir: Path, *, ports: list[int] | None = None,
-        kill: tuple[int, str] | None = None, args: tuple[str, ...] = (), env: dict | None = None) -> ClusterRun:
-    """One run of the cluster (one process when ``ports`` is None); ``kill=(worker, point)``."""
+        kill: tuple[int, str] | None = None, args: tuple[str, ...] = (), env: dict | None = None,
+        freeze: bool = False) -> ClusterRun:
+    """One run of the cluster (one process when ``ports`` is None); ``kill=(worker, point)``.
+
+    ``freeze``: SIGSTOP the worker instead (a machine that stops answering but keeps its
+    connections open), and SIGKILL it once every other worker has exited."""
     workdir.mkdir(parents=True, exist_ok=True)
     count = 1 if ports is None else len(ports)
     workers = []
@@ -96,7 +100,7 @@ def run(strategy: str, data: str, workdir: Path, *, ports: list[int] | None = No
             if line.startswith("KILLPOINT"):
                 with lock:
                     result.killed, result.point = worker.index, line.split()[1]
-                    worker.proc.send_signal(signal.SIGKILL)
+                    worker.proc.send_signal(signal.SIGSTOP if freeze else signal.SIGKILL)
                     result.killed_at = time.monotonic()
         worker.proc.wait()
         worker.exited_at = time.monotonic()
@@ -108,8 +112,11 @@ def run(strategy: str, data: str, workdir: Path, *, ports: list[int] | None = No
     for t in threads:
         t.start()
     deadline = time.monotonic() + TIMEOUT
-    for t in threads:
-        t.join(max(1.0, deadline - time.monotonic()))
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        if freeze and result.killed is not None and all(
+                w.exited_at for w in workers if w.index != result.killed):
+            workers[result.killed].proc.send_signal(signal.SIGKILL)
     for w in workers:
         if w.proc.poll() is None:
             w.proc.kill()
