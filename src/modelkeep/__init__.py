@@ -28,6 +28,7 @@ from modelkeep.errors import (  # noqa: E402
     ModelkeepError,
     TargetExistsError,
     UnsupportedModelError,
+    WorkerLostError,
 )
 from modelkeep.state import ModelState  # noqa: E402
 
@@ -47,6 +48,7 @@ __all__ = [
     "ModelState",
     "ModelkeepError",
     "UnsupportedModelError",
+    "WorkerLostError",
     "fit",
     "load_model",
     "load_weights",

@@ -65,3 +65,7 @@ class InvalidArgumentError(ModelkeepError, ValueError):
 
 class TargetExistsError(ModelkeepError, FileExistsError):
     """``overwrite=False`` and the target exists (Keras would prompt; modelkeep never prompts)."""
+
+
+class WorkerLostError(ModelkeepError, RuntimeError):
+    """A worker of a multi-worker training job stopped answering; every worker must restart."""

@@ -28,6 +28,7 @@ from modelkeep.checkpoint.callbacks import (
     _global_step,
     _SaveFrequency,
 )
+from modelkeep.checkpoint.distribute import should_write
 from modelkeep.checkpoint.fit_guard import FitGuard
 from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers, wait_for_saves
 from modelkeep.state import ModelState
@@ -135,7 +136,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self._guard = FitGuard.install(self) if self.async_save else None
         if not self.backup_dir.is_dir():
             return
-        clean_leftovers(self.backup_dir)
+        if should_write(self.model):  # a multi-worker job's other workers write nothing
+            clean_leftovers(self.backup_dir)
         info = self.newest_good_backup()
         if info is None:
             return
@@ -206,6 +208,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         return info
 
     def _save(self, batch: int | None) -> None:
+        if not should_write(self.model):  # a multi-worker job's other workers write nothing
+            return
         if self._writer is None:
             self.write(*self.snapshot(batch, copy=False))
             return

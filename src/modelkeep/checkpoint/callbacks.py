@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ import numpy as np
 
 from modelkeep.capture import capture
 from modelkeep.checkpoint import retention, store
+from modelkeep.checkpoint.distribute import should_write
 from modelkeep.checkpoint.fit_guard import FitGuard
 from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers, wait_for_saves
 from modelkeep.errors import CheckpointWriteError, CorruptCheckpointError
@@ -341,7 +343,7 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         self._writer = AsyncWriter(name="modelkeep-ModelCheckpoint") if self.async_save else None
         self._guard = FitGuard.install(self) if self.async_save else None
         directory = self._directory()
-        if directory is not None and directory.is_dir():
+        if directory is not None and directory.is_dir() and should_write(self.model):  # chief only
             removed = clean_leftovers(directory)
             store.recover_pending(directory)
             if removed and self.verbose:
@@ -364,6 +366,9 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
             # Keras's check (mode="auto" on a monitor whose direction it cannot tell raises a
             # ValueError), made before the first save, by batch count too
             self._set_monitor_op()
+        if not should_write(self.model):  # a multi-worker job's other workers write nothing here
+            self._follow_chief(epoch, batch, logs)
+            return
         if self._writer is None or self.format_for(self.file_path(epoch, batch, logs)) in LIVE_MODEL_FORMATS:
             if self._writer is not None:
                 self._writer.wait()  # keep saves in order; surface a background error
@@ -376,6 +381,26 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
             lambda job: None if job is None else self.write(job),
             label=f"epoch {epoch + 1}" + ("" if batch is None else f" batch {batch + 1}"),
         )
+
+    def _follow_chief(self, epoch: int, batch: int | None, logs: dict | None) -> None:
+        """A non-chief worker: decide as the chief does, write nothing to ``filepath``.
+
+        Keras's writers (``LIVE_MODEL_FORMATS``) read the metric variables, which is a
+        collective every worker must join: those saves go to a local temporary directory,
+        deleted at once (what Keras's own ModelCheckpoint does under MultiWorkerMirroredStrategy)."""
+        path = self.file_path(epoch, batch, logs)
+        if self.format_for(path) not in LIVE_MODEL_FORMATS:
+            self._should_save(epoch, path, logs)  # keeps `best` equal to the chief's
+            return
+        job = self.snapshot(epoch, batch, logs, copy=False)
+        if job is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="modelkeep-worker-") as tmp:
+            throwaway = Path(tmp) / path.name
+            if self.save_weights_only:
+                job.fmt.save_weights(self.model, throwaway)
+            else:
+                job.fmt.save_model(self.model, throwaway, include_optimizer=True)
 
     def _buffered(self, job: SaveJob | None) -> SaveJob | None:
         if job is not None and job.model is None:

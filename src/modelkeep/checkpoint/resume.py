@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from modelkeep import capture as cap
-from modelkeep.checkpoint import callback_state, rng_state, store
+from modelkeep.checkpoint import callback_state, distribute, rng_state, store
 from modelkeep.checkpoint.data_position import ArraySource, make_source
 from modelkeep.checkpoint.loop import Progress, TrainingLoop, make_step_function
 from modelkeep.checkpoint.writer import AsyncWriter, wait_for_saves
@@ -146,6 +146,12 @@ def find_backup(backup_dir: Path) -> tuple[store.CheckpointInfo | None, ModelSta
     info = store.latest_good(backup_dir)
     if info is None:
         return None, None
+    return load_backup(info.path, info)
+
+
+def load_backup(path: Path, info: store.CheckpointInfo | None = None) -> tuple[store.CheckpointInfo, ModelState]:
+    """One backup of ``mk.fit``, verified, with its info."""
+    info = info or store.info_for(path)
     state = store.load_state(info.path)
     if RESUME_KEY not in state.metadata:
         raise IncompatibleModelError(
@@ -194,23 +200,31 @@ def fit(
         tf.config.experimental.enable_op_determinism()
         history = mk.fit(model, x, y, epochs=5, batch_size=32, backup_dir="backups", save_freq=20)
     """
+    arguments = dict(locals())
     import keras
 
+    dist = distribute.context_for(model)  # a tf.distribute strategy: see checkpoint/distribute.py
+    if dist is not None and not dist.in_scope():
+        with dist.scope():
+            return fit(**arguments)
     _check_arguments(model, save_freq, callbacks, class_weight, sample_weight)
     backup_dir = Path(backup_dir)
-    backup_dir.mkdir(parents=True, exist_ok=True)
+    if dist is None or dist.is_writer:  # the other workers of a multi-worker job write nothing
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(backup_dir)
     wait_for_saves(raise_errors=False)  # a backup of an earlier fit that ended in an exception
-    clean_leftovers(backup_dir)
     if validation_split and validation_data is None:
         from keras.src.trainers.data_adapters.array_slicing import train_validation_split
 
         (x, y, sample_weight), validation_data = train_validation_split(
             (x, y, sample_weight), validation_split=validation_split
         )
-    info, saved = find_backup(backup_dir)
+    info, saved = dist.agreed_backup(backup_dir, find_backup, load_backup) if dist else find_backup(backup_dir)
     seed = saved.metadata[RESUME_KEY]["progress"]["seed"] if saved else int(np.random.randint(0, 2**31 - 1))
+    seed = dist.broadcast(seed) if dist else seed  # every worker shuffles as the chief does
     source = make_source(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle, seed=seed,
                          class_weight=class_weight)
+    source = dist.source(source) if dist else source
     spec_batch = source.spec_batch()
     cap.build_for_training(model, spec_batch)
     user_callbacks = list(callbacks or [])
@@ -224,20 +238,24 @@ def fit(
     cbs.on_train_begin()
     if saved is not None:
         progress, notes = restore_snapshot(model, saved, source, user_callbacks, history, origin=str(info.path))
+        notes += dist.restore_replicas(model, saved.variables) if dist else []
         model.stop_training = progress.stopped
         if verbose != 0:
             print(_resume_line(info.path, progress, epochs, steps_per_epoch or source.num_batches, notes))
     if not (progress.finished and (progress.stopped or progress.epoch >= epochs)):
         progress.finished = False
         backups = _Backups(backup_dir, keep_backups, model, progress, source, user_callbacks, history,
-                           AsyncWriter(name="modelkeep-fit") if async_save else None)
+                           AsyncWriter(name="modelkeep-fit") if async_save else None, dist)
+        validation = _validation_kwargs(validation_data, batch_size, validation_batch_size, validation_steps)
+        distribute.refuse_unsupported(dist, validation)
         loop = TrainingLoop(
             model, source, cbs, progress, epochs, steps_per_epoch=steps_per_epoch,
-            validation=_validation_kwargs(validation_data, batch_size, validation_batch_size, validation_steps),
-            validation_freq=validation_freq, save_freq=save_freq, save=backups.save,
-            step_function=make_step_function(model, spec_batch),
+            validation=validation, validation_freq=validation_freq, save_freq=save_freq, save=backups.save,
+            step_function=dist.step_function(model, spec_batch, split=source.kind != "tf.data")
+            if dist else make_step_function(model, spec_batch),
         )
-        _train(loop, backups, epochs)
+        with dist.lost_worker_errors(backup_dir, progress) if dist else contextlib.nullcontext():
+            _train(loop, backups, epochs)
     cbs.on_train_end(logs=progress.epoch_logs)
     return history
 
@@ -255,11 +273,16 @@ class _Backups:
     callbacks: list[Any]
     history: Any
     writer: AsyncWriter | None = None
+    dist: Any = None  # a distribute.Distributed: snapshots are collective, only the chief writes
 
     def _snapshot(self) -> ModelState:
-        return snapshot(self.model, self.progress, self.source, self.callbacks, self.history)
+        state = snapshot(self.model, self.progress, self.source, self.callbacks, self.history)
+        return self.dist.add_replicas(state, self.model) if self.dist else state
 
     def save(self) -> None:
+        if self.dist is not None and not self.dist.is_writer:
+            self._snapshot()  # its collectives, with the chief's; nothing is written here
+            return
         if self.writer is None:
             write_backup(self.directory, self._snapshot(), step=self.progress.step, keep=self.keep)
             return
