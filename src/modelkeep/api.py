@@ -19,16 +19,26 @@ from modelkeep.errors import CheckpointNotFoundError
 from modelkeep.formats import registry
 from modelkeep.formats.base import Format
 from modelkeep.formats.tf_checkpoint import STATE_FILE, latest_in
+from modelkeep.storage.fs import is_url, local_path
 
 PathLike = str | os.PathLike
+
+
+def _remote() -> Any:
+    from modelkeep.checkpoint import remote
+
+    return remote
 
 
 def save_weights(model: Any, path: PathLike) -> list[Path]:
     """Save the model's weights; the format comes from the path (bare prefix: TF checkpoint).
 
     Returns the files written. Example: ``mk.save_weights(model, "ckpt/saved_modelname")``.
+    A URL (``s3://bucket/run/w.weights.h5``) is saved to object storage (README "Object storage").
     """
-    path = Path(path)
+    if is_url(path):
+        return _remote().save(model, path, whole_model=False)
+    path = local_path(path)
     return registry.weights_format(path).save_weights(model, path)
 
 
@@ -36,9 +46,11 @@ def save_model(model: Any, path: PathLike, *, include_optimizer: bool = True) ->
     """Save the whole model: architecture, weights, compile config and optimizer state.
 
     Example: ``mk.save_model(model, "mysavedmodel")`` writes a SavedModel directory;
-    ``"model.h5"`` one HDF5 file; ``"model.keras"`` a Keras 3 zip.
+    ``"model.h5"`` one HDF5 file; ``"model.keras"`` a Keras 3 zip; a URL goes to object storage.
     """
-    path = Path(path)
+    if is_url(path):
+        return _remote().save(model, path, whole_model=True, include_optimizer=include_optimizer)
+    path = local_path(path)
     return registry.model_format(path).save_model(model, path, include_optimizer=include_optimizer)
 
 
@@ -68,7 +80,9 @@ def load_weights(model: Any, path: PathLike) -> None:
     or a directory holding a ``checkpoint`` state file (its latest checkpoint is taken).
     Example: ``mk.load_weights(model, "saved_modelname")``.
     """
-    path = Path(path)
+    if is_url(path):
+        return _remote().load_weights(model, path)
+    path = local_path(path)
     if path.is_dir() and not (path / "saved_model.pb").exists() and _load_newest_good(model, path):
         return
     fmt, concrete = resolve_weights_path(path)
@@ -122,6 +136,8 @@ def load_model(
 
     Example: ``model = mk.load_model("mysavedmodel")``.
     """
-    path = Path(path)
+    if is_url(path):
+        return _remote().load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+    path = local_path(path)
     fmt = registry.detect(path) if path.exists() or Path(str(path) + ".index").exists() else registry.model_format(path)
     return fmt.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)

@@ -32,3 +32,11 @@ class UnsupportedModelError(ModelkeepError, ValueError):
 
 class CheckpointWriteError(ModelkeepError, OSError):
     """A save that failed (disk full, permission denied, I/O error); nothing was replaced."""
+
+
+class StorageURLError(ModelkeepError, ValueError):
+    """A URL whose scheme is unknown or whose file system is not installed (names the extra)."""
+
+
+class ConcurrentWriteError(CheckpointWriteError):
+    """Another writer committed the same checkpoint name first; nothing of it was replaced."""
