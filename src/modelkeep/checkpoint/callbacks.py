@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ import keras
 import numpy as np
 
 from modelkeep.capture import capture
-from modelkeep.checkpoint import retention, store
+from modelkeep.checkpoint import remote, retention, store
 from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers, wait_for_saves
 from modelkeep.errors import CheckpointWriteError, CorruptCheckpointError
 from modelkeep.formats import registry
@@ -250,6 +251,9 @@ class ModelCheckpoint(keras.callbacks.Callback):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer or None. Received: {name}={value}")
         self.filepath = os.fspath(filepath)
+        #: a URL's directory (s3://b/run): checkpoints are staged locally, committed there
+        self._remote_dir = remote.template_directory(self.filepath)
+        self._stage: Path | None = None
         self.monitor = monitor
         self.verbose = verbose
         self.save_best_only = save_best_only
@@ -293,6 +297,10 @@ class ModelCheckpoint(keras.callbacks.Callback):
                 f'Failed to format this callback filepath: "{self.filepath}". Reason: {exc}. '
                 "Every {name} in the path must be epoch, batch or a logged metric."
             ) from exc
+        if self._remote_dir is not None:  # written here first, then uploaded by write()
+            if self._stage is None:
+                self._stage = Path(tempfile.mkdtemp(prefix="modelkeep-stage-"))
+            return self._stage / text.rsplit("/", 1)[-1]
         return Path(text)
 
     def _directory(self) -> Path | None:
@@ -303,8 +311,10 @@ class ModelCheckpoint(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         wait_for_saves(raise_errors=False)  # a save of an earlier fit that ended in an exception
         self._writer = AsyncWriter(name="modelkeep-ModelCheckpoint") if self.async_save else None
+        if self._remote_dir is not None:
+            self._clean_remote()
         directory = self._directory()
-        if directory is not None and directory.is_dir():
+        if self._remote_dir is None and directory is not None and directory.is_dir():
             removed = clean_leftovers(directory)
             store.recover_pending(directory)
             if removed and self.verbose:
@@ -383,13 +393,16 @@ class ModelCheckpoint(keras.callbacks.Callback):
 
     def write(self, job: SaveJob) -> store.CheckpointInfo | None:
         """Write, commit, verify, then apply retention. Errors follow ``on_error``."""
+        where = job.path if self._remote_dir is None else remote.RemotePath(self._remote_dir) / job.path.name
         try:
             info = write_job(job)
+            if self._remote_dir is not None:  # the local commit is the staged copy: upload, commit
+                info = remote.publish_checkpoint(self._remote_dir, job.path, job.fmt)
         except Exception as exc:  # noqa: BLE001 - every failure of a save is reported the same way
             if not isinstance(exc, OSError) and type(exc).__module__.split(".")[0] != "tensorflow":
                 raise
             self.best = job.previous_best  # the checkpoint of that best value does not exist
-            error = exc if isinstance(exc, CorruptCheckpointError) else _as_write_error(job.path, exc)
+            error = exc if isinstance(exc, CorruptCheckpointError) else _as_write_error(where, exc)
             self.last_error = error if isinstance(error, CheckpointWriteError) else None
             if self.on_error == "raise":
                 if error is exc:
@@ -399,11 +412,17 @@ class ModelCheckpoint(keras.callbacks.Callback):
             log.warning("%s (failed saves so far: %d; training goes on)", error, self.failed_saves)
             warnings.warn(f"{error} Training goes on (on_error='warn').", stacklevel=2)
             return None
-        self.saved.append(job.path)
+        self.saved.append(where)
         if self.verbose > 0:
-            print(f"\nEpoch {job.metadata['epoch']}: finished saving model to {job.path}")
-        self._apply_retention(job.path.parent)
+            print(f"\nEpoch {job.metadata['epoch']}: finished saving model to {where}")
+        self._apply_retention(where.parent)
         return info
+
+    def _clean_remote(self) -> None:
+        try:
+            remote.clean(self._remote_dir)
+        except OSError as exc:  # the store is unreachable: the first save will say so
+            log.warning("could not clean leftovers in %s: %s", self._remote_dir, exc)
 
     def _apply_retention(self, directory: Path) -> list[Path]:
         if not any(v is not None for v in self.retention.values()):

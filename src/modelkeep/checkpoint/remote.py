@@ -221,6 +221,23 @@ def prune_backups(directory: Any, *, keep: int, protect: Any = None) -> list[Any
 
 
 # ------------------------------------------------------------------------ callbacks' helpers
+RemotePath = sfs.RemotePath
+
+
+def template_directory(filepath: str) -> str | None:
+    """The directory URL of a ``ModelCheckpoint`` template, or None for a local path."""
+    if not sfs.is_url(filepath):
+        return None
+    directory = filepath.rsplit("/", 1)[0]
+    sfs.filesystem(filepath)  # an unknown scheme fails when the callback is made
+    if "{" in directory or directory.count("/") < 3:
+        raise ValueError(
+            f"ModelCheckpoint: {filepath} must name a fixed directory below a bucket "
+            "(s3://bucket/run/ckpt-{epoch}); only the file name may hold {epoch}, {batch} or metrics."
+        )
+    return directory
+
+
 def publish_checkpoint(url_dir: str, local: Path, fmt: Format) -> CheckpointInfo:
     """Upload a checkpoint ``ModelCheckpoint`` committed in its local staging directory, then
     remove the local copy; returns the remote ``CheckpointInfo``."""
@@ -264,10 +281,12 @@ def delete_all(directory: Any) -> None:
     ObjectDir(str(directory)).delete_all()
 
 
-def verify(url: Any) -> list[tuple[str, str, bool, str | None]]:
-    """Download and CRC-check each checkpoint at ``url`` (one, or every one of a directory).
+def verify(url: Any, check: Callable[[Path], Any]) -> list[tuple[str, str, Any]]:
+    """Download each checkpoint at ``url`` (one, or every one of a directory) from its newest
+    commit, every object's size and CRC-32 checked on arrival, then ``check(local path)``.
 
-    Returns ``(url, format, ok, problem)`` rows.
+    Returns ``(url, format, check's result or the problem found)`` rows; no fallback to an
+    older commit here: a bad newest commit is the finding.
     """
     location = sfs.as_location(str(url))
     directory, name = split(location)
@@ -277,17 +296,18 @@ def verify(url: Any) -> list[tuple[str, str, bool, str | None]]:
     else:
         odir = ObjectDir(str(location))
         targets = [(odir, n, e) for n, e in odir.entries().items()]
-    rows = []
+    rows: list[tuple[str, str, Any]] = []
     for odir, n, entry in targets:
+        where = f"{odir.url}/{n}"
         fmt = entry.commit.metadata.get("format", "unknown") if entry.commit else "unknown"
-        if entry.status != OK:
-            rows.append((f"{odir.url}/{n}", fmt, False, entry.problem))
+        commits = [c for c in odir._records(n, odir._tree(n))]
+        if entry.status != OK or not commits or commits[0].seq != entry.commit.seq:
+            rows.append((where, fmt, entry.problem or "the newest commit record's objects are missing or resized"))
             continue
         try:
             with staging() as root:
-                odir.fetch(n, root, entry=entry)
+                odir._download(entry.commit, root)
+                rows.append((where, fmt, check(root / n)))
         except (CorruptCheckpointError, CheckpointNotFoundError, OSError) as exc:
-            rows.append((f"{odir.url}/{n}", fmt, False, str(exc)))
-            continue
-        rows.append((f"{odir.url}/{n}", fmt, True, None))
+            rows.append((where, fmt, str(exc)))
     return rows

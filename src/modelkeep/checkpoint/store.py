@@ -42,8 +42,8 @@ from modelkeep.storage.checksums import (
     verify_manifest,
     write_manifest,
 )
-from modelkeep.storage.fs import is_url
 from modelkeep.storage.commit import atomic_path, commit, fsync_path, is_leftover, temp_sibling, write_bytes
+from modelkeep.storage.fs import is_url
 
 MANIFEST_SUFFIX = ".manifest.json"
 #: the manifest of a checkpoint whose files are being committed under an existing name

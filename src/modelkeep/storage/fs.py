@@ -140,7 +140,6 @@ def _defaults(scheme: str) -> dict[str, Any]:
     if scheme in ("s3", "s3a"):
         out["max_concurrency"] = CONCURRENCY
         out["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}
-        out["retries"] = 2
     return out
 
 

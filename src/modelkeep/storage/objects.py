@@ -224,7 +224,7 @@ class ObjectDir:
         urls = [self._url(name + SUFFIX, r) for r in rels]
         got = sfs.read_many(urls, storage_options=self.options)
         out = []
-        for rel, url in zip(rels, urls):
+        for url in urls:
             commit = _parse(name, got[url])
             if commit is not None:
                 out.append(commit)
