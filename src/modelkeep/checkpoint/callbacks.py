@@ -337,7 +337,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
             if self._writer is not None:
                 self._writer.wait()  # keep saves in order; surface a background error
             job = self.snapshot(epoch, batch, logs, copy=False)  # written now: no copy needed
-            if job is not None:
+            if job is not None and self._remote_dir is not None and self._writer is not None:
+                # Keras writes the staged copy from the live model now; the upload goes in the background
+                if self.write(job, step="local") is not None:
+                    self._writer.submit(lambda: self.write(job, step="upload"), label=f"upload of {job.path.name}")
+            elif job is not None:
                 self.write(job)
             return
         self._writer.save(
@@ -391,11 +395,16 @@ class ModelCheckpoint(keras.callbacks.Callback):
         metadata["versions"] = state.metadata.get("versions")
         return SaveJob(path, fmt, state, metadata, model=self.model if live else None, previous_best=previous_best)
 
-    def write(self, job: SaveJob) -> store.CheckpointInfo | None:
-        """Write, commit, verify, then apply retention. Errors follow ``on_error``."""
+    def write(self, job: SaveJob, *, step: str = "all") -> store.CheckpointInfo | None:
+        """Write, commit, verify, then apply retention. Errors follow ``on_error``.
+
+        For a URL, ``step="local"`` only writes the staged copy and ``step="upload"`` does the
+        rest (upload, commit, retention), so the upload can run on the writer's thread."""
         where = job.path if self._remote_dir is None else remote.RemotePath(self._remote_dir) / job.path.name
         try:
-            info = write_job(job)
+            info = write_job(job) if step != "upload" else None
+            if step == "local":
+                return info
             if self._remote_dir is not None:  # the local commit is the staged copy: upload, commit
                 info = remote.publish_checkpoint(self._remote_dir, job.path, job.fmt)
         except Exception as exc:  # noqa: BLE001 - every failure of a save is reported the same way

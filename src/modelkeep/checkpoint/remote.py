@@ -203,8 +203,18 @@ def save_state(directory: Any, state: Any, *, step: int, metadata: dict | None =
 
 def load_state(path: Any, storage_options: dict | None = None) -> Any:
     """``store.load_state`` of a backup at a URL (downloaded and verified)."""
-    with fetched(path, storage_options) as local:
-        return store.load_state(local)
+    from modelkeep.formats.safetensors import SafetensorsFormat
+
+    directory, name = split(path, storage_options)
+    entry = directory.entry(name)
+    if entry is None:  # not committed by modelkeep: its own manifest decides
+        with fetched(path, storage_options) as local:
+            return store.load_state(local)
+    with staging() as root:
+        directory.fetch(name, root, entry=entry)  # every file's CRC-32 checked on arrival
+        if not (root / name / store.STORE_MANIFEST).exists():
+            raise CheckpointNotFoundError(f"load: {path} is not a modelkeep backup (no {store.STORE_MANIFEST}).")
+        return SafetensorsFormat().read(root / name / store.STORE_STATE)
 
 
 def prune_backups(directory: Any, *, keep: int, protect: Any = None) -> list[Any]:

@@ -67,7 +67,7 @@ def write_error(path: str | os.PathLike, exc: OSError) -> CheckpointWriteError:
     }.get(exc.errno or 0, exc.strerror or str(exc))
     return CheckpointWriteError(
         exc.errno or errno.EIO,
-        f"save: could not write {os.fspath(path)}: {cause}. Nothing under that name was "
+        f"save: could not write {path}: {cause}. Nothing under that name was "
         "replaced; free space or fix the permissions and save again.",
     )
 

@@ -205,7 +205,7 @@ def call(fn: Any, *args: Any, what: str, **kwargs: Any) -> Any:
 def remote_error(what: str, exc: BaseException) -> RemoteStorageError:
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return RemoteStorageError(
-        getattr(exc, "errno", None) or 5,
+        None,  # no errno: the message is the cause (write_error keeps it)
         f"could not {what}: {type(exc).__name__}: {detail}. Check the endpoint, the credentials "
         "and that the server is up, then try again.",
     )
