@@ -241,7 +241,7 @@ def test_backup_and_restore_on_s3(s3_dir):
     assert mk.list_checkpoints(f"{s3_dir}/bk") == []  # delete_checkpoint=True removed them
 
 
-def test_cli_ls_and_verify_on_s3(s3_dir, s3_server):
+def test_cli_ls_verify_inspect_diff_on_s3(s3_dir, s3_server, tmp_path):
     model = small_model()
     mk.save_weights(model, f"{s3_dir}/a.safetensors")
     mk.save_model(model, f"{s3_dir}/m.keras")
@@ -256,6 +256,15 @@ def test_cli_ls_and_verify_on_s3(s3_dir, s3_server):
     results = verify_paths([s3_dir])  # what `modelkeep verify` runs
     assert [(str(r.path).rsplit("/", 1)[1], r.ok) for r in results] == [("a.safetensors", True), ("m.keras", True)]
     assert all("CRC-32" in r.checks[0] for r in results)
+    from modelkeep.tools.diff import diff_paths
+    from modelkeep.tools.inspect import describe
+
+    described = describe(f"{s3_dir}/m.keras")  # what `modelkeep inspect` prints
+    assert described["path"] == f"{s3_dir}/m.keras" and described["format"] == "Keras zip (.keras)"
+    assert described["model"]["total_params"] == model.count_params()
+    local = tmp_path / "a.safetensors"
+    mk.save_weights(model, local)
+    assert diff_paths(f"{s3_dir}/a.safetensors", local).identical
     commit = ObjectDir(s3_dir).entries()["m.keras"].commit
     import s3fs
 
@@ -267,3 +276,69 @@ def test_cli_ls_and_verify_on_s3(s3_dir, s3_server):
     done = subprocess.run([*cli, "verify", f"{s3_dir}/m.keras"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1
     assert "CRC-32" in done.stdout + done.stderr
+
+
+def test_s3_conditional_write_and_storage_options(s3_dir, s3_server, monkeypatch):
+    """SeaweedFS enforces If-None-Match (the commit record's condition); set_storage_options
+    reaches a server that the environment does not name."""
+    assert sfs.put_bytes(f"{s3_dir}/once", b"1", exclusive=True) is True  # enforced by the server
+    with pytest.raises(FileExistsError):
+        sfs.put_bytes(f"{s3_dir}/once", b"2", exclusive=True)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    bucket = s3_dir.split("/")[2]
+    monkeypatch.setattr(sfs, "_OPTIONS", {})
+    mk.set_storage_options(f"s3://{bucket}", endpoint_url=s3_server.endpoint)
+    model = small_model()
+    mk.save_weights(model, f"{s3_dir}/opt.weights.h5")
+    fresh = small_model(seed=2)
+    mk.load_weights(fresh, f"{s3_dir}/opt.weights.h5")
+    same_weights(model, fresh)
+
+
+def test_two_serve_replicas_follow_an_s3_run(s3_dir, tmp_path):
+    """Two `modelkeep serve` processes on one s3:// run switch to each new commit and say
+    which version answered."""
+    import httpx
+
+    from modelkeep.capture import capture
+    from modelkeep.checkpoint import store
+    from modelkeep.demo import tutorial_data, tutorial_model
+    from test_serving_helpers import ServerProcess, tutorial_rows
+
+    x, y, _ = tutorial_data()
+    model = tutorial_model()
+    run = f"{s3_dir}/run"
+    rows = tutorial_rows(2)
+    expected = {}
+    store.save_state(run, capture(model), step=1)
+    expected[1] = np.asarray(model(rows, training=False))
+    servers = [ServerProcess(run, "--name", "m", "--poll-seconds", "0.2", log_dir=tmp_path, grpc=False)
+               for _ in range(2)]  # fmt: skip
+    try:
+        for server in servers:
+            server.wait(timeout=180)
+
+        def ask(server):
+            r = httpx.post(f"{server.url}/v1/models/m:predict", json={"instances": rows.tolist()}, timeout=30)
+            assert r.status_code == 200, r.text
+            return int(r.headers["X-Model-Version"]), np.array(r.json()["predictions"])
+
+        for server in servers:
+            version, got = ask(server)
+            assert version == 1
+            np.testing.assert_allclose(got, expected[1], rtol=1e-5, atol=1e-6)
+        model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+        store.save_state(run, capture(model), step=2)
+        expected[2] = np.asarray(model(rows, training=False))
+        import time
+
+        for server in servers:
+            deadline = time.monotonic() + 60
+            while (answer := ask(server))[0] != 2 and time.monotonic() < deadline:
+                assert answer[0] == 1
+                time.sleep(0.1)
+            assert answer[0] == 2, server.log()
+            np.testing.assert_allclose(answer[1], expected[2], rtol=1e-5, atol=1e-6)
+    finally:
+        for server in servers:
+            assert server.stop() == 0, server.log()

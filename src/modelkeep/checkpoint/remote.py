@@ -108,6 +108,16 @@ def fetched(url: Any, storage_options: dict | None = None) -> Iterator[Path]:
         yield root / name
 
 
+@contextlib.contextmanager
+def local_copy(path: Any, storage_options: dict | None = None) -> Iterator[Any]:
+    """``path`` itself for a local path (or None), else ``fetched(path)``."""
+    if path is None or not sfs.is_url(path):
+        yield path
+        return
+    with fetched(path, storage_options) as local:
+        yield local
+
+
 def _fetch_foreign(directory: ObjectDir, name: str, root: Path) -> None:
     tree = sfs.list_tree(directory.url, storage_options=directory.options)
     picked = {rel: size for rel, size in tree.items()
