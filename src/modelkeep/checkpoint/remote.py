@@ -65,6 +65,15 @@ def _files_of(fmt: Format, local: Path) -> list[Path]:
     return out
 
 
+def _known(manifest: Path) -> dict[Path, tuple[int, int]]:
+    """``{file: (size, crc32)}`` from a local manifest the writer just wrote."""
+    try:
+        files = json.loads(manifest.read_text()).get("files") or {}
+        return {manifest.parent / rel: (int(v["size"]), int(v["crc32"])) for rel, v in files.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def _manifest_metadata(local: Path) -> dict[str, Any]:
     try:
         return dict(json.loads(store.manifest_path(local).read_text()).get("metadata") or {})
@@ -205,7 +214,8 @@ def save_state(directory: Any, state: Any, *, step: int, metadata: dict | None =
         local = store.save_state(root, state, step=step, metadata=metadata)
         files = [local.path / store.STORE_STATE, local.path / store.STORE_MANIFEST]
         meta = json.loads((local.path / store.STORE_MANIFEST).read_text()).get("metadata") or {}
-        commit = odir.publish(local.path.name, root, files, meta)
+        commit = odir.publish(local.path.name, root, files, meta,
+                              known=_known(local.path / store.STORE_MANIFEST))  # fmt: skip
     return CheckpointInfo(sfs.RemotePath(odir.url) / commit.name, "modelkeep backup", OK, step=meta.get("step"),
                           epoch=meta.get("epoch"), logs=meta.get("logs") or {}, wall_time=meta.get("wall_time"),
                           size=commit.size, metadata=meta)  # fmt: skip
@@ -265,7 +275,7 @@ def publish_checkpoint(url_dir: str, local: Path, fmt: Format) -> CheckpointInfo
     files = _files_of(fmt, local)
     meta = _manifest_metadata(local)
     try:
-        commit = odir.publish(local.name, local.parent, files, meta)
+        commit = odir.publish(local.name, local.parent, files, meta, known=_known(store.manifest_path(local)))
     finally:
         for f in [*fmt.files(local), store.manifest_path(local)]:
             if f.is_dir():

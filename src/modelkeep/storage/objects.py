@@ -110,8 +110,13 @@ class ObjectDir:
         return "/".join([self.url, *parts])
 
     # ------------------------------------------------------------------- write
-    def publish(self, name: str, root: Path, files: list[Path], metadata: dict[str, Any]) -> Commit:
-        """Upload ``files`` (under the local ``root``) as a new generation of ``name``, commit it."""
+    def publish(self, name: str, root: Path, files: list[Path], metadata: dict[str, Any], *,
+                known: dict[Path, tuple[int, int]] | None = None) -> Commit:  # fmt: skip
+        """Upload ``files`` (under the local ``root``) as a new generation of ``name``, commit it.
+
+        ``known``: ``{file: (size, crc32)}`` the writer already computed (its manifest); a file
+        whose size still matches is not read again for its checksum."""
+        known = known or {}
         tree = self._tree(name)
         seq = 1 + max((s for s in _commit_seqs(tree)), default=0)
         seq = max(seq, 1 + max((_gen_seq(g) for g in _generations(tree)), default=0))
@@ -124,7 +129,8 @@ class ObjectDir:
 
         def checksum() -> None:  # from the bytes the format wrote (or remembered from the write)
             try:
-                crcs.extend(known_crc32(f) for f in files)
+                crcs.extend(known[f][1] if f in known and known[f][0] == s else known_crc32(f)
+                            for f, s in zip(files, sizes))  # fmt: skip
             except BaseException as exc:  # noqa: BLE001 - handed to the caller below
                 crc_error.append(exc)
 
