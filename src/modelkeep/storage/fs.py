@@ -314,8 +314,8 @@ def _write_and_crc(fd: int, data: bytes, offset: int) -> int:
 def put_bytes(url: str, data: bytes, *, exclusive: bool = False, storage_options: dict | None = None) -> bool:
     """Write a small object. With ``exclusive``, only if no object has that name yet.
 
-    Returns True when the store itself enforced ``exclusive`` (S3 ``If-None-Match: *``,
-    GCS ``ifGenerationMatch=0``, memory://); False when the store took no condition and
+    Returns True when the file system took ``mode="create"`` (s3fs sends S3's
+    ``If-None-Match: *``; memory:// checks itself); False when the store took no condition and
     the name was only checked just before the write (a race stays possible there).
     Raises ``FileExistsError`` when the name is taken.
     """

@@ -14,8 +14,8 @@ objects is not, and nothing can be renamed. So a checkpoint named ``N`` in the d
    concurrent multipart parts. Nothing a reader looks at has changed yet.
 3. It writes ``commit-<k>.json`` -- every object of the generation with its size and
    CRC-32 (computed from the local bytes while they upload, never read back) and the
-   checkpoint's metadata -- *only if no object has that name yet* (S3 ``If-None-Match: *``,
-   GCS ``ifGenerationMatch=0``). Of two writers that raced to ``k``, one wins; the other gets
+   checkpoint's metadata -- *only if no object has that name yet*, where the file system
+   takes ``mode="create"`` (s3fs: S3 ``If-None-Match: *``; memory://). Of two writers that raced to ``k``, one wins; the other gets
    ``ConcurrentWriteError`` and removes its generation. On a store without conditional
    writes the name is checked just before the write and the record read back after it; a
    writer that finds another's record there raises the same error, but a race inside that
