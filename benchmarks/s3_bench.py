@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "modelkeep")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "modelkeep")
         os.environ["AWS_ENDPOINT_URL"] = endpoint
-        from modelkeep.checkpoint import store
+        from modelkeep.checkpoint import remote, store
         from modelkeep.storage import fs as sfs
 
         fs, _ = sfs.filesystem(f"s3://{args.bucket}")
@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
         gb = nbytes / 1e9
         print(f"\nS3 benchmark: {nbytes / MIB:.0f} MiB state, {args.reps} reps (median), endpoint {endpoint}, "
-              f"{os.cpu_count()} CPUs, concurrency {sfs.CONCURRENCY}, part {sfs.PART_SIZE // MIB} MiB")  # fmt: skip
+              f"{os.cpu_count()} CPUs, concurrency {sfs.CONCURRENCY}, part {sfs.PART_SIZE // MIB} MiB, "
+              f"staged in {remote.staging_parent(nbytes) or tempfile.gettempdir()}, load average "
+              f"{os.getloadavg()[0]:.1f}")  # fmt: skip
         rows = [
             ("save to S3 (modelkeep save_state)", s3_save, f"{s3_save / floor_put:.2f}x floor put"),
             ("  floor: s3fs put_file, same bytes", floor_put, ""),

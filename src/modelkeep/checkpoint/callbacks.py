@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -299,7 +298,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
             ) from exc
         if self._remote_dir is not None:  # written here first, then uploaded by write()
             if self._stage is None:
-                self._stage = Path(tempfile.mkdtemp(prefix="modelkeep-stage-"))
+                self._stage = remote.new_stage(2 * remote.model_bytes(self.model))
             return self._stage / text.rsplit("/", 1)[-1]
         return Path(text)
 
@@ -358,11 +357,16 @@ class ModelCheckpoint(keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         """Wait for the last background save; raise its error, if any."""
         writer, self._writer = self._writer, None
-        if writer is not None:
-            try:
-                writer.close()
-            finally:
-                self._buffers.release()
+        try:
+            if writer is not None:
+                try:
+                    writer.close()
+                finally:
+                    self._buffers.release()
+        finally:
+            if self._stage is not None:  # a URL's staging directory (its files are gone already)
+                shutil.rmtree(self._stage, ignore_errors=True)
+                self._stage = None
 
     # ---------------------------------------------------------------- the two steps
     def snapshot(self, epoch: int, batch: int | None, logs: dict | None, *, copy: bool = True) -> SaveJob | None:

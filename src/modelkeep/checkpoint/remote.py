@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from modelkeep.checkpoint import store
 from modelkeep.checkpoint.store import CheckpointInfo
@@ -44,10 +47,46 @@ def split(url: Any, storage_options: dict | None = None) -> tuple[ObjectDir, str
     return ObjectDir(str(path.parent), storage_options), path.name
 
 
+#: where checkpoints are staged: $MODELKEEP_STAGING_DIR, else /dev/shm when it has room, else $TMPDIR
+STAGING_ENV = "MODELKEEP_STAGING_DIR"
+_SHM = Path("/dev/shm")
+
+
+def staging_parent(size_hint: int = 0) -> str | None:
+    """The directory to stage ``size_hint`` bytes in. A staged copy needs no durability (the
+    commit point is the remote record), so memory-backed /dev/shm is used when it has twice
+    the room: a loaded or slow disk then never throttles an upload or a download."""
+    chosen = os.environ.get(STAGING_ENV)
+    if chosen:
+        return chosen
+    try:
+        stat = os.statvfs(_SHM)
+        if os.access(_SHM, os.W_OK) and stat.f_bavail * stat.f_frsize > 2 * size_hint + (256 << 20):
+            return str(_SHM)
+    except OSError:
+        pass
+    return None
+
+
+def new_stage(size_hint: int = 0) -> Path:
+    return Path(tempfile.mkdtemp(prefix="modelkeep-stage-", dir=staging_parent(size_hint)))
+
+
+def model_bytes(model: Any) -> int:
+    """About how many bytes a model's variables (and optimizer slots) take."""
+    total = 0
+    for variable in list(getattr(model, "weights", [])) + list(getattr(getattr(model, "optimizer", None), "variables", []) or []):
+        try:
+            total += int(np.prod(variable.shape)) * np.dtype(str(variable.dtype)).itemsize
+        except (TypeError, ValueError):
+            continue
+    return total
+
+
 @contextlib.contextmanager
-def staging() -> Iterator[Path]:
-    """A local temporary directory, removed afterwards."""
-    root = Path(tempfile.mkdtemp(prefix="modelkeep-stage-"))
+def staging(size_hint: int = 0) -> Iterator[Path]:
+    """A local temporary directory (``staging_parent``), removed afterwards."""
+    root = new_stage(size_hint)
     try:
         yield root
     finally:
@@ -86,7 +125,7 @@ def save(model: Any, url: str, *, whole_model: bool, storage_options: dict | Non
          include_optimizer: bool = True) -> list[str]:  # fmt: skip
     """``mk.save_weights`` / ``mk.save_model`` to a URL; returns the URLs of the saved files."""
     directory, name = split(url, storage_options)
-    with staging() as root:
+    with staging(model_bytes(model)) as root:
         local = root / name
         if whole_model:
             fmt = registry.model_format(local)
@@ -108,8 +147,8 @@ def fetched(url: Any, storage_options: dict | None = None) -> Iterator[Path]:
     another tool uploaded (no ``.mk`` record) is downloaded as it is.
     """
     directory, name = split(url, storage_options)
-    with staging() as root:
-        entry = directory.entry(name)
+    entry = directory.entry(name)
+    with staging(entry.commit.size if entry is not None and entry.commit else 0) as root:
         if entry is not None:
             directory.fetch(name, root, entry=entry)
         else:
@@ -210,7 +249,7 @@ def list_checkpoints(directory: Any, *, verify: bool = True, storage_options: di
 def save_state(directory: Any, state: Any, *, step: int, metadata: dict | None = None) -> CheckpointInfo:
     """``store.save_state`` to a directory URL: the same ``ckpt-<step>/``, committed remotely."""
     odir = ObjectDir(str(directory))
-    with staging() as root:
+    with staging(sum(int(getattr(v, "nbytes", 0)) for v in state.variables.values())) as root:
         local = store.save_state(root, state, step=step, metadata=metadata)
         files = [local.path / store.STORE_STATE, local.path / store.STORE_MANIFEST]
         meta = json.loads((local.path / store.STORE_MANIFEST).read_text()).get("metadata") or {}
@@ -230,7 +269,7 @@ def load_state(path: Any, storage_options: dict | None = None) -> Any:
     if entry is None:  # not committed by modelkeep: its own manifest decides
         with fetched(path, storage_options) as local:
             return store.load_state(local)
-    with staging() as root:
+    with staging(entry.commit.size if entry.commit else 0) as root:
         directory.fetch(name, root, entry=entry)  # every file's CRC-32 checked on arrival
         if not (root / name / store.STORE_MANIFEST).exists():
             raise CheckpointNotFoundError(f"load: {path} is not a modelkeep backup (no {store.STORE_MANIFEST}).")
@@ -335,7 +374,7 @@ def verify(url: Any, check: Callable[[Path], Any]) -> list[tuple[str, str, Any]]
             rows.append((where, fmt, entry.problem or "the newest commit record's objects are missing or resized"))
             continue
         try:
-            with staging() as root:
+            with staging(entry.commit.size) as root:
                 odir._download(entry.commit, root)
                 rows.append((where, fmt, check(root / n)))
         except (CorruptCheckpointError, CheckpointNotFoundError, OSError) as exc:
