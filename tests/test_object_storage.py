@@ -342,3 +342,17 @@ def test_two_serve_replicas_follow_an_s3_run(s3_dir, tmp_path):
     finally:
         for server in servers:
             assert server.stop() == 0, server.log()
+
+
+def test_cli_prune_on_s3(s3_dir, capsys):
+    from modelkeep.checkpoint import store
+    from modelkeep.cli.main import main
+    from modelkeep.state import ModelState
+
+    for step in (1, 2, 3):
+        store.save_state(s3_dir, ModelState({"model/w": np.full(4, step, "float32")}), step=step)
+    assert main(["prune", s3_dir, "--keep-last", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(p.rsplit("/", 1)[1] for p in report["deleted"]) == ["ckpt-000000001", "ckpt-000000002"]
+    assert [c.step for c in mk.list_checkpoints(s3_dir)] == [3]
+    np.testing.assert_array_equal(store.load_state(f"{s3_dir}/ckpt-000000003").variables["model/w"], np.full(4, 3, "float32"))
