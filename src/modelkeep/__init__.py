@@ -31,6 +31,7 @@ from modelkeep.errors import (  # noqa: E402
     WorkerLostError,
 )
 from modelkeep.state import ModelState  # noqa: E402
+from modelkeep.storage.fs import set_storage_options  # noqa: E402
 
 __all__ = [
     "AsyncWriter",
@@ -54,6 +55,7 @@ __all__ = [
     "load_weights",
     "save_model",
     "save_weights",
+    "set_storage_options",
     "wait_for_saves",
 ]
 

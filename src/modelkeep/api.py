@@ -20,8 +20,15 @@ from modelkeep.errors import CheckpointNotFoundError
 from modelkeep.formats import registry
 from modelkeep.formats.base import Format
 from modelkeep.formats.tf_checkpoint import STATE_FILE, latest_in
+from modelkeep.storage.fs import is_url, local_path
 
 PathLike = str | os.PathLike
+
+
+def _remote() -> Any:
+    from modelkeep.checkpoint import remote
+
+    return remote
 
 
 def save_weights(
@@ -33,8 +40,11 @@ def save_weights(
     ``.weights.json``), ``objects_to_skip`` (``.weights.h5``/``.weights.json``); see
     ``modelkeep.saving_options``. Returns the files written.
     Example: ``mk.save_weights(model, "ckpt/saved_modelname")``.
+    A URL (``s3://bucket/run/w.weights.h5``) is saved to object storage (README "Object storage").
     """
-    path = Path(path)
+    if is_url(path):
+        return _remote().save(model, path, whole_model=False)
+    path = local_path(path)
     options = saving_options.check_save_weights(path, max_shard_size, kwargs)
     saving_options.check_overwrite(path, overwrite, "save_weights")
     fmt = registry.weights_format(path)
@@ -59,6 +69,7 @@ def save_model(
     Example: ``mk.save_model(model, "mysavedmodel")`` writes a SavedModel directory;
     ``"model.h5"`` one HDF5 file; ``"model.keras"`` a Keras 3 zip; ``zipped=False`` Keras's
     unzipped directory. ``overwrite=False`` refuses an existing target (no prompt).
+    A URL (``s3://bucket/m.keras``) goes to object storage.
     """
     saving_options.save_model_kwargs(path, kwargs)
     if saving_options.is_file_object(path):  # Keras's .keras into an open file
@@ -66,7 +77,9 @@ def save_model(
 
         saving_lib.save_model(model, path)
         return []
-    path = Path(path)
+    if is_url(path):
+        return _remote().save(model, path, whole_model=True, include_optimizer=include_optimizer)
+    path = local_path(path)
     saving_options.check_overwrite(path, overwrite, "save_model")
     if zipped is False:
         if path.name.endswith(".keras"):
@@ -105,7 +118,9 @@ def load_weights(model: Any, path: PathLike, skip_mismatch: bool = False, **kwar
     Keras's arguments too: ``skip_mismatch``, ``objects_to_skip`` (Keras weights files),
     ``by_name`` (``.h5``). Example: ``mk.load_weights(model, "saved_modelname")``.
     """
-    path = Path(path)
+    if is_url(path):
+        return _remote().load_weights(model, path)
+    path = local_path(path)
     options = saving_options.check_load_weights(path, kwargs)
     if skip_mismatch or options["objects_to_skip"] is not None or options["by_name"]:
         fmt, concrete = resolve_weights_path(path)
@@ -168,7 +183,9 @@ def load_model(
         from keras.src.saving import saving_lib
 
         return saving_lib.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
-    path = Path(path)
+    if is_url(path):
+        return _remote().load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+    path = local_path(path)
     fmt = (
         registry.detect(path)
         if path.exists() or Path(str(path) + ".index").exists()

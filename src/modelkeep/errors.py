@@ -69,3 +69,11 @@ class TargetExistsError(ModelkeepError, FileExistsError):
 
 class WorkerLostError(ModelkeepError, RuntimeError):
     """A worker of a multi-worker training job stopped answering; every worker must restart."""
+
+
+class StorageURLError(ModelkeepError, ValueError):
+    """A URL whose scheme is unknown or whose file system is not installed (names the extra)."""
+
+
+class ConcurrentWriteError(CheckpointWriteError):
+    """Another writer committed the same checkpoint name first; nothing of it was replaced."""

@@ -71,7 +71,7 @@ def make_callbacks(args, model):
             say("fp", _step(self.model), fingerprint(self.model))
 
     kwargs = json.loads(args.callback_kwargs)
-    path = str(Path(args.dir) / args.filepath)
+    path = f"{args.dir}/{args.filepath}" if "://" in args.dir else str(Path(args.dir) / args.filepath)
     if args.impl == "keras":
 
         class Reporting(keras.callbacks.ModelCheckpoint):
@@ -85,10 +85,11 @@ def make_callbacks(args, model):
         import modelkeep as mk
 
         class Reporting(mk.ModelCheckpoint):
-            def write(self, job):
-                say("saving", job.metadata["step"])
-                info = super().write(job)
-                if info is not None:
+            def write(self, job, **kwargs):  # step="local"/"upload": a URL's staged write, then its upload
+                if kwargs.get("step") != "upload":
+                    say("saving", job.metadata["step"])
+                info = super().write(job, **kwargs)
+                if info is not None and kwargs.get("step") != "local":
                     say("saved", job.metadata["step"], job.path)
                 return info
 
@@ -120,7 +121,9 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    directory = Path(args.dir)
+    from modelkeep.storage.fs import as_location
+
+    directory = as_location(args.dir)  # a local path, or an s3:// URL (tests/test_object_storage_faults.py)
     directory.mkdir(parents=True, exist_ok=True)
     model = build_model(args.params, seed=args.seed)
     rng = np.random.default_rng(args.seed)

@@ -33,6 +33,7 @@ from modelkeep.checkpoint.fit_guard import FitGuard
 from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers, wait_for_saves
 from modelkeep.state import ModelState
 from modelkeep.storage.commit import clean_leftovers
+from modelkeep.storage.fs import RemotePath, as_location
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -71,7 +72,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         _check_on_error(on_error)
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be at least 1. Received: max_to_keep={max_to_keep}")
-        self.backup_dir = Path(backup_dir)
+        self.backup_dir = as_location(backup_dir)  # a Path, or a RemotePath for s3://...
         self.save_freq = save_freq
         self.double_checkpoint = double_checkpoint  # kept for Keras compatibility: always >= 2 here
         self.delete_checkpoint = delete_checkpoint
@@ -231,5 +232,9 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             finally:
                 self._buffers.release()
         self.model._initial_epoch = None  # a later fit() starts where it is told, as without us
-        if self.delete_checkpoint and self.backup_dir.exists():
+        if self.delete_checkpoint and isinstance(self.backup_dir, RemotePath):
+            from modelkeep.checkpoint import remote
+
+            remote.delete_all(self.backup_dir)
+        elif self.delete_checkpoint and self.backup_dir.exists():
             shutil.rmtree(self.backup_dir)

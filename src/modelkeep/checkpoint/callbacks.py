@@ -41,7 +41,7 @@ import keras
 import numpy as np
 
 from modelkeep.capture import capture
-from modelkeep.checkpoint import retention, store
+from modelkeep.checkpoint import remote, retention, store
 from modelkeep.checkpoint.distribute import should_write
 from modelkeep.checkpoint.fit_guard import FitGuard
 from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers, wait_for_saves
@@ -268,6 +268,9 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer or None. Received: {name}={value}")
         self.filepath = os.fspath(filepath)
+        #: a URL's directory (s3://b/run): checkpoints are staged locally, committed there
+        self._remote_dir = remote.template_directory(self.filepath)
+        self._stage: Path | None = None
         self.verbose = verbose
         self.save_best_only = save_best_only
         self.save_weights_only = save_weights_only
@@ -331,6 +334,10 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
                 f'Failed to format this callback filepath: "{self.filepath}". Reason: {exc}. '
                 "Every {name} in the path must be epoch, batch or a logged metric."
             ) from exc
+        if self._remote_dir is not None:  # written here first, then uploaded by write()
+            if self._stage is None:
+                self._stage = remote.new_stage(2 * remote.model_bytes(self.model))
+            return self._stage / text.rsplit("/", 1)[-1]
         return Path(text)
 
     def _directory(self) -> Path | None:
@@ -342,8 +349,10 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         wait_for_saves(raise_errors=False)  # a save of an earlier fit that ended in an exception
         self._writer = AsyncWriter(name="modelkeep-ModelCheckpoint") if self.async_save else None
         self._guard = FitGuard.install(self) if self.async_save else None
+        if self._remote_dir is not None and should_write(self.model):  # chief only
+            self._clean_remote()
         directory = self._directory()
-        if directory is not None and directory.is_dir() and should_write(self.model):  # chief only
+        if self._remote_dir is None and directory is not None and directory.is_dir() and should_write(self.model):
             removed = clean_leftovers(directory)
             store.recover_pending(directory)
             if removed and self.verbose:
@@ -373,7 +382,11 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
             if self._writer is not None:
                 self._writer.wait()  # keep saves in order; surface a background error
             job = self.snapshot(epoch, batch, logs, copy=False)  # written now: no copy needed
-            if job is not None:
+            if job is not None and self._remote_dir is not None and self._writer is not None:
+                # Keras writes the staged copy from the live model now; the upload goes in the background
+                if self.write(job, step="local") is not None:
+                    self._writer.submit(lambda: self.write(job, step="upload"), label=f"upload of {job.path.name}")
+            elif job is not None:
                 self.write(job)
             return
         self._writer.save(
@@ -413,11 +426,16 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         guard, self._guard = getattr(self, "_guard", None), None
         if guard is not None:
             guard.remove()
-        if writer is not None:
-            try:
-                writer.close()
-            finally:
-                self._buffers.release()
+        try:
+            if writer is not None:
+                try:
+                    writer.close()
+                finally:
+                    self._buffers.release()
+        finally:
+            if self._stage is not None:  # a URL's staging directory (its files are gone already)
+                shutil.rmtree(self._stage, ignore_errors=True)
+                self._stage = None
 
     # ---------------------------------------------------------------- the two steps
     def snapshot(self, epoch: int, batch: int | None, logs: dict | None, *, copy: bool = True) -> SaveJob | None:
@@ -450,15 +468,23 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         metadata["versions"] = state.metadata.get("versions")
         return SaveJob(path, fmt, state, metadata, model=self.model if live else None, previous_best=previous_best)
 
-    def write(self, job: SaveJob) -> store.CheckpointInfo | None:
-        """Write, commit, verify, then apply retention. Errors follow ``on_error``."""
+    def write(self, job: SaveJob, *, step: str = "all") -> store.CheckpointInfo | None:
+        """Write, commit, verify, then apply retention. Errors follow ``on_error``.
+
+        For a URL, ``step="local"`` only writes the staged copy and ``step="upload"`` does the
+        rest (upload, commit, retention), so the upload can run on the writer's thread."""
+        where = job.path if self._remote_dir is None else remote.RemotePath(self._remote_dir) / job.path.name
         try:
-            info = write_job(job)
+            info = write_job(job) if step != "upload" else None
+            if step == "local":
+                return info
+            if self._remote_dir is not None:  # the local commit is the staged copy: upload, commit
+                info = remote.publish_checkpoint(self._remote_dir, job.path, job.fmt)
         except Exception as exc:  # noqa: BLE001 - every failure of a save is reported the same way
             if not isinstance(exc, OSError) and type(exc).__module__.split(".")[0] != "tensorflow":
                 raise
             self.best = job.previous_best  # the checkpoint of that best value does not exist
-            error = exc if isinstance(exc, CorruptCheckpointError) else _as_write_error(job.path, exc)
+            error = exc if isinstance(exc, CorruptCheckpointError) else _as_write_error(where, exc)
             self.last_error = error if isinstance(error, CheckpointWriteError) else None
             if self.on_error == "raise":
                 if error is exc:
@@ -468,11 +494,17 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
             log.warning("%s (failed saves so far: %d; training goes on)", error, self.failed_saves)
             warnings.warn(f"{error} Training goes on (on_error='warn').", stacklevel=2)
             return None
-        self.saved.append(job.path)
+        self.saved.append(where)
         if self.verbose > 0:
-            print(f"\nEpoch {job.metadata['epoch']}: finished saving model to {job.path}")
-        self._apply_retention(job.path.parent)
+            print(f"\nEpoch {job.metadata['epoch']}: finished saving model to {where}")
+        self._apply_retention(where.parent)
         return info
+
+    def _clean_remote(self) -> None:
+        try:
+            remote.clean(self._remote_dir)
+        except OSError as exc:  # the store is unreachable: the first save will say so
+            log.warning("could not clean leftovers in %s: %s", self._remote_dir, exc)
 
     def _apply_retention(self, directory: Path) -> list[Path]:
         if not any(v is not None for v in self.retention.values()):

@@ -40,6 +40,7 @@ from modelkeep.checkpoint.writer import AsyncWriter, wait_for_saves
 from modelkeep.errors import IncompatibleModelError
 from modelkeep.state import ModelState
 from modelkeep.storage.commit import clean_leftovers, temp_sibling
+from modelkeep.storage.fs import RemotePath, as_location
 
 RESUME_KEY = "resume"
 RESUME_VERSION = 1
@@ -81,13 +82,17 @@ def snapshot(model: Any, progress: Progress, source: Any, callbacks: list[Any], 
 def write_backup(backup_dir: Path | str, state: ModelState, *, step: int, keep: int = 2) -> store.CheckpointInfo:
     """Commit ``state`` as ``backup_dir/ckpt-<step>/``, then delete all but the newest ``keep``."""
     info = store.save_state(backup_dir, state, step=step)
-    prune_backups(Path(backup_dir), keep=keep, protect=info.path)
+    prune_backups(as_location(backup_dir), keep=keep, protect=info.path)
     return info
 
 
 def prune_backups(backup_dir: Path, *, keep: int, protect: Path | None = None) -> list[Path]:
     """Remove backups older than the newest ``keep``; a removal is a rename first, so a kill
     halfway leaves a leftover (cleaned on the next start), never a half-deleted backup."""
+    if isinstance(backup_dir, RemotePath):  # object storage: delete by commit records
+        from modelkeep.checkpoint import remote
+
+        return remote.prune_backups(backup_dir, keep=keep, protect=protect)
     dirs = [p for p in backup_dir.iterdir() if p.is_dir() and p.name.startswith(store.STORE_PREFIX)
             and not _is_leftover(p)]
     dirs.sort(key=lambda p: p.name, reverse=True)
@@ -208,7 +213,7 @@ def fit(
         with dist.scope():
             return fit(**arguments)
     _check_arguments(model, save_freq, callbacks, class_weight, sample_weight)
-    backup_dir = Path(backup_dir)
+    backup_dir = as_location(backup_dir)  # s3://... stays a URL (RemotePath)
     if dist is None or dist.is_writer:  # the other workers of a multi-worker job write nothing
         backup_dir.mkdir(parents=True, exist_ok=True)
         clean_leftovers(backup_dir)

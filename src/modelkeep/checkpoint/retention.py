@@ -25,6 +25,7 @@ from pathlib import Path
 from modelkeep.checkpoint import store
 from modelkeep.checkpoint.store import OK, CheckpointInfo
 from modelkeep.storage.commit import fsync_path, temp_sibling
+from modelkeep.storage.fs import is_url
 
 _MAX_WORDS = ("acc", "auc", "precision", "recall", "f1", "iou", "r2")
 
@@ -124,6 +125,10 @@ def apply_retention(
 
     Example: ``apply_retention("run", max_to_keep=3, keep_best=1, monitor="val_loss")``.
     """
+    if is_url(directory):  # object storage: delete by commit records (checkpoint.remote)
+        from modelkeep.checkpoint import remote
+
+        return remote.apply_retention(directory, select=select, **rules)
     directory = Path(directory)
     infos = store.list_checkpoints(directory, verify=True)
     if select is not None:

@@ -44,6 +44,7 @@ from modelkeep.storage.checksums import (
     write_manifest,
 )
 from modelkeep.storage.commit import atomic_path, commit, fsync_path, is_leftover, temp_sibling, write_bytes
+from modelkeep.storage.fs import is_url
 
 MANIFEST_SUFFIX = ".manifest.json"
 #: the manifest of a checkpoint whose files are being committed under an existing name
@@ -103,6 +104,10 @@ def store_name(step: int) -> str:
 
 def save_state(directory: Path | str, state: ModelState, *, step: int, metadata: dict | None = None) -> CheckpointInfo:
     """Commit ``state`` as ``directory/ckpt-<step>/`` (safetensors + manifest), in one rename."""
+    if is_url(directory):  # an object store: staged here, committed there (checkpoint.remote)
+        from modelkeep.checkpoint import remote
+
+        return remote.save_state(directory, state, step=step, metadata=metadata)
     directory = Path(directory)
     target = directory / store_name(step)
     meta = {**state.metadata, **(metadata or {}), "step": step, "wall_time": time.time()}
@@ -115,6 +120,10 @@ def save_state(directory: Path | str, state: ModelState, *, step: int, metadata:
 
 def load_state(path: Path | str) -> ModelState:
     """Verify and read a checkpoint directory of modelkeep's own layout."""
+    if is_url(path):
+        from modelkeep.checkpoint import remote
+
+        return remote.load_state(path)
     path = Path(path)
     if not (path / STORE_MANIFEST).exists():
         raise CheckpointNotFoundError(
@@ -258,6 +267,10 @@ def list_checkpoints(directory: Path | str, *, verify: bool = True) -> list[Chec
         for c in mk.list_checkpoints("run"):
             print(c.path.name, c.step, c.status)
     """
+    if is_url(directory):  # s3://, gs://, ...: the commit records of storage.objects
+        from modelkeep.checkpoint import remote
+
+        return remote.list_checkpoints(directory, verify=verify)
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointNotFoundError(f"list_checkpoints: {directory} is not a directory.")
@@ -363,8 +376,10 @@ def commit_checkpoint(tmp: Path, final: Path, fmt: Format, metadata: dict[str, A
 
 def recover_pending(directory: Path | str) -> list[Path]:
     """Finish or drop the journaled commits a crash interrupted; return the manifests promoted."""
-    directory = Path(directory)
     promoted: list[Path] = []
+    if is_url(directory):  # object stores commit with one record: nothing to finish
+        return promoted
+    directory = Path(directory)
     if not directory.is_dir():
         return promoted
     for pending in sorted(directory.glob("*" + PENDING_SUFFIX)):

@@ -21,6 +21,7 @@ from typing import Any
 
 from modelkeep.checkpoint import store
 from modelkeep.errors import CheckpointNotFoundError, CorruptCheckpointError, GraphOnlyModelError
+from modelkeep.storage.fs import is_url
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -40,7 +41,7 @@ class Candidate:
 def _stamp(path: Path) -> float:
     try:
         return path.stat().st_mtime
-    except OSError:
+    except (OSError, AttributeError):  # AttributeError: a RemotePath (its commit's time is used)
         return 0.0
 
 
@@ -55,6 +56,11 @@ class ModelSource:
     @classmethod
     def detect(cls, path: str | Path) -> ModelSource:
         """Decide what ``path`` is; raises ``CheckpointNotFoundError`` when it is not there."""
+        if is_url(path):  # s3://...: one committed model, or a run directory (checkpoint.remote)
+            from modelkeep.checkpoint import remote
+
+            directory, name = remote.split(path)
+            return cls(remote.RemotePath(str(path)), "single" if directory.entry(name) is not None else "run")
         path = Path(path)
         if not path.exists():
             raise CheckpointNotFoundError(
@@ -97,6 +103,10 @@ class ModelSource:
 
     def _scan_run(self) -> list[Candidate]:
         """List without reading the checkpoints; verify each new one once (cached by mtime and size)."""
+        if is_url(self.path):  # sizes checked by the listing; every CRC-32 on download (load)
+            return [Candidate(int(i.step), i.path, i.status, i.format == "modelkeep backup", i.problem,
+                              float(i.wall_time or 0.0))  # fmt: skip
+                    for i in store.list_checkpoints(self.path) if i.step is not None]  # fmt: skip
         found = []
         for info in store.list_checkpoints(self.path, verify=False):
             if info.status == store.OK:
@@ -114,7 +124,7 @@ class ModelSource:
 
     def verify(self, candidate: Candidate) -> None:
         """Check a run checkpoint's checksums again just before loading it."""
-        if self.kind != "run":
+        if self.kind != "run" or is_url(self.path):  # a download checks every CRC-32 itself
             return
         info = store.info_for(candidate.path, verify=True)
         if info.status != store.OK:

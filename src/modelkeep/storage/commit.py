@@ -67,7 +67,7 @@ def write_error(path: str | os.PathLike, exc: OSError) -> CheckpointWriteError:
     }.get(exc.errno or 0, exc.strerror or str(exc))
     return CheckpointWriteError(
         exc.errno or errno.EIO,
-        f"save: could not write {os.fspath(path)}: {cause}. Nothing under that name was "
+        f"save: could not write {path}: {cause}. Nothing under that name was "
         "replaced; free space or fix the permissions and save again.",
     )
 
@@ -169,6 +169,12 @@ def is_leftover(name: str) -> bool:
 
 def clean_leftovers(directory: str | os.PathLike) -> list[Path]:
     """Remove temporaries of saves whose process is gone; return what was removed."""
+    from modelkeep.storage import fs
+
+    if fs.is_url(directory):  # an object store: generations of killed uploads (storage.objects)
+        from modelkeep.storage.objects import ObjectDir
+
+        return [fs.RemotePath(u) for u in ObjectDir(str(directory)).clean()]
     removed = []
     root = Path(directory)
     if not root.is_dir():

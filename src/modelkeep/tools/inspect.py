@@ -17,11 +17,19 @@ from modelkeep.errors import UnsupportedModelError
 from modelkeep.formats import registry
 from modelkeep.state import MODEL, OPTIMIZER, ModelState
 from modelkeep.storage.checksums import read_manifest
+from modelkeep.storage.fs import is_url
 from modelkeep.tools.reading import BACKUP, detect, read_state, read_tf_checkpoint_raw
 
 
 def describe(path: Path | str, *, signatures: bool = True) -> dict[str, Any]:
-    """Everything ``modelkeep inspect`` shows, as plain JSON-able data."""
+    """Everything ``modelkeep inspect`` shows, as plain JSON-able data (a URL: of its download)."""
+    if is_url(path):
+        from modelkeep.checkpoint import remote
+
+        with remote.local_copy(path) as local:
+            info = describe(local, signatures=signatures)
+        info["path"] = str(path)
+        return info
     path = registry.strip_tf_suffix(Path(path))
     fmt = detect(path)
     note = None

@@ -26,6 +26,7 @@ from modelkeep.errors import CorruptCheckpointError
 from modelkeep.formats import registry
 from modelkeep.formats.base import Format
 from modelkeep.state import MODEL, OPTIMIZER, ModelState
+from modelkeep.storage.fs import is_url
 
 BACKUP = "modelkeep backup"
 
@@ -52,7 +53,13 @@ def read_state(path: Path | str, *, like: Path | str | None = None) -> tuple[str
 
     ``like`` names a saved whole model whose architecture a weights-only file without
     config (Keras 3 ``.weights.h5``) is loaded into, to get structural names.
+    A URL (``s3://...``) is downloaded (CRC-checked) and read the same way.
     """
+    if is_url(path) or is_url(like):
+        from modelkeep.checkpoint import remote
+
+        with remote.local_copy(path) as local, remote.local_copy(like) as local_like:
+            return read_state(local, like=local_like)
     path = registry.strip_tf_suffix(Path(path))
     if is_backup_dir(path):
         return BACKUP, store.load_state(path)

@@ -15,6 +15,7 @@ from typing import Any
 
 from modelkeep.checkpoint.retention import direction_of
 from modelkeep.checkpoint.store import OK, CheckpointInfo, list_checkpoints
+from modelkeep.storage.fs import as_location
 
 
 def default_monitor(infos: list[CheckpointInfo]) -> str | None:
@@ -75,8 +76,9 @@ class RunListing:
 
 def list_run(directory: Path | str, *, monitor: str | None = None, mode: str = "auto", verify: bool = True) -> RunListing:
     """List ``directory``'s checkpoints (``store.list_checkpoints``) and mark the best."""
-    infos = list_checkpoints(Path(directory), verify=verify)
+    directory = as_location(directory)  # an s3://... URL stays one
+    infos = list_checkpoints(directory, verify=verify)
     monitor = monitor or default_monitor(infos)
     metrics = sorted({key for info in infos for key in info.logs})
     resolved = monitor_mode(monitor, mode) if monitor else "min"
-    return RunListing(Path(directory), infos, monitor, resolved, best_checkpoint(infos, monitor, mode), metrics)
+    return RunListing(directory, infos, monitor, resolved, best_checkpoint(infos, monitor, mode), metrics)

@@ -42,6 +42,7 @@ from modelkeep.formats.savedmodel import HEADER_FILE, OPTIMIZER_FILE
 from modelkeep.formats.tf_checkpoint import HEADER_KEY, OBJECT_GRAPH_KEY, STATE_FILE
 from modelkeep.storage import guard, limits
 from modelkeep.storage.checksums import verify_manifest
+from modelkeep.storage.fs import is_url
 from modelkeep.tools.reading import BACKUP, is_backup_dir
 
 _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
@@ -69,6 +70,9 @@ def verify_paths(paths: Iterable[Path | str], *, on_item: Callable[[Path], None]
     """
     results: list[VerifyResult] = []
     for raw in paths:
+        if is_url(raw):  # object storage: downloaded with every CRC-32 checked, then as below
+            results.extend(_verify_remote(str(raw), on_item))
+            continue
         path = registry.strip_tf_suffix(Path(raw))
         if path.name == STATE_FILE and path.is_file():
             results.append(_verify_state_file(path))
@@ -77,6 +81,22 @@ def verify_paths(paths: Iterable[Path | str], *, on_item: Callable[[Path], None]
         else:
             results.append(_one(path, on_item))
     return results
+
+
+def _verify_remote(url: str, on_item: Callable[[Path], None] | None) -> list[VerifyResult]:
+    from modelkeep.checkpoint import remote
+
+    out = []
+    for where, fmt, found in remote.verify(url, lambda local: _one(local, on_item)):
+        if isinstance(found, VerifyResult):
+            found.path = remote.RemotePath(where)
+            found.checks.insert(0, "every object's size and CRC-32 as its commit record says")
+            out.append(found)
+        else:
+            out.append(VerifyResult(remote.RemotePath(where), fmt, False, problem=str(found)))
+    if not out:
+        out.append(VerifyResult(remote.RemotePath(url), "directory", False, problem=f"{url} holds no checkpoint"))
+    return out
 
 
 def _one(path: Path, on_item: Callable[[Path], None] | None) -> VerifyResult:
