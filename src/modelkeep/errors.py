@@ -36,10 +36,11 @@ class CheckpointWriteError(ModelkeepError, OSError):
     """A save that failed (disk full, permission denied, I/O error); nothing was replaced."""
 
 
-class UnsafeFileError(CorruptCheckpointError):
+class UnsafeFileError(CorruptCheckpointError, ValueError):
     """A file refused before anything in it is used: it reaches outside itself (HDF5 external
     link, a path leaving its checkpoint directory), declares sizes over a cap, or holds code or
-    graph ops that would run. ``path`` names the file, ``check`` the rule it broke.
+    graph ops that would run. ``path`` names the file, ``check`` the rule it broke. Also a
+    ``ValueError``, as Keras raises for the HDF5 links it refuses.
 
     Example: ``except UnsafeFileError as exc: print(exc.path, exc.check)``.
     """
