@@ -171,7 +171,10 @@ class VersionManager:
 
     def _build(self, candidate: Candidate) -> Predictor:
         try:
-            predictor = Predictor.from_model(self.source.load(candidate))
+            model = self.source.load(candidate)
+            if getattr(model, "signature_name", None) and (candidate.path / "saved_model.pb").exists():
+                raise UnsupportedModelError("inference-only wrapper of a SavedModel: serve its signature directly")
+            predictor = Predictor.from_model(model)
         except UnsupportedModelError:
             if not (candidate.path / "saved_model.pb").exists():
                 raise
