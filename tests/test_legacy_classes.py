@@ -177,6 +177,9 @@ def test_removed_keras2_layers_are_refused_by_name():
         {"class_name": "LocallyConnected1D", "config": {"name": "lc", "filters": 2, "kernel_size": 3, "batch_input_shape": [None, 8, 1]}}]}}
     with pytest.raises(UnsupportedModelError, match="'lc' is a Keras 2 LocallyConnected1D"):
         legacy_config.to_keras3_model_config(config, keras_version="2.4.0")
+    renorm = {"class_name": "BatchNormalization", "config": {"name": "bn", "renorm": True, "axis": [-1]}}
+    with pytest.raises(UnsupportedModelError, match=r"'bn' \(BatchNormalization\) uses renorm=True"):
+        legacy_config.to_keras3_model_config(renorm, keras_version="2.4.0")
     attention = {"class_name": "Attention", "config": {"name": "att", "causal": True}}
     with pytest.raises(UnsupportedModelError, match=r"'att' \(Attention\).*causal=True"):
         legacy_config.to_keras3_model_config(attention, keras_version="2.4.0")

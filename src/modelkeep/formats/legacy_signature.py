@@ -48,6 +48,7 @@ def _model_class() -> type:
             _, specs = self._signature.structured_input_signature
             object.__setattr__(self, "input_specs", dict(sorted(specs.items())))
             object.__setattr__(self, "output_names_", sorted(self._signature.structured_outputs))
+            object.__setattr__(self, "output_names", list(self.output_names_))  # the signature's, for tools
 
         def _feed(self, inputs: Any) -> dict[str, Any]:
             names = list(self.input_specs)
