@@ -361,19 +361,25 @@ def deserialization_error(exc: Exception, source: str) -> UnsupportedModelError:
 
 
 def _explain_deserialize_error(exc: Exception, source: str) -> str:
-    """Keras's own words first (code matches on them), then what to do."""
-    text = str(exc).strip()
+    """Keras's own words first (code matches on them), then what to do, on one line that names
+    the file (the CLI prints one line); the rest of Keras's text (the config) after it."""
+    text, _, detail = str(exc).strip().partition("\n")
+    detail = f"\n{detail.strip()}" if detail.strip() else ""
     if "Lambda" in text or "lambda" in text or "safe_mode" in text:
         return (
             f"{text} load_model: {source} contains a Lambda layer whose Python bytecode modelkeep will "
             "not run by default. If you trust the file, pass safe_mode=False; otherwise "
-            "rebuild the model in code and load its weights."
+            "rebuild the model in code and load its weights." + detail
         )
+    import re
+
+    unknown = sorted(set(re.findall(r"Could not locate (?:class|function) '([^']+)'", str(exc))))
+    named = f" It uses {', '.join(repr(n) for n in unknown)}, not registered here." if unknown else ""
     return (
-        f"{text} load_model: the architecture in {source} could not be rebuilt. If it uses a "
+        f"{text} load_model: the architecture in {source} could not be rebuilt.{named} If it uses a "
         "custom layer or model class, register it with @keras.saving.register_keras_serializable() "
         "or pass custom_objects={'Name': Class}; otherwise build the model in code and call "
-        "modelkeep.load_weights(model, path)."
+        "modelkeep.load_weights(model, path)." + detail
     )
 
 

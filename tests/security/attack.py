@@ -63,7 +63,9 @@ def _library_call(entry: Hostile, op: str, ctx: dict[str, Any]) -> Any:
     raise ValueError(op)
 
 
-def _serve_once(path: Path, *, allow_unsafe_ops: bool = False) -> Any:
+def _serve_once(path: Path, *, allow_unsafe_ops: bool = False, answer_one: bool = False) -> Any:
+    """Poll a served path once (as ``modelkeep serve`` does); ``answer_one``: then run one request
+    of sample rows through every loaded version (a graph-only model runs nothing before that)."""
     from modelkeep.serving.metrics import Metrics
     from modelkeep.serving.versions import ModelSource
     from modelkeep.serving.watcher import Policy, VersionManager
@@ -84,6 +86,9 @@ def _serve_once(path: Path, *, allow_unsafe_ops: bool = False) -> Any:
         async def run() -> dict[int, Any]:
             await manager.poll_once()
             loaded = dict(manager.loaded)
+            if answer_one:
+                for version in loaded.values():
+                    version.predictor.run(version.predictor.sample_inputs(1))
             await manager.close()
             return loaded
 
