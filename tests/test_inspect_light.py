@@ -158,3 +158,35 @@ def test_a_missing_path_is_called_missing(tmp_path, command):
     assert f"{name} does not exist: there is no file or directory of that name" in text, text
     assert "extension" not in text and "load_weights" not in text
     assert ("nor a TF checkpoint" in text) == (name == "nonexist")
+
+
+def test_light_reader_opens_keras_files_through_the_guard(tmp_path):
+    """The Keras-free ``diff``/``inspect`` path refuses what the guarded reader refuses: an
+    inner HDF5 external link (outside bytes never read), and names a file that is no zip."""
+    import h5py
+
+    from modelkeep.errors import ModelkeepError, UnsafeFileError
+
+    outside = tmp_path / "outside.h5"
+    with h5py.File(outside, "w") as f:
+        f["secret"] = np.arange(4.0)
+    good = tmp_path / "good.keras"
+    mk.save_model(_dense(), good)
+    evil = tmp_path / "evil.keras"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(evil, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "model.weights.h5":
+                path = tmp_path / "inner.h5"
+                path.write_bytes(data)
+                with h5py.File(path, "a") as f:
+                    f["layers/dense/vars/0"].parent.move("0", "0_moved")
+                    f["layers/dense/vars/0"] = h5py.ExternalLink(str(outside), "/secret")
+                data = path.read_bytes()
+            dst.writestr(name, data)
+    with pytest.raises(UnsafeFileError, match="ExternalLink"):
+        diff_light(good, evil)
+    not_zip = tmp_path / "not_zip.keras"
+    not_zip.write_bytes(b"PK? not a zip archive at all")
+    with pytest.raises(ModelkeepError, match="not_zip.keras"):
+        diff_light(good, not_zip)

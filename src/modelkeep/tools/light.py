@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 import zipfile
@@ -148,13 +147,22 @@ def _read_keras_zip(path: Path) -> ModelState | None:
     """The state ``capture(load_model(path))`` gives, for Sequential models of the known layers."""
     import h5py
 
-    with zipfile.ZipFile(path) as archive:
+    from modelkeep.storage import guard
+
+    if not zipfile.is_zipfile(path):
+        return None  # the usual reader says what the file is
+    guard.check_keras_zip(path)  # members, config.json and the inner HDF5 (links, sizes) checked first
+    with guard.open_zip(path) as archive:
         names = set(archive.namelist())
         if not {"config.json", "model.weights.h5"} <= names or names - {"config.json", "metadata.json", "model.weights.h5"}:
             return None  # modelkeep's seed-generator member, assets: the usual way
-        config = json.loads(archive.read("config.json"))
-        meta = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
-        weights = archive.read("model.weights.h5")
+
+        def member(name: str) -> bytes:
+            return guard.read_member(archive, name, source=f"{path}!{name}")
+
+        config = guard.load_json(member("config.json"), source=f"{path}!config.json", what="config.json")
+        meta = guard.load_json(member("metadata.json"), source=f"{path}!metadata.json", what="metadata.json") if "metadata.json" in names else {}
+        weights = member("model.weights.h5")
     layers = _layer_list(config)
     if layers is None:
         return None
