@@ -188,6 +188,20 @@ def test_graph_with_file_ops_is_refused_by_name_unless_opted_in(corpus):
     np.testing.assert_array_equal(result.outputs[0], np.full((3, 4), 2.0, np.float32))
 
 
+def test_load_model_of_a_graph_only_savedmodel_scans_its_ops_first(corpus):
+    """``mk.load_model`` wraps a graph-only SavedModel in an inference-only model; one whose graph
+    writes files is refused by name first, and runs only with ``safe_mode=False``."""
+    _, entries, ctx = corpus
+    path = entries["sm_writefile"].path
+    with pytest.raises(UnsafeFileError, match=r"graph-ops.*WriteFile"):
+        mk.load_model(path)
+    assert not ctx["sentinel"].exists()
+    model = mk.load_model(path, safe_mode=False)
+    model.predict(np.ones((3, 4), np.float32), verbose=0)
+    assert ctx["sentinel"].exists()
+    ctx["sentinel"].unlink()
+
+
 def test_refused_keras_part_never_falls_back_to_the_graph(corpus):
     from modelkeep.tools.predict import predict_files
 
