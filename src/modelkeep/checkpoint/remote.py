@@ -32,7 +32,8 @@ from modelkeep.errors import CheckpointNotFoundError, CorruptCheckpointError
 from modelkeep.formats import registry
 from modelkeep.formats.base import Format
 from modelkeep.storage import fs as sfs
-from modelkeep.storage.objects import OK, ObjectDir, _alive
+from modelkeep.storage.commit import pid_alive
+from modelkeep.storage.objects import OK, ObjectDir
 from modelkeep.storage.objects import SUFFIX as OBJECT_SUFFIX
 
 _FOREIGN = (".h5", ".hdf5", ".keras", ".safetensors", ".index")
@@ -73,7 +74,7 @@ def new_stage(size_hint: int = 0) -> Path:
     parent = Path(staging_parent(size_hint) or tempfile.gettempdir())
     for stale in parent.glob("modelkeep-stage-*-*"):
         pid = stale.name.split("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"modelkeep-stage-{os.getpid()}-", dir=parent))
 

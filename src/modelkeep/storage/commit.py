@@ -183,14 +183,15 @@ def clean_leftovers(directory: str | os.PathLike) -> list[Path]:
         if not is_leftover(entry.name):
             continue
         pid_text = entry.name.split(TMP_MARK, 1)[1].split("-", 1)[0]
-        if pid_text.isdigit() and _alive(int(pid_text)):
+        if pid_text.isdigit() and pid_alive(int(pid_text)):
             continue
         _remove(entry)
         removed.append(entry)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (its leftovers must not be removed)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -54,6 +54,7 @@ from typing import Any
 from modelkeep.errors import CheckpointNotFoundError, ConcurrentWriteError, CorruptCheckpointError
 from modelkeep.storage import fs as sfs
 from modelkeep.storage.checksums import known_crc32
+from modelkeep.storage.commit import pid_alive
 
 SUFFIX = ".mk"
 COMMIT = "commit-"
@@ -214,7 +215,7 @@ class ObjectDir:
                 parts = generation.split("-")
                 if generation in named or len(parts) < 4 or parts[1] != _HOST or not parts[2].isdigit():
                     continue
-                if _alive(int(parts[2])):
+                if pid_alive(int(parts[2])):
                     continue
                 urls = [self._url(name + SUFFIX, r) for r in sub if r.startswith(generation + "/")]
                 self._remove_quietly(urls)
@@ -333,12 +334,3 @@ def _size_problem(commit: Commit, tree: dict[str, int]) -> str | None:
             return f"{rel} has {tree[key]} bytes, the record says {meta['size']}"
     return None
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
