@@ -74,3 +74,43 @@ def test_make_demo_has_a_clean_stderr(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "predictions all equal bit for bit" in done.stdout
     assert not _noise(done.stderr), done.stderr
+
+
+def test_validation_under_op_determinism_prints_no_node_def_line(tmp_path):
+    """`mk.fit(validation_split=...)` under op determinism (the README's resume block): TensorFlow
+    logs a C++ `E0000 node_def_util` line about `use_unbounded_threadpool` at the first evaluate
+    with a partial last batch; it is dropped, and a line written to stderr meanwhile still shows."""
+    code = (
+        "import modelkeep as mk, keras, numpy as np, os, tensorflow as tf\n"
+        "keras.utils.set_random_seed(1)\n"
+        "tf.config.experimental.enable_op_determinism()\n"
+        "class Say(keras.callbacks.Callback):\n"
+        "    def on_test_begin(self, logs=None):\n"
+        "        os.write(2, b'kept: a line from a callback\\n')\n"
+        "m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])\n"
+        "m.compile('adam', 'mse')\n"
+        "x = np.random.rand(70, 4).astype('float32')\n"
+        "mk.fit(m, x, x[:, :1], batch_size=32, epochs=2, validation_split=0.2, callbacks=[Say()],\n"
+        "       backup_dir='run', verbose=0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "node_def_util" not in done.stderr and "E0000" not in done.stderr, done.stderr
+    assert done.stderr.count("kept: a line from a callback") == 2, done.stderr
+
+
+def test_the_node_def_line_shows_without_modelkeeps_filter():
+    """The same evaluate through Keras alone does print it (so the test above can fail)."""
+    code = (
+        "import keras, numpy as np, tensorflow as tf\n"
+        "tf.config.experimental.enable_op_determinism()\n"
+        "m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])\n"
+        "m.compile('adam', 'mse')\n"
+        "x = np.random.rand(13, 4).astype('float32')\n"
+        "m.evaluate(x, x[:, :1], batch_size=32, verbose=0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=_env(TF_CPP_MIN_LOG_LEVEL="0"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "use_unbounded_threadpool" in done.stderr

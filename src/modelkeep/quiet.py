@@ -44,6 +44,7 @@ NOISE = re.compile(
     r"|Unable to register cu(DNN|FFT|BLAS) factory"
     r"|TF-TRT Warning: Could not find TensorRT"
     r"|computation placer already registered"
+    r"|node_def_util\.cc.*NodeDef mentions attribute use_unbounded_threadpool"
 )
 ENV_KEEP = "MODELKEEP_TF_LOGS"
 
@@ -100,10 +101,48 @@ class captured_stderr:
         self._file.seek(0)
         text = self._file.read().decode("utf-8", "replace")
         self._file.close()
-        kept = [line for line in text.splitlines(keepends=True) if not NOISE.search(line)]
+        lines = text.splitlines(keepends=True)
+        kept = [line for line in lines if not NOISE.search(line)]
+        self.dropped = [line for line in lines if NOISE.search(line)]
         if kept:
             sys.stderr.write("".join(kept))
             sys.stderr.flush()
+
+
+_DETERMINISM_LINE_SEEN = False
+
+
+def determinism_rewrite_line() -> Any:
+    """A context for the first ``evaluate`` of a process under op determinism.
+
+    There TensorFlow 2.21 rewrites the ParallelMap of Keras's array adapter (partial last
+    batch) into a MapDataset and logs, once a process, a C++ ``E0000 node_def_util`` line about
+    the ``use_unbounded_threadpool`` attribute it copied along: harmless, but it reads as an
+    error. This captures stderr for that one call and writes back everything else (see
+    :class:`captured_stderr`); later calls, and runs without op determinism, are untouched.
+
+    Example::
+
+        with quiet.determinism_rewrite_line():
+            model.evaluate(x, y)
+    """
+    import contextlib
+
+    if _DETERMINISM_LINE_SEEN or os.environ.get(ENV_KEEP, "") not in ("", "0") or "tensorflow" not in sys.modules:
+        return contextlib.nullcontext()
+    from tensorflow.python.framework import config as tf_config
+
+    if not tf_config.is_op_determinism_enabled():
+        return contextlib.nullcontext()
+    return _until_seen()
+
+
+class _until_seen(captured_stderr):
+    def __exit__(self, *exc: Any) -> None:
+        global _DETERMINISM_LINE_SEEN
+        super().__exit__(*exc)
+        if any("use_unbounded_threadpool" in line for line in self.dropped):
+            _DETERMINISM_LINE_SEEN = True  # TensorFlow logs it once a process
 
 
 def install() -> bool:
@@ -121,4 +160,4 @@ def uninstall() -> None:
         sys.meta_path.remove(_FINDER)
 
 
-__all__ = ["ENV_KEEP", "NOISE", "captured_stderr", "install", "uninstall"]
+__all__ = ["ENV_KEEP", "NOISE", "captured_stderr", "determinism_rewrite_line", "install", "uninstall"]

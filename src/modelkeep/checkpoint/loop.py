@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from modelkeep import quiet
 from modelkeep.checkpoint.data_position import DataSource
 
 
@@ -170,7 +171,8 @@ class TrainingLoop:
         p, model = self.progress, self.model
         epoch_logs = dict(model._get_metrics_result_or_logs(logs))
         if self.validation is not None and model._should_eval(epoch, self.validation_freq):
-            val_logs = model.evaluate(callbacks=self.callbacks, return_dict=True, **self.validation)
+            with quiet.determinism_rewrite_line():
+                val_logs = model.evaluate(callbacks=self.callbacks, return_dict=True, **self.validation)
             epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
         self.callbacks.on_epoch_end(epoch, epoch_logs)
         self.source.on_epoch_end()
