@@ -276,11 +276,14 @@ def load_state(path: Any, storage_options: dict | None = None) -> Any:
     if entry is None:  # not committed by modelkeep: its own manifest decides
         with fetched(path, storage_options) as local:
             return store.load_state(local)
-    with staging(entry.commit.size if entry.commit else 0) as root:
-        directory.fetch(name, root, entry=entry)  # every file's CRC-32 checked on arrival
-        if not (root / name / store.STORE_MANIFEST).exists():
-            raise CheckpointNotFoundError(f"load: {path} is not a modelkeep backup (no {store.STORE_MANIFEST}).")
-        return SafetensorsFormat().read(root / name / store.STORE_STATE)
+    state_rel, manifest_rel = f"{name}/{store.STORE_STATE}", f"{name}/{store.STORE_MANIFEST}"
+    if entry.commit is not None and not {state_rel, manifest_rel} <= set(entry.commit.files):
+        raise CheckpointNotFoundError(f"load: {path} is not a modelkeep backup (no {store.STORE_MANIFEST}).")
+    # straight into memory, every CRC-32 checked on arrival; the arrays are views of the download
+    commit, buffers = directory.fetch_memory(name, entry=entry)
+    if state_rel not in buffers or manifest_rel not in buffers:
+        raise CheckpointNotFoundError(f"load: {path} commit {commit.seq} is not a modelkeep backup.")
+    return SafetensorsFormat().read_buffer(buffers[state_rel], f"{path} ({store.STORE_STATE})")
 
 
 def prune_backups(directory: Any, *, keep: int, protect: Any = None) -> list[Any]:
