@@ -7,15 +7,19 @@ the tests do. The state is a ``ModelState`` of random float32 arrays (``--mib`` 
 
 * save: ``store.save_state`` of the state (what ``mk.fit`` and ``BackupAndRestore`` do per
   backup) to ``s3://`` (stage, upload, commit record) and to a local directory;
-* load: ``store.load_state`` back (download with CRC-32 on arrival, then read);
+* load: ``store.load_state`` back (ranged GETs streamed into memory, CRC-32 per chunk as it
+  arrives, the safetensors parsed in place) and from the local directory (CRC-32 read pass
+  and a memory map);
 * the floor: the same bytes put with s3fs directly (one file, concurrent multipart parts,
-  the same concurrency) and got back with concurrent ranged reads into memory;
+  the same concurrency) and got back into memory the faster of two ways in each turn:
+  concurrent ranged ``_cat_file`` reads (``PART_SIZE``, ``CONCURRENCY`` in flight) and
+  s3fs's own concurrent ``cat_file``; the get reads the very object the load downloads;
 * async stall: the training thread's time in ``AsyncWriter.save`` (the one host copy) for a
-  backup to S3 and to local disk, when the writer keeps up (each save after the previous one
-  finished and ``SETTLE`` idle seconds, the same for both: the S3 server shares the machine).
+  backup to S3 and to local disk, in turns, each save after the previous one finished, every
+  dirty page flushed (``os.sync``: the S3 server writes behind) and ``SETTLE`` idle seconds.
 
-Ours and the floor run in turns (ours, floor, ours, ...); the floor get reads the very object
-the load downloads.
+Local, S3 and the floor run in turns (local, ours, floor, local, ...), so a drift of the
+machine's load hits each alike.
 
 Medians of ``--reps``; every ratio compares figures of this run only.
 """
