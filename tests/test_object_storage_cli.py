@@ -199,3 +199,12 @@ def test_serve_detects_an_s3_base_directory(s3_dir, tmp_path):
     loaded = source.load(next(c for c in source.scan() if c.version == 4))
     np.testing.assert_allclose(np.asarray(loaded(rows(3))), np.asarray(model(rows(3))), rtol=1e-5, atol=1e-6)
     assert ModelSource.detect(f"{base}/4").kind == "single"
+    fs.put(str(_export(model, tmp_path)), f"{path}/9", recursive=True)  # an uploaded SavedModel folder
+    assert ModelSource.detect(f"{base}/9").kind == "single"
+    assert [c.version for c in ModelSource.detect(base).scan()] == [9, 7, 4]
+
+
+def _export(model: keras.Model, tmp_path: Path) -> Path:
+    local = tmp_path / "export" / "saved"
+    mk.save_model(model, local)
+    return local

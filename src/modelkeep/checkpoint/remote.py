@@ -249,6 +249,11 @@ def base_versions(url: Any, storage_options: dict | None = None) -> list[tuple[i
     return sorted(found.values(), key=lambda v: v[0], reverse=True)
 
 
+def holds_saved_model(url: Any, storage_options: dict | None = None) -> bool:
+    """Whether ``url`` is a SavedModel folder another tool uploaded (``saved_model.pb`` in it)."""
+    return "saved_model.pb" in sfs.list_tree(str(url), storage_options=storage_options)
+
+
 def is_base_directory(url: Any, storage_options: dict | None = None) -> bool:
     """Whether a directory URL holds numbered versions (TF Serving's layout) rather than a run."""
     return bool(base_versions(url, storage_options))

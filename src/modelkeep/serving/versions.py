@@ -60,7 +60,7 @@ class ModelSource:
             from modelkeep.checkpoint import remote
 
             directory, name = remote.split(path)
-            if directory.entry(name) is not None or str(path).endswith(MODEL_SUFFIXES):
+            if directory.entry(name) is not None or str(path).endswith(MODEL_SUFFIXES) or remote.holds_saved_model(path):
                 return cls(remote.RemotePath(str(path)), "single")
             return cls(remote.RemotePath(str(path)), "base" if remote.is_base_directory(path) else "run")
         path = Path(path)
