@@ -7,15 +7,19 @@ the tests do. The state is a ``ModelState`` of random float32 arrays (``--mib`` 
 
 * save: ``store.save_state`` of the state (what ``mk.fit`` and ``BackupAndRestore`` do per
   backup) to ``s3://`` (stage, upload, commit record) and to a local directory;
-* load: ``store.load_state`` back (download with CRC-32 on arrival, then read);
+* load: ``store.load_state`` back (ranged GETs streamed into memory, CRC-32 per chunk as it
+  arrives, the safetensors parsed in place) and from the local directory (CRC-32 read pass
+  and a memory map);
 * the floor: the same bytes put with s3fs directly (one file, concurrent multipart parts,
-  the same concurrency) and got back with concurrent ranged reads into memory;
+  the same concurrency) and got back into memory the faster of two ways in each turn:
+  concurrent ranged ``_cat_file`` reads (``PART_SIZE``, ``CONCURRENCY`` in flight) and
+  s3fs's own concurrent ``cat_file``; the get reads the very object the load downloads;
 * async stall: the training thread's time in ``AsyncWriter.save`` (the one host copy) for a
-  backup to S3 and to local disk, when the writer keeps up (each save after the previous one
-  finished and ``SETTLE`` idle seconds, the same for both: the S3 server shares the machine).
+  backup to S3 and to local disk, in turns, each save after the previous one finished, every
+  dirty page flushed (``os.sync``: the S3 server writes behind) and ``SETTLE`` idle seconds.
 
-Ours and the floor run in turns (ours, floor, ours, ...); the floor get reads the very object
-the load downloads.
+Local, S3 and the floor run in turns (local, ours, floor, local, ...), so a drift of the
+machine's load hits each alike.
 
 Medians of ``--reps``; every ratio compares figures of this run only.
 """
@@ -78,7 +82,9 @@ def floor_put(url: str, local_file: Path) -> Callable[[], None]:
 
 
 def floor_get(url: str) -> Callable[[], None]:
-    """The object ``url`` got with concurrent ranged reads into memory (nothing written)."""
+    """The object ``url`` got with s3fs into memory (nothing written), the faster of two ways
+    each time: concurrent ranged ``_cat_file`` reads of ``PART_SIZE`` (``CONCURRENCY`` in
+    flight, what modelkeep does), and s3fs's own concurrent ``cat_file``."""
     from modelkeep.storage import fs as sfs
 
     fs, path = sfs.filesystem(url)
@@ -95,37 +101,61 @@ def floor_get(url: str) -> Callable[[], None]:
         got = await asyncio.gather(*(part(s) for s in range(0, size, sfs.PART_SIZE)))
         return sum(got)
 
-    def get() -> None:
+    def ranged() -> None:
         assert sfs._run(fs, get_all()) == size
+
+    def s3fs_own() -> None:
+        assert len(fs.cat_file(path, max_concurrency=sfs.CONCURRENCY, chunksize=sfs.PART_SIZE)) == size
+
+    def get() -> float:
+        return min(timed(ranged, 1), timed(s3fs_own, 1))
 
     return get
 
 
-def interleaved(a: Callable[[], None], b: Callable[[], None], reps: int) -> tuple[float, float]:
-    """Medians of ``a`` and ``b`` timed in turns (a, b, a, b, ...): load drifts hit both."""
-    times_a, times_b = [], []
+def interleaved(fns: list[Callable[[], object]], reps: int) -> list[float]:
+    """Median time of each of ``fns``, run in turns (a, b, c, a, b, c, ...): load drifts hit
+    all of them alike. A function returning a float reports its own time (a floor's best)."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
-        times_a.append(timed(a, 1))
-        times_b.append(timed(b, 1))
-    return statistics.median(times_a), statistics.median(times_b)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            own = fn()
+            times[i].append(own if isinstance(own, float) else time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
-def stall(directory, state, reps: int) -> float:
+def quiet() -> None:
+    """Flush every dirty page (ours, and the S3 server's, which writes behind without fsync)
+    and idle ``SETTLE`` seconds: each stall is measured on the same quiet machine."""
+    os.sync()
+    time.sleep(SETTLE)
+
+
+def stalls(targets: list[object], state, reps: int) -> list[float]:
+    """The training thread's time in ``AsyncWriter.save`` for a backup to each target, the
+    targets in turns; each save starts once the previous one is written and the machine is
+    quiet (the first save of each writer, which maps its buffers, is not counted)."""
     from modelkeep.checkpoint import store
     from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers
 
-    buffers = SnapshotBuffers()
-    writer = AsyncWriter(name="bench")
-    times = []
-    for step in range(reps + 1):
-        writer.wait()  # the writer keeps up: training is not waiting for the previous save
-        time.sleep(SETTLE)  # the same idle time for both: here the S3 server shares the 2 cores
-        start = time.perf_counter()
-        writer.save(lambda: buffers.copy(state), lambda s, step=step: store.save_state(directory, s, step=step))
-        if step:  # the first copy also maps the buffers
-            times.append(time.perf_counter() - start)
-    writer.close()
-    return statistics.median(times)
+    writers = [(AsyncWriter(name=f"bench-{i}"), SnapshotBuffers()) for i in range(len(targets))]
+    times: list[list[float]] = [[] for _ in targets]
+    step = 0
+    for rep in range(reps + 1):
+        for i, (directory, (writer, buffers)) in enumerate(zip(targets, writers)):
+            for other, _ in writers:
+                other.wait()  # no save in flight anywhere: training is not waiting for one
+            quiet()
+            step += 1
+            start = time.perf_counter()
+            writer.save(lambda b=buffers: b.copy(state),
+                        lambda s, d=directory, n=step: store.save_state(d, s, step=n))  # fmt: skip
+            if rep:
+                times[i].append(time.perf_counter() - start)
+    for writer, _ in writers:
+        writer.close()
+    return [statistics.median(t) for t in times]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         local = work / "local"
         local.mkdir()
         steps = iter(range(1, 10_000))
+        from modelkeep.formats.safetensors import write_file
+
+        write_file(state, local / "floor.bin")  # the same bytes the floor puts, from the page cache as ours
 
         def save_local() -> None:
             store.save_state(local, state, step=next(steps))
@@ -168,31 +201,32 @@ def main(argv: list[str] | None = None) -> int:
         def save_s3() -> None:
             store.save_state(url, state, step=next(steps))
 
-        local_save = timed(save_local, args.reps)
+        load_before = os.getloadavg()[0]
+        save_times = interleaved([save_local, save_s3, floor_put(f"{url}/floor.bin", local / "floor.bin")], args.reps)
+        local_save, s3_save, floor_put_s = save_times
         newest_local = store.list_checkpoints(local, verify=False)[0].path
-        local_load = timed(lambda: store.load_state(newest_local), args.reps)
-        s3_save, floor_put_s = interleaved(save_s3, floor_put(f"{url}/floor.bin", newest_local / store.STORE_STATE),
-                                           args.reps)  # fmt: skip
         newest_s3 = store.list_checkpoints(url)[0]
         from modelkeep.storage.objects import SUFFIX, ObjectDir
 
         commit = ObjectDir(url).entry(newest_s3.path.name).commit
         object_url = f"{url}/{commit.name}{SUFFIX}/{commit.generation}/{commit.name}/{store.STORE_STATE}"
-        s3_load, floor_get_s = interleaved(lambda: store.load_state(newest_s3.path), floor_get(object_url), args.reps)
-        stall_local = stall(work / "stall", state, args.reps)
-        stall_s3 = stall(f"{url}/stall", state, args.reps)
+        local_load, s3_load, floor_get_s = interleaved(
+            [lambda: store.load_state(newest_local), lambda: store.load_state(newest_s3.path), floor_get(object_url)],
+            args.reps,
+        )
+        stall_local, stall_s3 = stalls([work / "stall", f"{url}/stall"], state, args.reps)
 
         gb = nbytes / 1e9
-        print(f"\nS3 benchmark: {nbytes / MIB:.0f} MiB state, {args.reps} reps (median), endpoint {endpoint}, "
+        print(f"\nS3 benchmark: {nbytes / MIB:.0f} MiB state, {args.reps} reps (median, in turns), endpoint {endpoint}, "
               f"{os.cpu_count()} CPUs, concurrency {sfs.CONCURRENCY}, part {sfs.PART_SIZE // MIB} MiB, "
               f"staged in {remote.staging_parent(nbytes) or tempfile.gettempdir()}, load average "
-              f"{os.getloadavg()[0]:.1f}")  # fmt: skip
+              f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end")  # fmt: skip
         rows = [
             ("save to S3 (modelkeep save_state)", s3_save, f"{s3_save / floor_put_s:.2f}x floor put"),
             ("  floor: s3fs put_file, same bytes", floor_put_s, ""),
             ("  local disk save_state", local_save, f"S3 is {s3_save / local_save:.2f}x local"),
             ("load from S3 (modelkeep load_state)", s3_load, f"{s3_load / floor_get_s:.2f}x floor get"),
-            ("  floor: s3fs ranged gets to memory", floor_get_s, ""),
+            ("  floor: s3fs gets to memory (best)", floor_get_s, ""),
             ("  local disk load_state", local_load, f"S3 is {s3_load / local_load:.2f}x local"),
             ("async stall per backup, S3", stall_s3, f"{stall_s3 / stall_local:.2f}x local stall"),
             ("async stall per backup, local", stall_local, ""),

@@ -144,3 +144,33 @@ def test_s3_server_stopped_mid_save_then_restarted(s3_server, s3_dir, monkeypatc
         big_model().fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[raising])
     stopper.restart_if_down()
     assert [i.step for i in mk.list_checkpoints(s3_dir) if i.status == store.OK][0] == 32  # nothing lost
+
+
+def test_s3_server_stopped_mid_load_fails_cleanly_then_loads(s3_server, s3_dir):
+    """A load streamed into memory when the server stops in the middle: an error naming the
+    download (never a partial state), and the same load succeeds, exact, once it is back."""
+    from modelkeep.state import ModelState
+
+    rng = np.random.default_rng(5)
+    arrays = {f"model/w{i}": rng.standard_normal(4 << 20, dtype=np.float32) for i in range(6)}  # 96 MiB
+    store.save_state(s3_dir, ModelState(arrays), step=3)
+    url = f"{s3_dir}/ckpt-000000003"
+    real = sfs._stream_s3
+    calls = []
+
+    async def stop_then_stream(fs, path, name, start, end, dest):
+        calls.append(start)
+        if len(calls) == 2:  # the first part is under way: the server goes down
+            s3_server.stop(kill=True)
+        return await real(fs, path, name, start, end, dest)
+
+    sfs._stream_s3 = stop_then_stream
+    try:
+        with pytest.raises(OSError, match="could not download"):
+            store.load_state(url)
+    finally:
+        sfs._stream_s3 = real
+        s3_server.start()
+    back = store.load_state(url)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(back.variables[key], value)

@@ -173,6 +173,92 @@ def local_copy(path: Any, storage_options: dict | None = None) -> Iterator[Any]:
         yield local
 
 
+def exists(url: Any, storage_options: dict | None = None) -> bool:
+    """Whether ``url`` names a committed checkpoint or any object (a file or a folder's files)."""
+    directory, name = split(url, storage_options)
+    if directory.entry(name) is not None:
+        return True
+    tree = sfs.list_tree(directory.url, storage_options=directory.options)
+    return any(rel == name or rel.startswith(name + "/") for rel in tree)
+
+
+@contextlib.contextmanager
+def local_target(path: Any, *, metadata: dict[str, Any] | None = None,
+                 storage_options: dict | None = None) -> Iterator[Path]:  # fmt: skip
+    """A local path to write ``path``'s file(s) to; a URL is committed when the block succeeds.
+
+    For a local path this is the path itself. For a URL the block writes into a staging
+    directory; everything written there (a file, a SavedModel directory, a sidecar
+    manifest) is then uploaded as one generation and committed (``ObjectDir.publish``):
+    readers see all of it or nothing. ``metadata`` (updated by the block if it likes) goes
+    into the commit record, completed from a sidecar manifest the block wrote.
+
+    Example::
+
+        with local_target("s3://b/out/pred.npy") as local:
+            np.save(local, y)
+    """
+    if path is None or not sfs.is_url(path):
+        yield sfs.local_path(path) if path is not None else path
+        return
+    directory, name = split(path, storage_options)
+    meta = metadata if metadata is not None else {}
+    with staging() as root:
+        yield root / name
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        if not files:
+            raise CheckpointNotFoundError(f"write {path}: nothing was written to upload.")
+        record = {**_manifest_metadata(root / name), **meta}
+        record.setdefault("name", name)
+        directory.publish(name, root, files, record, known=_known(store.manifest_path(root / name)))
+
+
+def base_versions(url: Any, storage_options: dict | None = None) -> list[tuple[int, Any, str, str | None, float]]:
+    """The numbered versions of a TF Serving base directory URL (``base/1``, ``base/2``), newest
+    first, as ``(version, url, status, problem, stamp)`` (stamp: the commit's time, else 0).
+
+    A version modelkeep committed (``save_model(m, "s3://b/base/2")``) has the status of its
+    commit; a folder another tool uploaded (``base/3/saved_model.pb``, or a ``.keras`` /
+    ``.h5`` file in it) has no commit record, so it counts as whole once ``saved_model.pb``
+    (with ``variables/variables.index`` when it has variables) or the model file is there.
+    """
+    odir = ObjectDir(str(url), storage_options)
+    base = sfs.RemotePath(odir.url)
+    found: dict[int, tuple[int, Any, str, str | None, float]] = {}
+    for name, entry in odir.entries().items():
+        if name.isdigit():
+            found[int(name)] = (int(name), base / name, entry.status, entry.problem, float(entry.wall_time or 0.0))
+    tree = sfs.list_tree(odir.url, storage_options=storage_options)
+    folders: dict[str, set[str]] = {}
+    for rel in tree:
+        head, _, rest = rel.partition("/")
+        if head.isdigit() and rest:
+            folders.setdefault(head, set()).add(rest)
+    for head, rels in folders.items():
+        if int(head) in found:
+            continue
+        models = sorted(r for r in rels if "/" not in r and r.endswith((".keras", ".h5", ".hdf5")))
+        if "saved_model.pb" in rels:
+            partial = any(r.startswith("variables/") for r in rels) and "variables/variables.index" not in rels
+            status, problem = (store.INCOMPLETE, "variables/variables.index not uploaded yet") if partial else (OK, None)
+            found[int(head)] = (int(head), base / head, status, problem, 0.0)
+        elif models:
+            found[int(head)] = (int(head), base / head / models[0], OK, None, 0.0)
+        else:
+            found[int(head)] = (int(head), base / head, store.INCOMPLETE, "no saved_model.pb or model file yet", 0.0)
+    return sorted(found.values(), key=lambda v: v[0], reverse=True)
+
+
+def holds_saved_model(url: Any, storage_options: dict | None = None) -> bool:
+    """Whether ``url`` is a SavedModel folder another tool uploaded (``saved_model.pb`` in it)."""
+    return "saved_model.pb" in sfs.list_tree(str(url), storage_options=storage_options)
+
+
+def is_base_directory(url: Any, storage_options: dict | None = None) -> bool:
+    """Whether a directory URL holds numbered versions (TF Serving's layout) rather than a run."""
+    return bool(base_versions(url, storage_options))
+
+
 def _fetch_foreign(directory: ObjectDir, name: str, root: Path) -> None:
     tree = sfs.list_tree(directory.url, storage_options=directory.options)
     picked = {rel: size for rel, size in tree.items()
@@ -276,11 +362,14 @@ def load_state(path: Any, storage_options: dict | None = None) -> Any:
     if entry is None:  # not committed by modelkeep: its own manifest decides
         with fetched(path, storage_options) as local:
             return store.load_state(local)
-    with staging(entry.commit.size if entry.commit else 0) as root:
-        directory.fetch(name, root, entry=entry)  # every file's CRC-32 checked on arrival
-        if not (root / name / store.STORE_MANIFEST).exists():
-            raise CheckpointNotFoundError(f"load: {path} is not a modelkeep backup (no {store.STORE_MANIFEST}).")
-        return SafetensorsFormat().read(root / name / store.STORE_STATE)
+    state_rel, manifest_rel = f"{name}/{store.STORE_STATE}", f"{name}/{store.STORE_MANIFEST}"
+    if entry.commit is not None and not {state_rel, manifest_rel} <= set(entry.commit.files):
+        raise CheckpointNotFoundError(f"load: {path} is not a modelkeep backup (no {store.STORE_MANIFEST}).")
+    # straight into memory, every CRC-32 checked on arrival; the arrays are views of the download
+    commit, buffers = directory.fetch_memory(name, entry=entry)
+    if state_rel not in buffers or manifest_rel not in buffers:
+        raise CheckpointNotFoundError(f"load: {path} commit {commit.seq} is not a modelkeep backup.")
+    return SafetensorsFormat().read_buffer(buffers[state_rel], f"{path} ({store.STORE_STATE})")
 
 
 def prune_backups(directory: Any, *, keep: int, protect: Any = None) -> list[Any]:

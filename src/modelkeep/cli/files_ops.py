@@ -194,6 +194,6 @@ def run_plot(args: argparse.Namespace) -> int:
 
     info = plot_run(args.directory, args.output, monitor=args.monitor, mode=args.mode)
     best = f", best {Path(info['best']).name} by {info['monitor']}" if info["best"] else ""
-    size = human_size(Path(info["output"]).stat().st_size)
+    size = human_size(info["size"])
     console().print(f"wrote {info['output']} ({size}): {', '.join(info['metrics'])} over {info['checkpoints']} checkpoints{best}")
     return EXIT_OK

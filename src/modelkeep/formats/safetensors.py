@@ -66,15 +66,23 @@ class SafetensorsFormat(Format):
 
     def read(self, path: Path) -> ModelState:
         self.require(path)
-        tensors, metadata = read_file(path)
-        order = _order(metadata, tensors, path)
-        if "modelkeep" in metadata:
-            config, compile_config, meta = header_fields(metadata["modelkeep"], path)
-        else:  # a foreign safetensors file: its tensors are model weights
-            config, compile_config, meta = None, None, {}
-            order = ["model/" + k for k in order]
-            tensors = {"model/" + k: v for k, v in tensors.items()}
-        return ModelState({k: tensors[k] for k in order}, config, compile_config, meta)
+        return _state(*read_file(path), path)
+
+    def read_buffer(self, buffer: Any, source: Any) -> ModelState:
+        """A ``ModelState`` of views of ``buffer`` (the bytes of a safetensors file, e.g. a
+        verified download); ``source`` names it in errors."""
+        return _state(*read_buffer(buffer, source), source)
+
+
+def _state(tensors: dict[str, np.ndarray], metadata: dict[str, str], path: Any) -> ModelState:
+    order = _order(metadata, tensors, path)
+    if "modelkeep" in metadata:
+        config, compile_config, meta = header_fields(metadata["modelkeep"], path)
+    else:  # a foreign safetensors file: its tensors are model weights
+        config, compile_config, meta = None, None, {}
+        order = ["model/" + k for k in order]
+        tensors = {"model/" + k: v for k, v in tensors.items()}
+    return ModelState({k: tensors[k] for k in order}, config, compile_config, meta)
 
 
 # ------------------------------------------------------------------------------ write
@@ -177,16 +185,23 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
     (copy-on-write) and stay valid after the file is replaced or deleted."""
     path = Path(path)
     with open(path, "rb") as handle:
-        length = os.fstat(handle.fileno()).st_size
-        if length == 0:
+        if os.fstat(handle.fileno()).st_size == 0:
             raise _corrupt(path, "it is empty")
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
     mapped.madvise(mmap.MADV_WILLNEED)
-    header, start = read_header(memoryview(mapped)[: min(length, limits.current().max_safetensors_header + 8)], path)
+    return read_buffer(mapped, path)
+
+
+def read_buffer(buffer: Any, path: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """``read_file`` of bytes already in memory (a writable buffer gives writable arrays)."""
+    length = len(buffer)
+    if length == 0:
+        raise _corrupt(path, "it is empty")
+    header, start = read_header(memoryview(buffer)[: min(length, limits.current().max_safetensors_header + 8)], path)
     metadata = header.pop("__metadata__", None) or {}
     tensors, spans = {}, []
     for name, info in header.items():
-        tensors[name] = _tensor(mapped, start, length, name, info, path)
+        tensors[name] = _tensor(buffer, start, length, name, info, path)
         spans.append(tuple(info["data_offsets"]))
     spans.sort()
     end = 0
@@ -199,7 +214,7 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
     return tensors, metadata
 
 
-def _tensor(mapped: mmap.mmap, start: int, length: int, name: str, info: Any, path: Path) -> np.ndarray:
+def _tensor(mapped: Any, start: int, length: int, name: str, info: Any, path: Path) -> np.ndarray:
     try:
         dtype = np.dtype(_numpy_dtype(info["dtype"]))
         shape = tuple(_whole(n) for n in info["shape"])

@@ -60,7 +60,9 @@ class ModelSource:
             from modelkeep.checkpoint import remote
 
             directory, name = remote.split(path)
-            return cls(remote.RemotePath(str(path)), "single" if directory.entry(name) is not None else "run")
+            if directory.entry(name) is not None or str(path).endswith(MODEL_SUFFIXES) or remote.holds_saved_model(path):
+                return cls(remote.RemotePath(str(path)), "single")
+            return cls(remote.RemotePath(str(path)), "base" if remote.is_base_directory(path) else "run")
         path = Path(path)
         if not path.exists():
             raise CheckpointNotFoundError(
@@ -87,6 +89,11 @@ class ModelSource:
         return self._scan_run()
 
     def _scan_base(self) -> list[Candidate]:
+        if is_url(self.path):  # committed versions by their record; uploaded folders by their files
+            from modelkeep.checkpoint import remote
+
+            return [Candidate(v, p, status, problem=problem, stamp=stamp)
+                    for v, p, status, problem, stamp in remote.base_versions(self.path)]  # fmt: skip
         found = []
         for sub in self.path.iterdir():
             if not (sub.is_dir() and sub.name.isdigit()):
@@ -138,12 +145,20 @@ class ModelSource:
 
             state = store.load_state(candidate.path)
             return build_model(state, compile=False, source=str(candidate.path))
-        from modelkeep.api import load_model
-        from modelkeep.formats.savedmodel import has_keras_part
+        if is_url(candidate.path):  # downloaded (every CRC-32 checked), loaded, the copy dropped
+            from modelkeep.checkpoint import remote
 
-        path = candidate.path
-        if path.is_dir() and (path / "saved_model.pb").exists() and not has_keras_part(path):
-            # served by its signatures as TF Serving does (Predictor.from_saved_model, ops scanned
-            # first), not through the inference-only Keras wrapper load_model would return
-            raise GraphOnlyModelError(f"serve: {path} is a SavedModel without a Keras part")
-        return load_model(path, compile=False)
+            with remote.fetched(candidate.path) as local:
+                return _load_model(local)
+        return _load_model(candidate.path)
+
+
+def _load_model(path: Path) -> Any:
+    from modelkeep.api import load_model
+    from modelkeep.formats.savedmodel import has_keras_part
+
+    if path.is_dir() and (path / "saved_model.pb").exists() and not has_keras_part(path):
+        # served by its signatures as TF Serving does (Predictor.from_saved_model, ops scanned
+        # first), not through the inference-only Keras wrapper load_model would return
+        raise GraphOnlyModelError(f"serve: {path} is a SavedModel without a Keras part")
+    return load_model(path, compile=False)

@@ -31,6 +31,7 @@ from modelkeep.serving.batching import MicroBatcher
 from modelkeep.serving.metrics import Metrics
 from modelkeep.serving.predictor import Predictor
 from modelkeep.serving.versions import Candidate, ModelSource
+from modelkeep.storage.fs import is_url
 
 log = logging.getLogger("modelkeep.serve")
 
@@ -182,7 +183,7 @@ class VersionManager:
 
     def _build(self, candidate: Candidate) -> Predictor:
         try:
-            directory = candidate.path if candidate.path.is_dir() else None
+            directory = candidate.path if not is_url(candidate.path) and candidate.path.is_dir() else None
             predictor = Predictor.from_model(self.source.load(candidate), saved_model_dir=directory)
         except GraphOnlyModelError:  # exported without any Keras part; a refused Keras model never gets here
             predictor = Predictor.from_saved_model(candidate.path, allow_unsafe_ops=self.allow_unsafe_ops)

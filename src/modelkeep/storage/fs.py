@@ -11,19 +11,22 @@ Credentials and endpoints come the way s3fs/gcsfs users give them: the environme
 **options)``, whose options go to the file system of every URL under ``prefix``.
 
 Transfers are parallel: files go up together, each large one in concurrent multipart parts
-(s3fs), and come down in concurrent ranged reads written in place; each downloaded file's
-CRC-32 is computed from the bytes as they arrive.
+(s3fs), and come down in concurrent ranged reads streamed in place (into a mapped local file,
+or into memory for ``download_buffers``); each file's CRC-32 is computed from the chunks as
+they arrive, and no chunk is copied twice.
 
 Example::
 
     set_storage_options("s3://bucket", endpoint_url="http://127.0.0.1:8333")
     upload_files([(Path("local.bin"), "s3://bucket/run/remote.bin")])
     download_files([("s3://bucket/run/remote.bin", Path("copy.bin"), size)])
+    [(buffer, crc)] = download_buffers([("s3://bucket/run/remote.bin", size)])
 """
 
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import re
 import threading
@@ -243,24 +246,88 @@ def upload_files(pairs: Sequence[tuple[Path, str]], *, storage_options: dict | N
 def download_files(items: Sequence[tuple[str, Path, int]], *, storage_options: dict | None = None) -> list[int]:
     """Download ``(url, local path, size)`` items; return the CRC-32 of each, computed on arrival.
 
-    Each file is preallocated and filled by concurrent ranged reads of ``PART_SIZE``
-    (at most ``CONCURRENCY`` in flight over all files); a short read is an error.
+    Each file is preallocated, mapped, and filled in place by concurrent ranged reads of
+    ``PART_SIZE`` (at most ``CONCURRENCY`` in flight over all files); a short read is an error.
     """
     if not items:
         return []
-    fs, _ = filesystem(items[0][0], storage_options)
-    what = f"download {len(items)} file(s) from {items[0][0].rsplit('/', 1)[0]}"
     for _url, local, _size in items:
         Path(local).parent.mkdir(parents=True, exist_ok=True)
+    targets = [_FileTarget(Path(local), size) for _url, local, size in items]
+    try:
+        return _download(items[0][0], [(u, t.view) for (u, _l, _s), t in zip(items, targets)], storage_options)
+    finally:
+        for target in targets:
+            target.close()
+
+
+def download_buffers(items: Sequence[tuple[str, int]], *, storage_options: dict | None = None) -> list[tuple[Any, int]]:
+    """Download ``(url, size)`` items into new memory; return ``(buffer, crc32)`` of each.
+
+    A buffer is an anonymous mapping (transparent huge pages asked for: fewer page faults
+    than many small allocations) that ranged reads fill in place, each chunk checksummed as
+    it arrives; nothing is written to disk and no second copy is made. ``numpy.frombuffer``
+    views of it stay valid as long as they live.
+
+    Example: ``[(buf, crc)] = download_buffers([("s3://b/run/w.safetensors", size)])``.
+    """
+    if not items:
+        return []
+    buffers = [_anonymous(size) for _url, size in items]
+    views = [(url, memoryview(buf) if size else memoryview(bytearray())) for (url, size), buf in zip(items, buffers)]
+    try:
+        crcs = _download(items[0][0], views, storage_options)
+    finally:
+        for _url, view in views:
+            view.release()
+    return list(zip(buffers, crcs))
+
+
+def _anonymous(size: int) -> Any:
+    if not size:
+        return bytearray()
+    buffer = mmap.mmap(-1, size)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            buffer.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # pragma: no cover - a kernel without THP
+            pass
+    return buffer
+
+
+class _FileTarget:
+    """A local file of ``size`` bytes, mapped writable (``view``) until ``close``."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.handle = open(path, "w+b")  # noqa: SIM115 - closed in close()
+        self.map: mmap.mmap | None = None
+        try:
+            self.handle.truncate(size)
+            self.map = mmap.mmap(self.handle.fileno(), size) if size else None
+        except BaseException:
+            self.handle.close()
+            raise
+        self.view = memoryview(self.map) if self.map is not None else memoryview(bytearray())
+
+    def close(self) -> None:
+        self.view.release()
+        if self.map is not None:
+            self.map.close()
+        self.handle.close()
+
+
+def _download(first_url: str, views: Sequence[tuple[str, memoryview]], storage_options: dict | None) -> list[int]:
+    fs, _ = filesystem(first_url, storage_options)
+    what = f"download {len(views)} file(s) from {first_url.rsplit('/', 1)[0]}"
     if not _is_async(fs):
         out = []
-        for url, local, size in items:
+        for url, view in views:
             data = call(fs.cat_file, fs._strip_protocol(url), what=what)
-            _check_length(url, len(data), size)
-            Path(local).write_bytes(data)
+            _check_length(url, len(data), len(view))
+            view[:] = data
             out.append(_crc32(data))
         return out
-    return call(_run, fs, _download_async(fs, items), what=what)
+    return call(_run, fs, _download_async(fs, views), what=what)
 
 
 def _check_length(url: str, got: int, expected: int) -> None:
@@ -273,42 +340,80 @@ def _check_length(url: str, got: int, expected: int) -> None:
         )
 
 
-async def _download_async(fs: Any, items: Sequence[tuple[str, Path, int]]) -> list[int]:
+async def _download_async(fs: Any, views: Sequence[tuple[str, memoryview]]) -> list[int]:
     gate = asyncio.Semaphore(CONCURRENCY)
 
-    async def one(url: str, local: Path, size: int) -> int:
-        path = fs._strip_protocol(url)
-        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.ftruncate(fd, size)
-            bounds = [(start, min(size, start + PART_SIZE)) for start in range(0, size, PART_SIZE)]
+    async def one(url: str, view: memoryview) -> int:
+        path, size = fs._strip_protocol(url), len(view)
+        bounds = [(start, min(size, start + PART_SIZE)) for start in range(0, size, PART_SIZE)]
 
-            async def part(start: int, end: int) -> int:
-                async with gate:
-                    data = await fs._cat_file(path, start=start, end=end)
-                _check_length(f"{url} [bytes {start}-{end})", len(data), end - start)
-                return await asyncio.to_thread(_write_and_crc, fd, data, start)
+        async def part(start: int, end: int) -> int:
+            async with gate:
+                return await _read_range(fs, path, url, start, end, view[start:end])
 
-            crcs = await asyncio.gather(*(part(s, e) for s, e in bounds))
-            if not bounds:  # an empty object: still check that it is there and empty
-                info = await fs._info(path)
-                _check_length(url, int(info.get("size") or 0), 0)
-        finally:
-            os.close(fd)
+        crcs = await asyncio.gather(*(part(s, e) for s, e in bounds))
+        if not bounds:  # an empty object: still check that it is there and empty
+            info = await fs._info(path)
+            _check_length(url, int(info.get("size") or 0), 0)
         crc = 0
         for (start, end), value in zip(bounds, crcs):
             crc = value if start == 0 else crc32_combine(crc, value, end - start)
         return crc
 
-    return list(await asyncio.gather(*(one(u, Path(lp), s) for u, lp, s in items)))
+    return list(await asyncio.gather(*(one(u, v) for u, v in views)))
 
 
-def _write_and_crc(fd: int, data: bytes, offset: int) -> int:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-    return _crc32(data)
+#: attempts of one ranged read whose body broke off mid-transfer (the request itself is retried by s3fs)
+READ_ATTEMPTS = 2
+
+
+async def _read_range(fs: Any, path: str, url: str, start: int, end: int, dest: memoryview) -> int:
+    """Bytes ``[start, end)`` of ``path`` into ``dest``; their CRC-32, computed chunk by chunk."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            if hasattr(fs, "_call_s3"):
+                return await _stream_s3(fs, path, url, start, end, dest)
+            data = await fs._cat_file(path, start=start, end=end)  # other stores: one buffer per part
+            _check_length(f"{url} [bytes {start}-{end})", len(data), end - start)
+            dest[:] = data
+            return _crc32(data)
+        except (ModelkeepError, FileNotFoundError, PermissionError):
+            raise
+        except Exception:  # noqa: BLE001 - a broken stream: read the part again, once
+            if attempt + 1 == READ_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _stream_s3(fs: Any, path: str, url: str, start: int, end: int, dest: memoryview) -> int:
+    """One S3 ranged GET streamed into ``dest``: each network chunk is copied once, where it
+    belongs, and checksummed while it is in cache (s3fs's ``_cat_file`` joins the chunks into
+    one more buffer first)."""
+    bucket, key, version = fs.split_path(path)
+    extra = {"VersionId": version} if version else {}
+    response = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}",
+                                 **getattr(fs, "req_kw", {}), **extra)  # fmt: skip
+    body = response["Body"]
+    stream = getattr(getattr(body, "raw_stream", None), "content", None)
+    chunked = stream is not None and hasattr(stream, "readchunk") and hasattr(stream, "at_eof")
+    pos, crc, size = 0, 0, len(dest)
+    try:
+        while True:
+            data = (await stream.readchunk())[0] if chunked else await body.read(1 << 20)
+            if not data:
+                if not chunked or stream.at_eof():
+                    break
+                continue
+            count = len(data)
+            if pos + count > size:
+                _check_length(f"{url} [bytes {start}-{end})", pos + count, size)
+            dest[pos : pos + count] = data
+            crc = _crc32(data, crc)
+            pos += count
+    finally:
+        body.close()
+    _check_length(f"{url} [bytes {start}-{end})", pos, size)
+    return crc
 
 
 def put_bytes(url: str, data: bytes, *, exclusive: bool = False, storage_options: dict | None = None) -> bool:

@@ -272,33 +272,53 @@ class ObjectDir:
     def fetch(self, name: str, dest: Path, *, entry: Entry | None = None) -> Commit:
         """Download the newest good commit of ``name`` into ``dest`` (files at their relative
         names), checking every CRC-32; fall back to an older commit on a mismatch."""
+        return self._first_good(name, entry, lambda commit: self._download(commit, dest))[0]
+
+    def fetch_memory(self, name: str, *, entry: Entry | None = None) -> tuple[Commit, dict[str, Any]]:
+        """``fetch`` into memory: the newest good commit and ``{relative name: buffer}``, every
+        CRC-32 checked on arrival (``fs.download_buffers``); nothing is staged on disk."""
+        return self._first_good(name, entry, self._download_memory)
+
+    def _first_good(self, name: str, entry: Entry | None, get: Any) -> tuple[Commit, Any]:
         entry = entry or self.entry(name)
         if entry is None:
             raise CheckpointNotFoundError(f"load: no checkpoint {self._url(name)} (no {name}{SUFFIX}/ objects).")
         problems = [entry.problem] if entry.problem else []
         for commit in entry.good:
             try:
-                self._download(commit, dest)
-                return commit
+                return commit, get(commit)
             except (CorruptCheckpointError, FileNotFoundError) as exc:
                 problems.append(f"commit {commit.seq}: {exc}")
                 warnings.warn(f"load: {self._url(name)} commit {commit.seq} does not verify ({exc}); "
-                              "trying an older one.", stacklevel=2)  # fmt: skip
+                              "trying an older one.", stacklevel=3)  # fmt: skip
         raise CorruptCheckpointError(
             f"load: no commit of {self._url(name)} verifies: {'; '.join(problems) or 'none committed'}. "
             "Use another checkpoint."
         )
 
+    def _items(self, commit: Commit) -> list[tuple[str, str, int, int]]:
+        return [(self._url(commit.name + SUFFIX, commit.generation, rel), rel, int(meta["size"]), int(meta["crc32"]))
+                for rel, meta in commit.files.items()]  # fmt: skip
+
     def _download(self, commit: Commit, dest: Path) -> None:
-        items = [(self._url(commit.name + SUFFIX, commit.generation, rel), dest / rel, int(meta["size"]))
-                 for rel, meta in commit.files.items()]  # fmt: skip
-        crcs = sfs.download_files(items, storage_options=self.options)
-        for (url, _local, _size), crc, meta in zip(items, crcs, commit.files.values()):
-            if crc != int(meta["crc32"]):
-                raise CorruptCheckpointError(
-                    f"load: {url} fails its CRC-32 check (expected {int(meta['crc32']):08x}, found "
-                    f"{crc:08x}): the object is corrupt."
-                )
+        items = self._items(commit)
+        crcs = sfs.download_files([(url, dest / rel, size) for url, rel, size, _ in items], storage_options=self.options)
+        for (url, _rel, _size, expected), crc in zip(items, crcs):
+            _check_crc(url, expected, crc)
+
+    def _download_memory(self, commit: Commit) -> dict[str, Any]:
+        items = self._items(commit)
+        got = sfs.download_buffers([(url, size) for url, _rel, size, _ in items], storage_options=self.options)
+        for (url, _rel, _size, expected), (_buffer, crc) in zip(items, got):
+            _check_crc(url, expected, crc)
+        return {rel: buffer for (_url, rel, _size, _crc), (buffer, _) in zip(items, got)}
+
+
+def _check_crc(url: str, expected: int, found: int) -> None:
+    if found != expected:
+        raise CorruptCheckpointError(
+            f"load: {url} fails its CRC-32 check (expected {expected:08x}, found {found:08x}): the object is corrupt."
+        )
 
 
 def _seq_of(rel: str) -> int:

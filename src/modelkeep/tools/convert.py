@@ -25,6 +25,7 @@ from modelkeep.errors import FormatError, UnsupportedModelError
 from modelkeep.formats import registry
 from modelkeep.formats.base import Format
 from modelkeep.state import MODEL, OPTIMIZER, ModelState
+from modelkeep.storage.fs import is_url
 from modelkeep.tools.diff import diff_states
 from modelkeep.tools.reading import read_state
 
@@ -106,7 +107,25 @@ def convert(
     manifest: bool = True,
     on_step: Step | None = None,
 ) -> ConvertResult:
-    """Convert ``src`` to ``dst``; ``on_step(i, total, what)`` is called before each stage."""
+    """Convert ``src`` to ``dst``; ``on_step(i, total, what)`` is called before each stage.
+
+    Either may be a URL (``s3://b/run/best.keras``): the source is downloaded (CRC-checked),
+    the destination written locally, read back, then committed as one upload."""
+    if is_url(src) or is_url(dst) or is_url(like):
+        from modelkeep.checkpoint import remote
+
+        if is_url(dst) and remote.exists(dst):
+            raise FileExistsError(f"convert: {dst} already exists; remove it or choose another destination.")
+        record: dict[str, Any] = {"converted_from": str(src)}
+        with remote.local_copy(src) as local_src, remote.local_copy(like) as local_like, \
+                remote.local_target(dst, metadata=record) as local_dst:  # fmt: skip
+            result = convert(local_src, local_dst, kind=kind, include_optimizer=include_optimizer, like=local_like,
+                             check=check, manifest=manifest, on_step=on_step)  # fmt: skip
+            record["format"] = result.format_dst
+        result.src, result.dst = str(src), str(dst)
+        if is_url(dst):
+            result.files = [str(dst)]
+        return result
     src, dst = Path(src), Path(dst)
     total = 2 + int(check) + int(manifest)
     step = on_step or (lambda i, n, what: None)

@@ -74,9 +74,13 @@ def plot_run(directory: Path | str, output: Path | str, *, monitor: str | None =
         ax.legend(fontsize=8, loc="best")
     axes[-1, 0].set_xlabel(x_label + "  (each marker is a checkpoint)")
     best_text = f"; best: {run.best.path.name} ({run.monitor}, {run.mode})" if run.best else ""
-    fig.suptitle(f"{Path(directory).name}: {len(points)} checkpoints{best_text}", fontsize=10)
+    fig.suptitle(f"{str(directory).rstrip('/').rsplit('/', 1)[-1]}: {len(points)} checkpoints{best_text}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(output, dpi=110)
+    from modelkeep.checkpoint import remote
+
+    with remote.local_target(output, metadata={"format": "plot"}) as local:  # a URL: committed once drawn
+        fig.savefig(local, dpi=110)
+        size = Path(local).stat().st_size
     plt.close(fig)
-    return {"output": str(output), "checkpoints": len(points), "metrics": run.metrics,
+    return {"output": str(output), "size": size, "checkpoints": len(points), "metrics": run.metrics,
             "best": str(run.best.path) if run.best else None, "monitor": run.monitor}

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from modelkeep.errors import FormatError, IncompatibleModelError
+from modelkeep.storage.fs import is_url
 
 Progress = Callable[[int, int], None]
 
@@ -199,6 +201,18 @@ def predict_files(
     ``allow_unsafe_ops`` lets a graph-only SavedModel with file-system or Python ops run."""
     if batch_size < 1:
         raise ValueError(f"predict: --batch-size must be at least 1. Received: {batch_size}")
+    if any(is_url(p) for p in [model_path, *inputs, output]):  # downloaded (CRC-checked) / committed
+        from modelkeep.checkpoint import remote
+
+        with contextlib.ExitStack() as stack:
+            local_model = stack.enter_context(remote.local_copy(model_path))
+            local_inputs = [stack.enter_context(remote.local_copy(p)) for p in inputs]
+            local_output = stack.enter_context(remote.local_target(output, metadata={"format": "predictions"}))
+            result = predict_files(local_model, local_inputs, output=local_output, batch_size=batch_size,
+                                   on_progress=on_progress, on_loaded=on_loaded, allow_unsafe_ops=allow_unsafe_ops)  # fmt: skip
+        if result.output_path is not None and is_url(output):
+            result.output_path = remote.RemotePath(str(output))
+        return result
     arrays = [read_array(p) for p in inputs]
     model = load_for_predict(model_path, allow_unsafe_ops=allow_unsafe_ops)
     if on_loaded:
