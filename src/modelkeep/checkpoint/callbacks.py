@@ -40,7 +40,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from modelkeep.capture import capture
+from modelkeep.capture import capture, state_nbytes
 from modelkeep.checkpoint import remote, retention, store
 from modelkeep.checkpoint.distribute import should_write
 from modelkeep.checkpoint.fit_guard import FitGuard
@@ -349,6 +349,8 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         wait_for_saves(raise_errors=False)  # a save of an earlier fit that ended in an exception
         self._writer = AsyncWriter(name="modelkeep-ModelCheckpoint") if self.async_save else None
         self._guard = FitGuard.install(self) if self.async_save else None
+        if self._writer is not None and should_write(self.model):
+            self._buffers.reserve_in(self._writer, state_nbytes(self.model, include_optimizer=not self.save_weights_only))
         if self._remote_dir is not None and should_write(self.model):  # chief only
             self._clean_remote()
         directory = self._directory()

@@ -138,6 +138,44 @@ def _summary(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in keys if k in meta}
 
 
+# ------------------------------------------------------------------------ verified once
+# Retention lists (and verifies) a directory after every save; re-reading every kept
+# checkpoint each time costs a read of max_to_keep states per save. A checkpoint this
+# process verified is not re-read
+# while its manifest and files keep their identity (device, inode, size, mtime): any change
+# to a file since, by anyone, makes it read and checked again. File systems stamp mtimes with
+# a coarse clock (a few ms), so a record is trusted only when it was made at least
+# _MTIME_SLACK_NS after the newest mtime it holds: a later change then gets a newer mtime.
+_VERIFIED: dict[str, tuple[int, tuple[tuple[int, int, int, int], ...]]] = {}
+_MTIME_SLACK_NS = 50_000_000
+
+
+def _identities(manifest: Path) -> tuple[tuple[int, int, int, int], ...] | None:
+    try:
+        doc = read_manifest(manifest)
+        paths = [manifest, *(manifest.parent / name for name in doc["files"])]
+        stats = [os.stat(p, follow_symlinks=False) for p in paths]
+    except (ModelkeepError, OSError, ValueError):
+        return None
+    return tuple((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
+
+
+def _remember_verified(manifest: Path) -> None:
+    ident = _identities(manifest)
+    if ident is not None:
+        if len(_VERIFIED) > 1024:
+            _VERIFIED.clear()
+        _VERIFIED[os.path.abspath(manifest)] = (time.time_ns(), ident)
+
+
+def _still_verified(manifest: Path) -> bool:
+    known = _VERIFIED.get(os.path.abspath(manifest))
+    if known is None:
+        return False
+    when, ident = known
+    return when - max(i[3] for i in ident) >= _MTIME_SLACK_NS and ident == _identities(manifest)
+
+
 # ------------------------------------------------------------------------ listing
 def _candidates(directory: Path) -> list[Path]:
     """Every checkpoint-like entry of a directory (manifests, store dirs, foreign files)."""
@@ -198,7 +236,11 @@ def _info_for(path: Path, *, verify: bool) -> CheckpointInfo:
         problem = f"missing {', '.join(missing)}" if missing else "no manifest: the save did not finish"
         return CheckpointInfo(path, fmt_name, INCOMPLETE, size=size, problem=problem, wall_time=_mtime(path))
     try:
-        doc = verify_manifest(mpath) if verify else read_manifest(mpath)
+        if verify and not _still_verified(mpath):
+            doc = verify_manifest(mpath)
+            _remember_verified(mpath)
+        else:
+            doc = read_manifest(mpath)
         status, problem = OK, None
     except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
         status, problem = CORRUPT, str(exc)
