@@ -48,6 +48,7 @@ from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers, wait_for_s
 from modelkeep.errors import CheckpointWriteError, CorruptCheckpointError
 from modelkeep.formats import registry
 from modelkeep.formats.base import Format
+from modelkeep.formats.savedmodel import SavedModelTemplate
 from modelkeep.formats.tf_checkpoint import DATA_SUFFIX, INDEX_SUFFIX, update_state_file, write_bundle
 from modelkeep.state import ModelState
 from modelkeep.storage.commit import clean_leftovers, fsync_path, write_error
@@ -143,6 +144,8 @@ def write_job(job: SaveJob) -> store.CheckpointInfo:
     try:
         if job.fmt is registry.TF_CHECKPOINT:
             write_tf_checkpoint(job.state, tmp)
+        elif job.extra.get("template") is not None:  # a SavedModel from the state: traced once a run
+            job.extra["template"].write(job.state, tmp)
         elif job.model is not None and job.metadata.get("weights_only"):
             job.fmt.save_weights(job.model, tmp)
         elif job.model is not None:
@@ -255,6 +258,7 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         self.async_save = async_save
         self._writer: AsyncWriter | None = None
         self._buffers = SnapshotBuffers()
+        self._sm_template: SavedModelTemplate | None | bool = None
         if frequency is not None:
             if save_freq != "epoch" and save_freq != frequency:
                 raise ValueError(
@@ -349,6 +353,7 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         wait_for_saves(raise_errors=False)  # a save of an earlier fit that ended in an exception
         self._writer = AsyncWriter(name="modelkeep-ModelCheckpoint") if self.async_save else None
         self._guard = FitGuard.install(self) if self.async_save else None
+        self._sm_template = None  # traced again in each fit: once a run
         if self._writer is not None and should_write(self.model):
             self._buffers.reserve_in(self._writer, state_nbytes(self.model, include_optimizer=not self.save_weights_only))
         if self._remote_dir is not None and should_write(self.model):  # chief only
@@ -380,7 +385,9 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         if not should_write(self.model):  # a multi-worker job's other workers write nothing here
             self._follow_chief(epoch, batch, logs)
             return
-        if self._writer is None or self.format_for(self.file_path(epoch, batch, logs)) in LIVE_MODEL_FORMATS:
+        fmt = self.format_for(self.file_path(epoch, batch, logs))
+        template = self._template(epoch, batch, logs) if fmt is registry.SAVED_MODEL else None
+        if self._writer is None or (fmt in LIVE_MODEL_FORMATS and template is None):
             if self._writer is not None:
                 self._writer.wait()  # keep saves in order; surface a background error
             job = self.snapshot(epoch, batch, logs, copy=False)  # written now: no copy needed
@@ -392,7 +399,7 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
                 self.write(job)
             return
         self._writer.save(
-            lambda: self._buffered(self.snapshot(epoch, batch, logs, copy=False)),
+            lambda: self._buffered(self.snapshot(epoch, batch, logs, copy=False, template=template)),
             lambda job: None if job is None else self.write(job),
             label=f"epoch {epoch + 1}" + ("" if batch is None else f" batch {batch + 1}"),
         )
@@ -419,8 +426,24 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
 
     def _buffered(self, job: SaveJob | None) -> SaveJob | None:
         if job is not None and job.model is None:
-            job.state = self._buffers.copy(job.state)  # the one copy, into reused arrays
+            # the one copy, into reused memory; TensorFlow's writers share it when 64-byte aligned
+            align = 64 if job.fmt in (registry.TF_CHECKPOINT, registry.SAVED_MODEL) else 1
+            job.state = self._buffers.copy(job.state, align=align)
         return job
+
+    def _template(self, epoch: int, batch: int | None, logs: dict | None) -> SavedModelTemplate | None:
+        """The SavedModel template of this run (traced at its first save), or None: saved whole."""
+        if self._writer is None or self._remote_dir is not None or not should_write(self.model):
+            return None
+        if self._sm_template is False:  # this model's SavedModel cannot be made from a state
+            return None
+        if isinstance(self._sm_template, SavedModelTemplate) and self._sm_template.fits(self.model):
+            return self._sm_template
+        self._writer.wait()  # the scratch export runs alone
+        path = self.file_path(epoch, batch, logs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._sm_template = SavedModelTemplate.trace(self.model, store.temp_target(path)) or False
+        return self._sm_template or None
 
     def on_train_end(self, logs: dict | None = None) -> None:
         """Wait for the last background save; raise its error, if any."""
@@ -440,10 +463,14 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
                 self._stage = None
 
     # ---------------------------------------------------------------- the two steps
-    def snapshot(self, epoch: int, batch: int | None, logs: dict | None, *, copy: bool = True) -> SaveJob | None:
+    def snapshot(
+        self, epoch: int, batch: int | None, logs: dict | None, *, copy: bool = True, template: SavedModelTemplate | None = None
+    ) -> SaveJob | None:
         """Training-thread part of a save: decide, name, copy the state. None: no save.
 
-        ``copy=False`` takes read-only views instead of copies, for a save written at once."""
+        ``copy=False`` takes read-only views instead of copies, for a save written at once.
+        With a SavedModel ``template``, the state is captured and the SavedModel is written
+        from it (no live model needed)."""
         path = self.file_path(epoch, batch, logs)
         previous_best = self.best
         if not self._should_save(epoch, path, logs):
@@ -463,12 +490,13 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
             "template": self.filepath,
             "weights_only": self.save_weights_only,
         }
-        live = fmt in LIVE_MODEL_FORMATS
+        live = fmt in LIVE_MODEL_FORMATS and template is None
         state = ModelState() if live else capture(self.model, include_optimizer=not self.save_weights_only, copy=copy)
         if not live:
             state.metadata.update({k: metadata[k] for k in ("step", "epoch", "batch", "logs")})
         metadata["versions"] = state.metadata.get("versions")
-        return SaveJob(path, fmt, state, metadata, model=self.model if live else None, previous_best=previous_best)
+        extra = {"template": template} if template is not None else {}
+        return SaveJob(path, fmt, state, metadata, model=self.model if live else None, previous_best=previous_best, extra=extra)
 
     def write(self, job: SaveJob, *, step: str = "all") -> store.CheckpointInfo | None:
         """Write, commit, verify, then apply retention. Errors follow ``on_error``.

@@ -248,7 +248,7 @@ class SnapshotBuffers:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._flat: np.ndarray | None = None
-        self._layout: list[tuple[str, tuple[int, ...], np.dtype]] | None = None
+        self._layout: list[tuple[str, tuple[int, ...], np.dtype, int]] | None = None
         self._views: dict[str, np.ndarray] = {}
 
     @property
@@ -266,13 +266,17 @@ class SnapshotBuffers:
             if self.capacity < nbytes:
                 self._flat, self._layout, self._views = _populated(nbytes), None, {}
 
-    def copy(self, state: ModelState) -> ModelState:
-        """A copy of ``state`` whose arrays are views into this object's buffer."""
+    def copy(self, state: ModelState, *, align: int = 1) -> ModelState:
+        """A copy of ``state`` whose arrays are views into this object's buffer.
+
+        ``align=1`` lays the arrays back to back (a safetensors data section); ``align=64``
+        starts each at a multiple of 64 bytes, as TensorFlow wants to share an array's
+        memory without a copy (``formats.tf_checkpoint.save_tensors``)."""
         values = {key: np.asarray(value) for key, value in state.variables.items()}
-        layout = [(key, value.shape, value.dtype) for key, value in values.items()]
+        layout = [(key, value.shape, value.dtype, align) for key, value in values.items()]
         with self._lock:
             if layout != self._layout:
-                self._views = self._lay_out(values)
+                self._views = self._lay_out(values, align)
                 self._layout = layout
             out = {}
             for key, value in values.items():
@@ -281,17 +285,20 @@ class SnapshotBuffers:
                 out[key] = target
         return ModelState(out, state.model_config, state.compile_config, dict(state.metadata))
 
-    def _lay_out(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        total = sum(value.nbytes for value in values.values())
-        if self.capacity < total:
-            self._flat = None  # the old mapping goes once no view of it is left
-            self._flat = _populated(total)
-        assert self._flat is not None
-        views, offset = {}, 0
-        for key, value in values.items():
-            chunk = self._flat[offset : offset + value.nbytes]
-            views[key] = chunk.view(value.dtype).reshape(value.shape) if value.nbytes else np.empty(value.shape, value.dtype)
+    def _lay_out(self, values: dict[str, np.ndarray], align: int) -> dict[str, np.ndarray]:
+        offsets, offset = [], 0
+        for value in values.values():
+            offset = -(-offset // align) * align
+            offsets.append(offset)
             offset += value.nbytes
+        if self.capacity < offset:
+            self._flat = None  # the old mapping goes once no view of it is left
+            self._flat = _populated(offset)
+        assert self._flat is not None
+        views = {}
+        for (key, value), start in zip(values.items(), offsets):
+            chunk = self._flat[start : start + value.nbytes]
+            views[key] = chunk.view(value.dtype).reshape(value.shape) if value.nbytes else np.empty(value.shape, value.dtype)
         return views
 
     def release(self) -> None:
