@@ -40,7 +40,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from modelkeep.capture import capture, state_nbytes
+from modelkeep.capture import capture, state_nbytes, versions
 from modelkeep.checkpoint import remote, retention, store
 from modelkeep.checkpoint.distribute import should_write
 from modelkeep.checkpoint.fit_guard import FitGuard
@@ -48,6 +48,7 @@ from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers, wait_for_s
 from modelkeep.errors import CheckpointWriteError, CorruptCheckpointError
 from modelkeep.formats import registry
 from modelkeep.formats.base import Format
+from modelkeep.formats.keras_zip import KerasZipSnapshot
 from modelkeep.formats.savedmodel import SavedModelTemplate
 from modelkeep.formats.tf_checkpoint import DATA_SUFFIX, INDEX_SUFFIX, update_state_file, write_bundle
 from modelkeep.state import ModelState
@@ -144,6 +145,8 @@ def write_job(job: SaveJob) -> store.CheckpointInfo:
     try:
         if job.fmt is registry.TF_CHECKPOINT:
             write_tf_checkpoint(job.state, tmp)
+        elif job.extra.get("keras_zip") is not None:  # a .keras from the recorded snapshot
+            job.extra["keras_zip"].write(tmp)
         elif job.extra.get("template") is not None:  # a SavedModel from the state: traced once a run
             job.extra["template"].write(job.state, tmp)
         elif job.model is not None and job.metadata.get("weights_only"):
@@ -387,6 +390,8 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
             return
         fmt = self.format_for(self.file_path(epoch, batch, logs))
         template = self._template(epoch, batch, logs) if fmt is registry.SAVED_MODEL else None
+        if fmt is registry.KERAS_ZIP and self._writer is not None and self._remote_dir is None:
+            template = self._keras_zip_ok()
         if self._writer is None or (fmt in LIVE_MODEL_FORMATS and template is None):
             if self._writer is not None:
                 self._writer.wait()  # keep saves in order; surface a background error
@@ -425,11 +430,21 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
                 job.fmt.save_model(self.model, throwaway, include_optimizer=True)
 
     def _buffered(self, job: SaveJob | None) -> SaveJob | None:
-        if job is not None and job.model is None:
+        if job is not None and job.extra.get("keras_zip") is not None:
+            snap = job.extra["keras_zip"]
+            snap.arrays = self._buffers.copy(ModelState(snap.arrays)).variables  # the one copy
+            snap.rng = {k[len("rng/"):]: v for k, v in snap.arrays.items() if k.startswith("rng/")}
+        elif job is not None and job.model is None:
             # the one copy, into reused memory; TensorFlow's writers share it when 64-byte aligned
             align = 64 if job.fmt in (registry.TF_CHECKPOINT, registry.SAVED_MODEL) else 1
             job.state = self._buffers.copy(job.state, align=align)
         return job
+
+    def _keras_zip_ok(self) -> str | None:
+        """``"keras_zip"`` when ``.keras`` saves can be written from a snapshot (no layer keeps assets)."""
+        if any(hasattr(layer, "save_assets") for layer in self.model._flatten_layers(include_self=True)):
+            return None
+        return "keras_zip"
 
     def _template(self, epoch: int, batch: int | None, logs: dict | None) -> SavedModelTemplate | None:
         """The SavedModel template of this run (traced at its first save), or None: saved whole."""
@@ -491,11 +506,16 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
             "weights_only": self.save_weights_only,
         }
         live = fmt in LIVE_MODEL_FORMATS and template is None
-        state = ModelState() if live else capture(self.model, include_optimizer=not self.save_weights_only, copy=copy)
-        if not live:
-            state.metadata.update({k: metadata[k] for k in ("step", "epoch", "batch", "logs")})
+        extra: dict[str, Any] = {}
+        if template == "keras_zip":  # Keras's own walk of the model, recorded; copied by _buffered
+            state, extra["keras_zip"] = ModelState(metadata={"versions": versions()}), KerasZipSnapshot.take(self.model, copy=copy)
+        else:
+            state = ModelState() if live else capture(self.model, include_optimizer=not self.save_weights_only, copy=copy)
+            if not live:
+                state.metadata.update({k: metadata[k] for k in ("step", "epoch", "batch", "logs")})
+            if template is not None:
+                extra["template"] = template
         metadata["versions"] = state.metadata.get("versions")
-        extra = {"template": template} if template is not None else {}
         return SaveJob(path, fmt, state, metadata, model=self.model if live else None, previous_best=previous_best, extra=extra)
 
     def write(self, job: SaveJob, *, step: str = "all") -> store.CheckpointInfo | None:
