@@ -166,6 +166,12 @@ def remember_crc32(path: str | os.PathLike, crc: int) -> None:
         _KNOWN[os.path.abspath(path)] = (_identity(os.stat(path)), crc)
 
 
+def is_remembered(path: str | os.PathLike) -> bool:
+    """True when ``known_crc32(path)`` would answer from memory (a CRC-32 recorded at write)."""
+    with _KNOWN_LOCK:
+        return os.path.abspath(path) in _KNOWN
+
+
 def known_crc32(path: str | os.PathLike) -> int:
     """The CRC-32 of a file: remembered from its write if the file is unchanged, else read."""
     key = os.path.abspath(path)
