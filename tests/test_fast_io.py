@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -233,3 +234,75 @@ def test_benchmark_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert all(isinstance(t["met"], bool) for t in figures["targets"])
     assert not any(p.name.startswith("modelkeep-bench-") for p in tmp_path.iterdir())  # cleaned up
+
+
+# ------------------------------------------------------------------------- direct writes
+def _snapshot(monkeypatch: pytest.MonkeyPatch) -> tuple[ModelState, dict[str, np.ndarray]]:
+    from modelkeep.checkpoint.writer import SnapshotBuffers
+
+    monkeypatch.setattr(fast, "DIRECT_MIN", 1)
+    rng = np.random.default_rng(3)
+    source = {"model/k": rng.standard_normal((33, 65)).astype(np.float32), "optimizer/iteration": np.array(9, np.int64),
+              "model/b": rng.integers(0, 255, 4099, dtype=np.uint8), "model/h": rng.standard_normal(77).astype(np.float16)}  # fmt: skip
+    return SnapshotBuffers().copy(ModelState(dict(source), {"cfg": 1}, None, {"epoch": 2})), source
+
+
+def test_a_snapshot_is_written_with_o_direct_and_reads_back_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SnapshotBuffers state goes to disk with O_DIRECT (data at a 4096-byte offset, file cut
+    to its exact size); safetensors' own reader and ours read it bit for bit; the CRC-32
+    recorded from memory is the file's."""
+    state, source = _snapshot(monkeypatch)
+    opened: list[int] = []
+    real_open = os.open
+    monkeypatch.setattr(fast.os, "open", lambda p, flags, *a: opened.append(flags) or real_open(p, flags, *a))
+    path = tmp_path / "s.safetensors"
+    size = fast.write_file(state, path)
+    assert any(flags & os.O_DIRECT for flags in opened)
+    assert path.stat().st_size == size
+    assert (8 + int.from_bytes(path.read_bytes()[:8], "little")) % fast.DIRECT_ALIGN == 0
+    assert checksums.known_crc32(path) == zlib.crc32(path.read_bytes())
+    ours, theirs = fast.read_file(path)[0], load_file(str(path))
+    for key, value in source.items():
+        assert ours[key].dtype == value.dtype and np.array_equal(ours[key], value)
+        assert np.array_equal(theirs[key], value)
+
+
+def test_direct_write_refused_falls_back_to_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that refuses O_DIRECT (EINVAL, as tmpfs does) gets the ordinary writes."""
+    import errno
+
+    state, source = _snapshot(monkeypatch)
+    real_open = os.open
+
+    def refusing(path: str, flags: int, *args: object) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(fast.os, "open", refusing)
+    path = tmp_path / "s.safetensors"
+    fast.write_file(state, path)
+    ours = fast.read_file(path)[0]
+    assert all(np.array_equal(ours[k], v) for k, v in source.items())
+
+
+def test_arrays_not_in_one_buffer_are_not_written_direct() -> None:
+    separate = [np.zeros(4 << 20, np.uint8), np.zeros(4 << 20, np.uint8)]
+    assert fast.direct_span(separate) is None
+    assert fast.direct_span([np.zeros(16 << 20, np.uint8)[1:]]) is None  # not a view of a uint8 base at an aligned start
+
+
+def test_a_verified_checkpoint_changed_later_is_found_corrupt(tmp_path: Path) -> None:
+    """Listing does not re-read a checkpoint it verified while its files are unchanged, but a
+    bit flipped afterwards (same size) is still found."""
+    info = store.save_state(tmp_path, ModelState({"model/w": np.arange(4096, dtype=np.float32)}), step=1)
+    time.sleep(0.1)  # past the coarse mtime clock: the verification below is trusted later
+    assert [c.status for c in store.list_checkpoints(tmp_path)] == [store.OK]
+    assert store._still_verified(info.path / store.STORE_MANIFEST)
+    target = info.path / store.STORE_STATE
+    with open(target, "r+b") as handle:
+        handle.seek(-5, os.SEEK_END)
+        byte = handle.read(1)
+        handle.seek(-5, os.SEEK_END)
+        handle.write(bytes([byte[0] ^ 0x10]))
+    assert [c.status for c in store.list_checkpoints(tmp_path)] == [store.CORRUPT]
