@@ -48,11 +48,16 @@ def _fit(tmp_path: Path, template: str) -> tuple[keras.Model, Record, np.ndarray
     return model, record, x
 
 
-def _assert_holds_epoch(loaded: keras.Model, record: Record, epoch: int) -> None:
-    got = [v.numpy() for v in list(loaded.variables) + list(loaded.optimizer.variables)]
-    assert len(got) == len(record.values[epoch])
-    for a, b in zip(got, record.values[epoch]):
-        assert a.dtype == b.dtype and np.array_equal(a, b)
+def _assert_holds_epoch(loaded: keras.Model, record: Record, epoch: int, *, seeds: bool = True) -> None:
+    """Every variable as at that epoch; ``seeds=False``: not the seed-generator states (Keras's own
+    loader does not read modelkeep's member that keeps them)."""
+    variables = list(loaded.variables) + list(loaded.optimizer.variables)
+    assert len(variables) == len(record.values[epoch])
+    for variable, b in zip(variables, record.values[epoch]):
+        if not seeds and "seed_generator" in variable.path:
+            continue
+        a = variable.numpy()
+        assert a.dtype == b.dtype and np.array_equal(a, b), variable.path
     assert np.array_equal(loaded(record.x, training=False).numpy(), record.outputs[epoch])
 
 
@@ -78,7 +83,7 @@ def test_keras_zip_checkpoints_are_written_from_a_snapshot_in_keras_layout(tmp_p
     for epoch in range(3):
         path = tmp_path / f"c-{epoch + 1}.keras"
         _assert_holds_epoch(mk.load_model(path), record, epoch)
-        _assert_holds_epoch(keras.models.load_model(path), record, epoch)  # Keras's own loader
+        _assert_holds_epoch(keras.models.load_model(path), record, epoch, seeds=False)  # Keras's own loader
     model.save(tmp_path / "ref.keras")  # the model after the last epoch: what Keras itself writes
 
     def layout(path: Path) -> dict:
