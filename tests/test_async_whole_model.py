@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import modelkeep as mk
-from modelkeep.formats import savedmodel
+from modelkeep.formats import safetensors, savedmodel
 
 
 def _model() -> keras.Model:
@@ -61,7 +61,11 @@ def _assert_holds_epoch(loaded: keras.Model, record: Record, epoch: int, *, seed
     assert np.array_equal(loaded(record.x, training=False).numpy(), record.outputs[epoch])
 
 
-def test_savedmodel_checkpoints_trace_once_and_hold_each_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("direct", [False, True], ids=["SaveV2", "direct-io"])
+def test_savedmodel_checkpoints_trace_once_and_hold_each_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool) -> None:
+    """direct-io: the variables/ bundle written by modelkeep from the snapshot (formats.tf_bundle)."""
+    if direct:
+        monkeypatch.setattr(safetensors, "DIRECT_MIN", 1)
     exports = []
     real = savedmodel._export
     monkeypatch.setattr(savedmodel, "_export", lambda m, d: exports.append(d) or real(m, d))
@@ -100,3 +104,21 @@ def test_keras_zip_checkpoints_are_written_from_a_snapshot_in_keras_layout(tmp_p
         theirs, their_attrs = keras_own["h5"][name]
         assert attrs == their_attrs
         assert (value is None and theirs is None) or np.array_equal(value, theirs), name
+
+
+def test_weights_only_tf_checkpoints_from_a_snapshot_load_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tutorial's weights-only checkpoint, its bundle written by modelkeep with direct I/O:
+    TensorFlow names the newest, and each epoch's weights load back exactly."""
+    monkeypatch.setattr(safetensors, "DIRECT_MIN", 1)
+    model = _model()
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((48, 3)).astype("float32"), rng.standard_normal((48, 2)).astype("float32")
+    weights = []
+    keep = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: weights.append([w.numpy().copy() for w in model.weights]))
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+              callbacks=[keep, mk.ModelCheckpoint(str(tmp_path / "w-{epoch}"), save_weights_only=True)])  # fmt: skip
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("w-2")
+    for epoch in range(2):
+        fresh = _model()
+        mk.load_weights(fresh, tmp_path / f"w-{epoch + 1}")
+        assert all(np.array_equal(a.numpy(), b) for a, b in zip(fresh.weights, weights[epoch]))

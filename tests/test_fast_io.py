@@ -306,3 +306,82 @@ def test_a_verified_checkpoint_changed_later_is_found_corrupt(tmp_path: Path) ->
         handle.seek(-5, os.SEEK_END)
         handle.write(bytes([byte[0] ^ 0x10]))
     assert [c.status for c in store.list_checkpoints(tmp_path)] == [store.CORRUPT]
+
+
+# ------------------------------------------------------------------------- TF bundles from a snapshot
+def _bundle_values(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    from modelkeep.checkpoint.writer import SnapshotBuffers
+
+    monkeypatch.setattr(fast, "DIRECT_MIN", 1)
+    rng = np.random.default_rng(5)
+    source = {"a": rng.standard_normal((300, 77)).astype(np.float32), "b": np.array(5, np.int64),
+              "c": rng.integers(0, 9, 1001).astype(np.uint8), "d": rng.standard_normal(13).astype(np.float16)}  # fmt: skip
+    snap = SnapshotBuffers().copy(ModelState(source), align=64).variables
+    named: dict[str, object] = {f"{k}/.ATTRIBUTES/VARIABLE_VALUE": v for k, v in snap.items()}
+    named["_all_variables/0/.ATTRIBUTES/VARIABLE_VALUE"] = snap["a"]  # a second key for one value (a SavedModel)
+    named["_CHECKPOINTABLE_OBJECT_GRAPH"] = np.array(b"\x00graph\xff" * 99, dtype=object)
+    named["_MODELKEEP_HEADER"] = np.array(json.dumps({"order": ["a"]}).encode(), dtype=object)
+    return named
+
+
+def test_a_tf_bundle_written_from_a_snapshot_is_read_by_tensorflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundle modelkeep writes itself (direct I/O, its own .index) reads back through
+    TensorFlow's reader, which checks every tensor's CRC-32C, bit for bit, and passes the guard."""
+    import tensorflow as tf
+
+    from modelkeep.formats import tf_bundle
+    from modelkeep.storage.guard_h5 import open_tf_checkpoint
+
+    named = _bundle_values(monkeypatch)
+    prefix = tmp_path / "ckpt"
+    assert tf_bundle.write_bundle_direct(prefix, named)
+    reader = open_tf_checkpoint(prefix)
+    assert set(reader.get_variable_to_shape_map()) == set(named)
+    for key, value in named.items():
+        got = reader.get_tensor(key)
+        if value.dtype == object:
+            assert got == value.item()
+        else:
+            assert got.dtype == value.dtype and got.shape == value.shape and np.array_equal(got, value)
+    saved = tmp_path / "theirs"  # TensorFlow's own writer: the same tensors, the same shapes and dtypes
+    tf.raw_ops.SaveV2(prefix=str(saved), tensor_names=list(named), shape_and_slices=[""] * len(named),
+                      tensors=[tf.constant(v) for v in named.values()])  # fmt: skip
+    theirs = tf.train.load_checkpoint(str(saved))
+    assert reader.get_variable_to_dtype_map() == theirs.get_variable_to_dtype_map()
+    assert reader.get_variable_to_shape_map() == theirs.get_variable_to_shape_map()
+
+
+def test_a_flipped_byte_in_a_direct_tf_bundle_is_caught_by_tensorflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tensorflow as tf
+
+    from modelkeep.formats import tf_bundle
+
+    named = _bundle_values(monkeypatch)
+    prefix = tmp_path / "ckpt"
+    assert tf_bundle.write_bundle_direct(prefix, named)
+    data = Path(str(prefix) + tf_bundle.DATA_SUFFIX)
+    with open(data, "r+b") as handle:
+        handle.seek(-3, os.SEEK_END)
+        byte = handle.read(1)
+        handle.seek(-3, os.SEEK_END)
+        handle.write(bytes([byte[0] ^ 1]))
+    reader = tf.train.load_checkpoint(str(prefix))
+    damaged = [k for k in named if not _reads(reader, k)]
+    assert damaged, "TensorFlow read a damaged tensor without complaint: the CRC-32C is not checked"
+
+
+def _reads(reader: object, key: str) -> bool:
+    import tensorflow as tf
+
+    try:
+        reader.get_tensor(key)
+    except (tf.errors.OpError, ValueError):
+        return False
+    return True
+
+
+def test_values_outside_one_snapshot_buffer_go_to_saveV2(tmp_path: Path) -> None:  # noqa: N802
+    from modelkeep.formats import tf_bundle
+
+    assert not tf_bundle.write_bundle_direct(tmp_path / "x", {"a": np.zeros(16 << 20, np.float32)})
+    assert not list(tmp_path.iterdir())

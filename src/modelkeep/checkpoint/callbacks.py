@@ -219,9 +219,12 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
     * ``async_save`` (default True): training only copies the state to host memory; a
       background thread (``checkpoint.writer.AsyncWriter``) writes and commits it, one save
       in flight (the next waits for it). A failed background save raises at the next save
-      or at the end of ``fit``. The copy goes into host arrays kept for the next save
-      (one copy of the state stays allocated during ``fit``). Formats Keras writes from the
-      live model (``.keras``, ``.weights.h5``, SavedModel) are always saved synchronously.
+      or at the end of ``fit``. The copy goes into one host buffer kept for the next save
+      (one copy of the state stays allocated during ``fit``). ``.keras`` zips are written
+      from that copy too (Keras's own state walk, recorded), and SavedModels from a template
+      traced at the run's first save (``formats.savedmodel.SavedModelTemplate``); only
+      ``.weights.h5``, and models whose layers keep assets or other resources, are saved
+      synchronously from the live model.
 
     The format comes from the path: a bare prefix with ``save_weights_only=True`` writes
     TF checkpoints (``tf.train.latest_checkpoint(dir)`` names the newest), a bare path

@@ -1,8 +1,8 @@
 """The background checkpoint writer: training copies the state, a thread writes it.
 
 A save is split in two. The *snapshot* runs on the training thread and copies every
-variable to host memory, once (``capture``: ``variable.numpy()``); it is the only part
-that stalls training. The *write* (encode, write, fsync, checksum, commit, manifest,
+variable to host memory, once (``capture(copy=False)`` views, ``np.copyto`` into one reused
+buffer: ``SnapshotBuffers``); it is the only part that blocks training. The *write* (encode, write, fsync, checksum, commit, manifest,
 retention) runs on the writer's thread.
 
 Rules:
@@ -21,9 +21,10 @@ Rules:
   checkpoint good: the write goes through the same commit protocol as a synchronous one.
 
 Why a thread and not a process: every step of the write either runs in C with the GIL
-released (``os.writev``, ``fsync``, ``zlib.crc32`` over large buffers) or is tiny
-Python, so the thread barely holds the GIL; the snapshot already is the one copy a
-process would also need (into shared memory). The writer runs at normal priority by
+released (``os.pwrite`` of the snapshot with ``O_DIRECT``, ``fsync``, ISA-L's CRC-32) or is
+tiny Python, so the thread barely holds the GIL and, with direct I/O, barely uses the CPU
+(``SaveRecord.cpu_seconds`` says how much); the snapshot already is the one copy a process
+would also need (into shared memory). The writer runs at normal priority by
 default; ``nice=10`` lowers it. On a quiet 2-core machine neither was better in two runs of
 ``benchmarks/run.py`` (whichever design was measured first stalled training more), so the
 default is the simpler one. ``benchmarks/run.py`` prints the figures (``gil_share``, stall sync vs async, designs).

@@ -118,8 +118,14 @@ def build_object_graph(paths: list[str]) -> bytes:
 
 
 def save_tensors(prefix: Path, named: dict[str, Any]) -> None:
-    """Write ``{checkpoint key: array or bytes}`` with TensorFlow's SaveV2 op."""
+    """Write ``{checkpoint key: array or bytes}`` as a TF bundle: from a snapshot buffer with
+    direct I/O (``formats.tf_bundle``), else with TensorFlow's SaveV2 op."""
     import tensorflow as tf
+
+    from modelkeep.formats.tf_bundle import write_bundle_direct
+
+    if write_bundle_direct(Path(prefix), named):
+        return
 
     names = list(named)
     converted: dict[int, Any] = {}  # one tensor per array, however many keys name it
