@@ -385,3 +385,29 @@ def test_values_outside_one_snapshot_buffer_go_to_saveV2(tmp_path: Path) -> None
 
     assert not tf_bundle.write_bundle_direct(tmp_path / "x", {"a": np.zeros(16 << 20, np.float32)})
     assert not list(tmp_path.iterdir())
+
+
+def test_file_crc32_with_direct_reads_matches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread that prefers direct reads gets the same CRC-32 (files of any length, not only
+    whole blocks); other threads are unaffected."""
+    import threading
+
+    monkeypatch.setattr(checksums, "DIRECT_READ_MIN", 1)
+    monkeypatch.setattr(checksums, "_DIRECT_CHUNK", 1 << 16)
+    data = np.random.default_rng(8).integers(0, 255, (1 << 18) + 777, dtype=np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    calls: list[str] = []
+    real = checksums._direct_crc32
+    monkeypatch.setattr(checksums, "_direct_crc32", lambda p: calls.append(str(p)) or real(p))
+    found: dict[str, int] = {}
+
+    def run() -> None:
+        checksums.prefer_direct_reads()
+        found["direct"] = checksums.file_crc32(path)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    assert calls == [str(path)] and found["direct"] == zlib.crc32(data)
+    assert checksums.file_crc32(path) == zlib.crc32(data) and len(calls) == 1  # this thread: cached reads

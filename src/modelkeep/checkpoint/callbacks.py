@@ -360,7 +360,8 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         self._writer = AsyncWriter(name="modelkeep-ModelCheckpoint") if self.async_save else None
         self._guard = FitGuard.install(self) if self.async_save else None
         self._sm_template = None  # traced again in each fit: once a run
-        if self._writer is not None and should_write(self.model):
+        snapshots = self.format_for(Path(self.filepath)) is not registry.KERAS_WEIGHTS  # saved live, no snapshot
+        if self._writer is not None and snapshots and should_write(self.model):
             self._buffers.reserve_in(self._writer, state_nbytes(self.model, include_optimizer=not self.save_weights_only))
         if self._remote_dir is not None and should_write(self.model):  # chief only
             self._clean_remote()

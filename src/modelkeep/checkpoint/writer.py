@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from modelkeep.state import ModelState
+from modelkeep.storage import checksums
 
 log = logging.getLogger("modelkeep.checkpoint")
 
@@ -194,6 +195,7 @@ class AsyncWriter:
 
     def _loop(self) -> None:
         _lower_priority(self.nice)
+        checksums.prefer_direct_reads()  # what this thread checks was mostly written with O_DIRECT
         while True:
             with self._cond:
                 while self._job is None and not self._closed:
