@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# checkpoint stall against Orbax, Keras and TF (the peers get a venv of their own, made once)
+bench-peers: $(STAMP)
+	$(BIN)/python benchmarks/peers_env.py
+	$(BIN)/python benchmarks/ckpt_bench.py
 
 clean:
 	rm -rf $(VENV) demo-output

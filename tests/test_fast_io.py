@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -233,3 +234,180 @@ def test_benchmark_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert all(isinstance(t["met"], bool) for t in figures["targets"])
     assert not any(p.name.startswith("modelkeep-bench-") for p in tmp_path.iterdir())  # cleaned up
+
+
+# ------------------------------------------------------------------------- direct writes
+def _snapshot(monkeypatch: pytest.MonkeyPatch) -> tuple[ModelState, dict[str, np.ndarray]]:
+    from modelkeep.checkpoint.writer import SnapshotBuffers
+
+    monkeypatch.setattr(fast, "DIRECT_MIN", 1)
+    rng = np.random.default_rng(3)
+    source = {"model/k": rng.standard_normal((33, 65)).astype(np.float32), "optimizer/iteration": np.array(9, np.int64),
+              "model/b": rng.integers(0, 255, 4099, dtype=np.uint8), "model/h": rng.standard_normal(77).astype(np.float16)}  # fmt: skip
+    return SnapshotBuffers().copy(ModelState(dict(source), {"cfg": 1}, None, {"epoch": 2})), source
+
+
+def test_a_snapshot_is_written_with_o_direct_and_reads_back_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SnapshotBuffers state goes to disk with O_DIRECT (data at a 4096-byte offset, file cut
+    to its exact size); safetensors' own reader and ours read it bit for bit; the CRC-32
+    recorded from memory is the file's."""
+    state, source = _snapshot(monkeypatch)
+    opened: list[int] = []
+    real_open = os.open
+    monkeypatch.setattr(fast.os, "open", lambda p, flags, *a: opened.append(flags) or real_open(p, flags, *a))
+    path = tmp_path / "s.safetensors"
+    size = fast.write_file(state, path)
+    assert any(flags & os.O_DIRECT for flags in opened)
+    assert path.stat().st_size == size
+    assert (8 + int.from_bytes(path.read_bytes()[:8], "little")) % fast.DIRECT_ALIGN == 0
+    assert checksums.known_crc32(path) == zlib.crc32(path.read_bytes())
+    ours, theirs = fast.read_file(path)[0], load_file(str(path))
+    for key, value in source.items():
+        assert ours[key].dtype == value.dtype and np.array_equal(ours[key], value)
+        assert np.array_equal(theirs[key], value)
+
+
+def test_direct_write_refused_falls_back_to_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that refuses O_DIRECT (EINVAL, as tmpfs does) gets the ordinary writes."""
+    import errno
+
+    state, source = _snapshot(monkeypatch)
+    real_open = os.open
+
+    def refusing(path: str, flags: int, *args: object) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(fast.os, "open", refusing)
+    path = tmp_path / "s.safetensors"
+    fast.write_file(state, path)
+    ours = fast.read_file(path)[0]
+    assert all(np.array_equal(ours[k], v) for k, v in source.items())
+
+
+def test_arrays_not_in_one_buffer_are_not_written_direct() -> None:
+    separate = [np.zeros(4 << 20, np.uint8), np.zeros(4 << 20, np.uint8)]
+    assert fast.direct_span(separate) is None
+    assert fast.direct_span([np.zeros(16 << 20, np.uint8)[1:]]) is None  # not a view of a uint8 base at an aligned start
+
+
+def test_a_verified_checkpoint_changed_later_is_found_corrupt(tmp_path: Path) -> None:
+    """Listing does not re-read a checkpoint it verified while its files are unchanged, but a
+    bit flipped afterwards (same size) is still found."""
+    info = store.save_state(tmp_path, ModelState({"model/w": np.arange(4096, dtype=np.float32)}), step=1)
+    time.sleep(0.1)  # past the coarse mtime clock: the verification below is trusted later
+    assert [c.status for c in store.list_checkpoints(tmp_path)] == [store.OK]
+    assert store._still_verified(info.path / store.STORE_MANIFEST)
+    target = info.path / store.STORE_STATE
+    with open(target, "r+b") as handle:
+        handle.seek(-5, os.SEEK_END)
+        byte = handle.read(1)
+        handle.seek(-5, os.SEEK_END)
+        handle.write(bytes([byte[0] ^ 0x10]))
+    assert [c.status for c in store.list_checkpoints(tmp_path)] == [store.CORRUPT]
+
+
+# ------------------------------------------------------------------------- TF bundles from a snapshot
+def _bundle_values(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    from modelkeep.checkpoint.writer import SnapshotBuffers
+
+    monkeypatch.setattr(fast, "DIRECT_MIN", 1)
+    rng = np.random.default_rng(5)
+    source = {"a": rng.standard_normal((300, 77)).astype(np.float32), "b": np.array(5, np.int64),
+              "c": rng.integers(0, 9, 1001).astype(np.uint8), "d": rng.standard_normal(13).astype(np.float16)}  # fmt: skip
+    snap = SnapshotBuffers().copy(ModelState(source), align=64).variables
+    named: dict[str, object] = {f"{k}/.ATTRIBUTES/VARIABLE_VALUE": v for k, v in snap.items()}
+    named["_all_variables/0/.ATTRIBUTES/VARIABLE_VALUE"] = snap["a"]  # a second key for one value (a SavedModel)
+    named["_CHECKPOINTABLE_OBJECT_GRAPH"] = np.array(b"\x00graph\xff" * 99, dtype=object)
+    named["_MODELKEEP_HEADER"] = np.array(json.dumps({"order": ["a"]}).encode(), dtype=object)
+    return named
+
+
+def test_a_tf_bundle_written_from_a_snapshot_is_read_by_tensorflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundle modelkeep writes itself (direct I/O, its own .index) reads back through
+    TensorFlow's reader, which checks every tensor's CRC-32C, bit for bit, and passes the guard."""
+    import tensorflow as tf
+
+    from modelkeep.formats import tf_bundle
+    from modelkeep.storage.guard_h5 import open_tf_checkpoint
+
+    named = _bundle_values(monkeypatch)
+    prefix = tmp_path / "ckpt"
+    assert tf_bundle.write_bundle_direct(prefix, named)
+    reader = open_tf_checkpoint(prefix)
+    assert set(reader.get_variable_to_shape_map()) == set(named)
+    for key, value in named.items():
+        got = reader.get_tensor(key)
+        if value.dtype == object:
+            assert got == value.item()
+        else:
+            assert got.dtype == value.dtype and got.shape == value.shape and np.array_equal(got, value)
+    saved = tmp_path / "theirs"  # TensorFlow's own writer: the same tensors, the same shapes and dtypes
+    tf.raw_ops.SaveV2(prefix=str(saved), tensor_names=list(named), shape_and_slices=[""] * len(named),
+                      tensors=[tf.constant(v) for v in named.values()])  # fmt: skip
+    theirs = tf.train.load_checkpoint(str(saved))
+    assert reader.get_variable_to_dtype_map() == theirs.get_variable_to_dtype_map()
+    assert reader.get_variable_to_shape_map() == theirs.get_variable_to_shape_map()
+
+
+def test_a_flipped_byte_in_a_direct_tf_bundle_is_caught_by_tensorflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tensorflow as tf
+
+    from modelkeep.formats import tf_bundle
+
+    named = _bundle_values(monkeypatch)
+    prefix = tmp_path / "ckpt"
+    assert tf_bundle.write_bundle_direct(prefix, named)
+    data = Path(str(prefix) + tf_bundle.DATA_SUFFIX)
+    with open(data, "r+b") as handle:  # byte 10 of the snapshot region: inside the first array, 'a'
+        handle.seek(fast.DIRECT_ALIGN + 10)
+        byte = handle.read(1)
+        handle.seek(fast.DIRECT_ALIGN + 10)
+        handle.write(bytes([byte[0] ^ 1]))
+    reader = tf.train.load_checkpoint(str(prefix))
+    damaged = [k for k in named if not _reads(reader, k)]
+    assert damaged == ["a/.ATTRIBUTES/VARIABLE_VALUE"], damaged  # its CRC-32C is checked; the second copy is intact
+
+
+def _reads(reader: object, key: str) -> bool:
+    import tensorflow as tf
+
+    try:
+        reader.get_tensor(key)
+    except (tf.errors.OpError, ValueError):
+        return False
+    return True
+
+
+def test_values_outside_one_snapshot_buffer_go_to_saveV2(tmp_path: Path) -> None:  # noqa: N802
+    from modelkeep.formats import tf_bundle
+
+    assert not tf_bundle.write_bundle_direct(tmp_path / "x", {"a": np.zeros(16 << 20, np.float32)})
+    assert not list(tmp_path.iterdir())
+
+
+def test_file_crc32_with_direct_reads_matches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread that prefers direct reads gets the same CRC-32 (files of any length, not only
+    whole blocks); other threads are unaffected."""
+    import threading
+
+    monkeypatch.setattr(checksums, "DIRECT_READ_MIN", 1)
+    monkeypatch.setattr(checksums, "_DIRECT_CHUNK", 1 << 16)
+    data = np.random.default_rng(8).integers(0, 255, (1 << 18) + 777, dtype=np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    calls: list[str] = []
+    real = checksums._direct_crc32
+    monkeypatch.setattr(checksums, "_direct_crc32", lambda p: calls.append(str(p)) or real(p))
+    found: dict[str, int] = {}
+
+    def run() -> None:
+        checksums.prefer_direct_reads()
+        found["direct"] = checksums.file_crc32(path)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    assert calls == [str(path)] and found["direct"] == zlib.crc32(data)
+    assert checksums.file_crc32(path) == zlib.crc32(data) and len(calls) == 1  # this thread: cached reads

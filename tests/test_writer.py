@@ -210,3 +210,24 @@ def test_snapshot_buffers_reuse_arrays_and_copy_exactly() -> None:
     assert second.variables["optimizer/iteration"].shape == () and second.metadata == {"step": 2}
     grown = buffers.copy(ModelState({"model/w": np.ones((5, 4))}))
     assert grown.variables["model/w"].shape == (5, 4) and list(grown.variables) == ["model/w"]
+
+
+def test_snapshot_buffers_lay_arrays_back_to_back_in_one_aligned_mapping() -> None:
+    """The snapshot is one page-aligned buffer in state order (a safetensors data section);
+    align=64 starts every array at a multiple of 64 bytes instead; reserve() maps ahead."""
+    source = {"model/a": np.arange(7, dtype=np.float32), "model/b": np.arange(5, dtype=np.int64),
+              "rng/s": np.array([3, 4], np.uint32)}  # fmt: skip
+    buffers = SnapshotBuffers()
+    buffers.reserve(1 << 20)
+    mapped = buffers.capacity
+    assert mapped >= 1 << 20
+    packed = buffers.copy(ModelState(dict(source))).variables
+    addresses = [a.__array_interface__["data"][0] for a in packed.values()]
+    assert addresses[0] % 4096 == 0
+    assert addresses[1] == addresses[0] + 28 and addresses[2] == addresses[1] + 40
+    assert buffers.capacity == mapped  # the reserved mapping was used
+    for key, value in source.items():
+        assert packed[key].dtype == value.dtype and np.array_equal(packed[key], value)
+    aligned = buffers.copy(ModelState(dict(source)), align=64).variables
+    assert all(a.__array_interface__["data"][0] % 64 == 0 for a in aligned.values())
+    assert all(np.array_equal(aligned[k], v) for k, v in source.items())

@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Iterable
@@ -188,6 +189,19 @@ def capture(
         compile_config=compile_config_of(model) if include_optimizer else None,
         metadata=meta,
     )
+
+
+def state_nbytes(model: Any, *, include_optimizer: bool = True) -> int:
+    """Bytes of the variables ``capture`` copies (from shapes and dtypes: nothing is read).
+
+    Layers' own state (lookup tables) is not counted. Example::
+
+        buffers.reserve(state_nbytes(model))
+    """
+    pairs = model_variable_keys(model)
+    if include_optimizer:
+        pairs += optimizer_variable_keys(model) + rng_variable_keys(model)
+    return sum(math.prod(v.shape) * np.dtype(getattr(v.dtype, "name", v.dtype)).itemsize for _, v in pairs)
 
 
 def model_config_of(model: Any) -> dict | None:

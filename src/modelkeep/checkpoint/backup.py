@@ -19,7 +19,7 @@ from typing import Any
 
 import keras
 
-from modelkeep.capture import capture, restore
+from modelkeep.capture import capture, restore, state_nbytes
 from modelkeep.checkpoint import retention, store
 from modelkeep.checkpoint.callbacks import (
     _as_write_error,
@@ -135,6 +135,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         wait_for_saves(raise_errors=False)  # a backup of an earlier fit that ended in an exception
         self._writer = AsyncWriter(name="modelkeep-BackupAndRestore") if self.async_save else None
         self._guard = FitGuard.install(self) if self.async_save else None
+        if self._writer is not None and should_write(self.model):
+            self._buffers.reserve_in(self._writer, state_nbytes(self.model))
         if not self.backup_dir.is_dir():
             return
         if should_write(self.model):  # a multi-worker job's other workers write nothing

@@ -40,7 +40,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from modelkeep.capture import capture
+from modelkeep.capture import capture, state_nbytes, versions
 from modelkeep.checkpoint import remote, retention, store
 from modelkeep.checkpoint.distribute import should_write
 from modelkeep.checkpoint.fit_guard import FitGuard
@@ -48,6 +48,8 @@ from modelkeep.checkpoint.writer import AsyncWriter, SnapshotBuffers, wait_for_s
 from modelkeep.errors import CheckpointWriteError, CorruptCheckpointError
 from modelkeep.formats import registry
 from modelkeep.formats.base import Format
+from modelkeep.formats.keras_zip import KerasZipSnapshot
+from modelkeep.formats.savedmodel import SavedModelTemplate
 from modelkeep.formats.tf_checkpoint import DATA_SUFFIX, INDEX_SUFFIX, update_state_file, write_bundle
 from modelkeep.state import ModelState
 from modelkeep.storage.commit import clean_leftovers, fsync_path, write_error
@@ -143,6 +145,10 @@ def write_job(job: SaveJob) -> store.CheckpointInfo:
     try:
         if job.fmt is registry.TF_CHECKPOINT:
             write_tf_checkpoint(job.state, tmp)
+        elif job.extra.get("keras_zip") is not None:  # a .keras from the recorded snapshot
+            job.extra["keras_zip"].write(tmp)
+        elif job.extra.get("template") is not None:  # a SavedModel from the state: traced once a run
+            job.extra["template"].write(job.state, tmp)
         elif job.model is not None and job.metadata.get("weights_only"):
             job.fmt.save_weights(job.model, tmp)
         elif job.model is not None:
@@ -213,9 +219,12 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
     * ``async_save`` (default True): training only copies the state to host memory; a
       background thread (``checkpoint.writer.AsyncWriter``) writes and commits it, one save
       in flight (the next waits for it). A failed background save raises at the next save
-      or at the end of ``fit``. The copy goes into host arrays kept for the next save
-      (one copy of the state stays allocated during ``fit``). Formats Keras writes from the
-      live model (``.keras``, ``.weights.h5``, SavedModel) are always saved synchronously.
+      or at the end of ``fit``. The copy goes into one host buffer kept for the next save
+      (one copy of the state stays allocated during ``fit``). ``.keras`` zips are written
+      from that copy too (Keras's own state walk, recorded), and SavedModels from a template
+      traced at the run's first save (``formats.savedmodel.SavedModelTemplate``); only
+      ``.weights.h5``, and models whose layers keep assets or other resources, are saved
+      synchronously from the live model.
 
     The format comes from the path: a bare prefix with ``save_weights_only=True`` writes
     TF checkpoints (``tf.train.latest_checkpoint(dir)`` names the newest), a bare path
@@ -255,6 +264,7 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         self.async_save = async_save
         self._writer: AsyncWriter | None = None
         self._buffers = SnapshotBuffers()
+        self._sm_template: SavedModelTemplate | None | bool = None
         if frequency is not None:
             if save_freq != "epoch" and save_freq != frequency:
                 raise ValueError(
@@ -349,6 +359,10 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         wait_for_saves(raise_errors=False)  # a save of an earlier fit that ended in an exception
         self._writer = AsyncWriter(name="modelkeep-ModelCheckpoint") if self.async_save else None
         self._guard = FitGuard.install(self) if self.async_save else None
+        self._sm_template = None  # traced again in each fit: once a run
+        snapshots = self.format_for(Path(self.filepath)) is not registry.KERAS_WEIGHTS  # saved live, no snapshot
+        if self._writer is not None and snapshots and should_write(self.model):
+            self._buffers.reserve_in(self._writer, state_nbytes(self.model, include_optimizer=not self.save_weights_only))
         if self._remote_dir is not None and should_write(self.model):  # chief only
             self._clean_remote()
         directory = self._directory()
@@ -378,7 +392,11 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         if not should_write(self.model):  # a multi-worker job's other workers write nothing here
             self._follow_chief(epoch, batch, logs)
             return
-        if self._writer is None or self.format_for(self.file_path(epoch, batch, logs)) in LIVE_MODEL_FORMATS:
+        fmt = self.format_for(self.file_path(epoch, batch, logs))
+        template = self._template(epoch, batch, logs) if fmt is registry.SAVED_MODEL else None
+        if fmt is registry.KERAS_ZIP and self._writer is not None and self._remote_dir is None:
+            template = self._keras_zip_ok()
+        if self._writer is None or (fmt in LIVE_MODEL_FORMATS and template is None):
             if self._writer is not None:
                 self._writer.wait()  # keep saves in order; surface a background error
             job = self.snapshot(epoch, batch, logs, copy=False)  # written now: no copy needed
@@ -390,7 +408,7 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
                 self.write(job)
             return
         self._writer.save(
-            lambda: self._buffered(self.snapshot(epoch, batch, logs, copy=False)),
+            lambda: self._buffered(self.snapshot(epoch, batch, logs, copy=False, template=template)),
             lambda job: None if job is None else self.write(job),
             label=f"epoch {epoch + 1}" + ("" if batch is None else f" batch {batch + 1}"),
         )
@@ -416,9 +434,35 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
                 job.fmt.save_model(self.model, throwaway, include_optimizer=True)
 
     def _buffered(self, job: SaveJob | None) -> SaveJob | None:
-        if job is not None and job.model is None:
-            job.state = self._buffers.copy(job.state)  # the one copy, into reused arrays
+        if job is not None and job.extra.get("keras_zip") is not None:
+            snap = job.extra["keras_zip"]
+            snap.arrays = self._buffers.copy(ModelState(snap.arrays)).variables  # the one copy
+            snap.rng = {k[len("rng/"):]: v for k, v in snap.arrays.items() if k.startswith("rng/")}
+        elif job is not None and job.model is None:
+            # the one copy, into reused memory; TensorFlow's writers share it when 64-byte aligned
+            align = 64 if job.fmt in (registry.TF_CHECKPOINT, registry.SAVED_MODEL) else 1
+            job.state = self._buffers.copy(job.state, align=align)
         return job
+
+    def _keras_zip_ok(self) -> str | None:
+        """``"keras_zip"`` when ``.keras`` saves can be written from a snapshot (no layer keeps assets)."""
+        if any(hasattr(layer, "save_assets") for layer in self.model._flatten_layers(include_self=True)):
+            return None
+        return "keras_zip"
+
+    def _template(self, epoch: int, batch: int | None, logs: dict | None) -> SavedModelTemplate | None:
+        """The SavedModel template of this run (traced at its first save), or None: saved whole."""
+        if self._writer is None or self._remote_dir is not None or not should_write(self.model):
+            return None
+        if self._sm_template is False:  # this model's SavedModel cannot be made from a state
+            return None
+        if isinstance(self._sm_template, SavedModelTemplate) and self._sm_template.fits(self.model):
+            return self._sm_template
+        self._writer.wait()  # the scratch export runs alone
+        path = self.file_path(epoch, batch, logs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._sm_template = SavedModelTemplate.trace(self.model, store.temp_target(path)) or False
+        return self._sm_template or None
 
     def on_train_end(self, logs: dict | None = None) -> None:
         """Wait for the last background save; raise its error, if any."""
@@ -438,10 +482,14 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
                 self._stage = None
 
     # ---------------------------------------------------------------- the two steps
-    def snapshot(self, epoch: int, batch: int | None, logs: dict | None, *, copy: bool = True) -> SaveJob | None:
+    def snapshot(
+        self, epoch: int, batch: int | None, logs: dict | None, *, copy: bool = True, template: SavedModelTemplate | None = None
+    ) -> SaveJob | None:
         """Training-thread part of a save: decide, name, copy the state. None: no save.
 
-        ``copy=False`` takes read-only views instead of copies, for a save written at once."""
+        ``copy=False`` takes read-only views instead of copies, for a save written at once.
+        With a SavedModel ``template``, the state is captured and the SavedModel is written
+        from it (no live model needed)."""
         path = self.file_path(epoch, batch, logs)
         previous_best = self.best
         if not self._should_save(epoch, path, logs):
@@ -461,12 +509,18 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
             "template": self.filepath,
             "weights_only": self.save_weights_only,
         }
-        live = fmt in LIVE_MODEL_FORMATS
-        state = ModelState() if live else capture(self.model, include_optimizer=not self.save_weights_only, copy=copy)
-        if not live:
-            state.metadata.update({k: metadata[k] for k in ("step", "epoch", "batch", "logs")})
+        live = fmt in LIVE_MODEL_FORMATS and template is None
+        extra: dict[str, Any] = {}
+        if template == "keras_zip":  # Keras's own walk of the model, recorded; copied by _buffered
+            state, extra["keras_zip"] = ModelState(metadata={"versions": versions()}), KerasZipSnapshot.take(self.model, copy=copy)
+        else:
+            state = ModelState() if live else capture(self.model, include_optimizer=not self.save_weights_only, copy=copy)
+            if not live:
+                state.metadata.update({k: metadata[k] for k in ("step", "epoch", "batch", "logs")})
+            if template is not None:
+                extra["template"] = template
         metadata["versions"] = state.metadata.get("versions")
-        return SaveJob(path, fmt, state, metadata, model=self.model if live else None, previous_best=previous_best)
+        return SaveJob(path, fmt, state, metadata, model=self.model if live else None, previous_best=previous_best, extra=extra)
 
     def write(self, job: SaveJob, *, step: str = "all") -> store.CheckpointInfo | None:
         """Write, commit, verify, then apply retention. Errors follow ``on_error``.

@@ -39,6 +39,7 @@ from modelkeep.storage import guard
 from modelkeep.storage.checksums import (
     MANIFEST_VERSION,
     describe_files,
+    is_remembered,
     read_manifest,
     verify_manifest,
     write_manifest,
@@ -138,6 +139,44 @@ def _summary(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in keys if k in meta}
 
 
+# ------------------------------------------------------------------------ verified once
+# Retention lists (and verifies) a directory after every save; re-reading every kept
+# checkpoint each time costs a read of max_to_keep states per save. A checkpoint this
+# process verified is not re-read
+# while its manifest and files keep their identity (device, inode, size, mtime): any change
+# to a file since, by anyone, makes it read and checked again. File systems stamp mtimes with
+# a coarse clock (a few ms), so a record is trusted only when it was made at least
+# _MTIME_SLACK_NS after the newest mtime it holds: a later change then gets a newer mtime.
+_VERIFIED: dict[str, tuple[int, tuple[tuple[int, int, int, int], ...]]] = {}
+_MTIME_SLACK_NS = 50_000_000
+
+
+def _identities(manifest: Path) -> tuple[tuple[int, int, int, int], ...] | None:
+    try:
+        doc = read_manifest(manifest)
+        paths = [manifest, *(manifest.parent / name for name in doc["files"])]
+        stats = [os.stat(p, follow_symlinks=False) for p in paths]
+    except (ModelkeepError, OSError, ValueError):
+        return None
+    return tuple((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
+
+
+def _remember_verified(manifest: Path) -> None:
+    ident = _identities(manifest)
+    if ident is not None:
+        if len(_VERIFIED) > 1024:
+            _VERIFIED.clear()
+        _VERIFIED[os.path.abspath(manifest)] = (time.time_ns(), ident)
+
+
+def _still_verified(manifest: Path) -> bool:
+    known = _VERIFIED.get(os.path.abspath(manifest))
+    if known is None:
+        return False
+    when, ident = known
+    return when - max(i[3] for i in ident) >= _MTIME_SLACK_NS and ident == _identities(manifest)
+
+
 # ------------------------------------------------------------------------ listing
 def _candidates(directory: Path) -> list[Path]:
     """Every checkpoint-like entry of a directory (manifests, store dirs, foreign files)."""
@@ -198,7 +237,11 @@ def _info_for(path: Path, *, verify: bool) -> CheckpointInfo:
         problem = f"missing {', '.join(missing)}" if missing else "no manifest: the save did not finish"
         return CheckpointInfo(path, fmt_name, INCOMPLETE, size=size, problem=problem, wall_time=_mtime(path))
     try:
-        doc = verify_manifest(mpath) if verify else read_manifest(mpath)
+        if verify and not _still_verified(mpath):
+            doc = verify_manifest(mpath)
+            _remember_verified(mpath)
+        else:
+            doc = read_manifest(mpath)
         status, problem = OK, None
     except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
         status, problem = CORRUPT, str(exc)
@@ -345,6 +388,9 @@ def commit_checkpoint(tmp: Path, final: Path, fmt: Format, metadata: dict[str, A
     """
     tmp_files = fmt.files(tmp)
     pairs = [(f, Path(str(f).replace(str(tmp), str(final), 1))) for f in tmp_files]
+    # a CRC-32 read from the file itself needs no second read after the renames (same inodes,
+    # same bytes); one computed from memory while writing is checked against the file below
+    from_memory = any(is_remembered(f) for f in tmp_files)
     described = describe_files(tmp.parent, tmp_files)
     files = {
         str(dst.relative_to(final.parent)): described[str(src.relative_to(tmp.parent))] for src, dst in pairs
@@ -365,7 +411,7 @@ def commit_checkpoint(tmp: Path, final: Path, fmt: Format, metadata: dict[str, A
         fsync_path(final.parent)
     os.replace(pending, manifest_path(final))
     fsync_path(final.parent)
-    info = info_for(final, verify=True)
+    info = info_for(final, verify=from_memory)
     if info.status != OK:
         raise CorruptCheckpointError(
             f"save: {final} was written but does not verify ({info.problem}). The disk may be "

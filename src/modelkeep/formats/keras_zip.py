@@ -7,10 +7,12 @@ protocol (Keras writes in place) and clear errors.
 from __future__ import annotations
 
 import json
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
@@ -228,3 +230,136 @@ def _load_own_state(model: Any, path: Path) -> None:
         arrays: dict[str, Any] = {}
         group.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
     restore_own(model, arrays, info, source=str(path))
+
+
+# ------------------------------------------------------------------ .keras from a snapshot
+class KerasZipSnapshot:
+    """A ``.keras`` zip's content copied from a live model, to be written later on any thread.
+
+    ``take`` runs on the training thread: Keras's own serializer gives ``config.json`` and
+    ``metadata.json``, and Keras's own state walk (``saving_lib._save_state``) hands every
+    array it would put in ``model.weights.h5`` to a recording store instead of a file; the
+    arrays are read without a copy (``capture``'s host views) and copied once into
+    ``buffers`` (``checkpoint.writer.SnapshotBuffers``). ``write`` replays the recording into
+    Keras's real ``H5IOStore`` (so the HDF5 layout is Keras's, group by group) and zips it
+    with the two JSON files, as ``model.save`` does. ``take`` returns None for a model whose
+    layers keep assets (``TextVectorization``, ``StringLookup``): save it live.
+
+    Example::
+
+        snap = KerasZipSnapshot.take(model, buffers)
+        snap.write(Path("c-1.keras"))      # later, on the writer's thread
+    """
+
+    def __init__(self, config_json: str, metadata_json: str, entries: list, arrays: dict[str, Any], rng: dict) -> None:
+        self.config_json, self.metadata_json = config_json, metadata_json
+        #: (group path, group attributes or None, [(dataset name, key into arrays)])
+        self.entries = entries
+        self.arrays = arrays
+        self.rng = rng
+
+    @classmethod
+    def take(cls, model: Any, buffers: Any = None, *, copy: bool = True) -> KerasZipSnapshot | None:
+        from keras.src.saving import saving_lib
+
+        from modelkeep.capture import rng_variable_keys
+
+        if any(hasattr(layer, "save_assets") for layer in model._flatten_layers(include_self=True)):
+            return None
+        recorder = _RecordingStore()
+        config_json, metadata_json = saving_lib._serialize_model_as_json(model)
+        saving_lib._save_state(model, weights_store=recorder, assets_store=None, inner_path="", visited_saveables=set())
+        arrays = recorder.arrays
+        rng = {k: _host_array(v) for k, v in rng_variable_keys(model)}
+        if rng:
+            arrays.update({f"{RNG}/{k}": v for k, v in rng.items()})
+        if buffers is not None:
+            arrays = buffers.copy(ModelState(arrays)).variables
+        elif copy:
+            arrays = {k: np.array(v) for k, v in arrays.items()}
+        # else: read-only views of the variables (kept by copy-on-write); the caller copies them
+        rng = {k[len(RNG) + 1 :]: arrays[k] for k in list(arrays) if k.startswith(RNG + "/")}
+        return cls(config_json, metadata_json, recorder.entries, arrays, rng)
+
+    def write(self, path: Path) -> list[Path]:
+        """The ``.keras`` zip at ``path``, committed atomically (fsync, rename)."""
+        import zipfile
+
+        from keras.src.saving import saving_lib
+
+        with atomic_path(path, keep_suffix=".keras") as tmp:
+            weights = tmp.with_name(tmp.name + ".weights.h5")
+            try:
+                store = saving_lib.H5IOStore(str(weights), mode="w")
+                try:
+                    for group, attrs, items in self.entries:
+                        store.make(group, metadata=attrs)
+                        for name, key in items:
+                            store[name] = self.arrays[key]
+                finally:
+                    store.close()
+                with zipfile.ZipFile(tmp, "w") as archive:
+                    archive.writestr(saving_lib._METADATA_FILENAME, self.metadata_json)
+                    archive.writestr(saving_lib._CONFIG_FILENAME, self.config_json)
+                    _add_stored(archive, weights, saving_lib._VARS_FNAME_H5)
+                    if self.rng:
+                        archive.writestr(RNG_MEMBER, save_tensors(self.rng))
+            finally:
+                weights.unlink(missing_ok=True)
+        return [path]
+
+
+def _add_stored(archive: Any, source: Path, name: str) -> None:
+    """Add a file as a stored member in 16 MiB pieces (``ZipFile.write`` copies 8 KiB at a time)."""
+    import zipfile
+
+    info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
+    info.compress_type = zipfile.ZIP_STORED
+    info.file_size = source.stat().st_size
+    with open(source, "rb") as src, archive.open(info, "w", force_zip64=True) as dest:
+        while chunk := src.read(16 << 20):
+            dest.write(chunk)
+
+
+def _host_array(value: Any) -> np.ndarray:
+    from modelkeep.capture import _to_numpy
+
+    if hasattr(value, "path") and hasattr(value, "assign"):
+        return _to_numpy(value, copy=False)
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+def _recording_store_class() -> type:
+    from keras.src.saving import saving_lib
+
+    class RecordingStore(saving_lib.H5IOStore):
+        """An ``H5IOStore`` that writes nothing: it keeps what Keras's state walk hands it."""
+
+        def __init__(self) -> None:  # no file: saving_lib only calls make and __setitem__
+            self.mode = "w"
+            self.entries: list[tuple[str, dict | None, list[tuple[str, str]]]] = []
+            self.arrays: dict[str, Any] = {}
+
+        def __bool__(self) -> bool:
+            return True
+
+        def make(self, path: str, metadata: dict | None = None) -> RecordingStore:
+            self.entries.append((path, dict(metadata) if metadata else None, []))
+            return self
+
+        def __setitem__(self, key: str, value: Any) -> None:
+            group, _attrs, items = self.entries[-1]
+            slot = f"{len(self.arrays)}:{group}/{key}"
+            self.arrays[slot] = _host_array(value)
+            items.append((key, slot))
+
+        def close(self) -> None:
+            pass
+
+    return RecordingStore
+
+
+def _RecordingStore() -> Any:  # noqa: N802 - a class made on first use (Keras imported late)
+    return _recording_store_class()()

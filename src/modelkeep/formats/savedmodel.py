@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def signature_keys(model: Any) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
-def _export(model: Any, directory: Path) -> None:
+def _export(model: Any, directory: Path) -> Any:
     """TensorFlow's part: a SavedModel whose ``serving_default`` calls the model, its inputs
     and outputs keyed by the Keras names (``signature_keys``), as TF Serving will show them."""
     import keras
@@ -95,6 +96,7 @@ def _export(model: Any, directory: Path) -> None:
 
     archive.add_endpoint("serve", serve, input_signature=specs)
     archive.write_out(str(directory), verbose=False)
+    return archive
 
 
 def has_keras_part(path: Path) -> bool:
@@ -110,6 +112,122 @@ def _keras2_part(path: Path) -> bool:
     from modelkeep.formats import legacy
 
     return (path / "saved_model.pb").exists() and legacy.metadata_in_graph(path) is not None
+
+
+def _positions(model: Any) -> list[int | None]:
+    """Where each model weight (``model_variable_keys`` order) sits in ``model.variables``."""
+    index = {id(v): i for i, v in enumerate(model.variables)}
+    return [index.get(id(v)) for _, v in model_variable_keys(model)]
+
+
+def _write_keras_part(state: ModelState, directory: Path, positions: list[int | None]) -> None:
+    header = json.loads(state.header_json())
+    header["order"] = list(state.group(MODEL))
+    header["variables_index"] = positions
+    (directory / HEADER_FILE).write_text(json.dumps(header))
+    training_state = {k: v for k, v in state.variables.items() if k.startswith((OPTIMIZER + "/", RNG + "/", LAYERS + "/"))}
+    if training_state:
+        SafetensorsFormat().write(ModelState(training_state), directory / OPTIMIZER_FILE)
+
+
+@dataclass
+class SavedModelTemplate:
+    """The traced part of one model's SavedModel, made once and reused for every later save.
+
+    Exporting a SavedModel traces the model's call into a graph (seconds, on the training
+    thread) and writes ``saved_model.pb``; between two checkpoints of one training run only
+    the variable values change. ``trace`` exports once into a scratch directory and keeps
+    ``saved_model.pb`` and the key of every value in ``variables/``; ``write`` then makes a
+    SavedModel from a captured ``ModelState`` alone (any thread, no Keras call): the same
+    graph, the values written with TensorFlow's ``SaveV2`` under the same keys, modelkeep's
+    Keras part beside them. (``fingerprint.pb``, which TensorFlow only reads for logging, is
+    not written.)
+
+    Example::
+
+        template = SavedModelTemplate.trace(model, Path("run/.scratch"))   # None: not reusable
+        template.write(capture(model), Path("run/c-2"))
+    """
+
+    saved_model_pb: bytes
+    object_graph: bytes
+    #: (checkpoint key in variables/, state key of its value)
+    keys: list[tuple[str, str]]
+    #: model_variable_keys order -> index in model.variables (modelkeep.json's variables_index)
+    positions: list[int | None]
+    #: (path, shape, dtype) of every model variable: a model that differs needs a new trace
+    signature: tuple[tuple[str, tuple[int, ...], str], ...]
+
+    @staticmethod
+    def signature_of(model: Any) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        return tuple((v.path, tuple(v.shape), str(v.dtype)) for v in model.variables)
+
+    def fits(self, model: Any) -> bool:
+        """True when ``model`` still has the variables this template was traced with."""
+        return self.signature == self.signature_of(model)
+
+    @classmethod
+    def trace(cls, model: Any, scratch: Path) -> SavedModelTemplate | None:
+        """Export ``model`` once into ``scratch`` (removed after), keep what every save reuses.
+        None when a value in ``variables/`` is not a model variable (a lookup table, ...):
+        such a model is exported whole at every save."""
+        import shutil
+
+        import tensorflow as tf
+
+        from modelkeep.capture import rng_variable_keys
+        from modelkeep.formats.tf_checkpoint import OBJECT_GRAPH_KEY
+
+        if not getattr(model, "inputs", None):
+            return None
+        state_key = {id(v): f"{MODEL}/{k}" for k, v in model_variable_keys(model)}
+        state_key.update({id(v): f"{RNG}/{k}" for k, v in rng_variable_keys(model)})
+        variables = list(model.variables)
+        try:
+            archive = _export(model, scratch)
+            if any((scratch / "assets").iterdir()):
+                return None
+            listed = {"variables": variables, "_all_variables": list(getattr(archive._tf_trackable, "_all_variables", []))}
+            by_tf_variable = {id(getattr(v, "value", v)): v for v in variables}
+            reader = tf.train.load_checkpoint(str(scratch / "variables" / "variables"))
+            keys = []
+            for key in sorted(reader.get_variable_to_shape_map()):
+                if key == OBJECT_GRAPH_KEY:
+                    continue
+                group, _, rest = key.partition("/")
+                number, _, tail = rest.partition("/")
+                if tail != ".ATTRIBUTES/VARIABLE_VALUE" or group not in listed or not number.isdigit():
+                    return None
+                found = listed[group][int(number)] if int(number) < len(listed[group]) else None
+                variable = by_tf_variable.get(id(found), found) if group == "_all_variables" else found
+                if variable is None or id(variable) not in state_key:
+                    return None
+                keys.append((key, state_key[id(variable)]))
+            graph = reader.get_tensor(OBJECT_GRAPH_KEY)
+            pb = (scratch / "saved_model.pb").read_bytes()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return cls(pb, graph, keys, _positions(model), cls.signature_of(model))
+
+    def write(self, state: ModelState, path: Path) -> list[Path]:
+        """A SavedModel at ``path`` (committed atomically) holding ``state``'s values."""
+        from modelkeep.formats.tf_checkpoint import OBJECT_GRAPH_KEY, save_tensors
+
+        missing = [k for _, k in self.keys if k not in state.variables]
+        if missing:
+            raise UnsupportedModelError(
+                f"save_model: {path}: the state lacks {missing[0]!r}, which this SavedModel template "
+                "needs; capture the whole model (include_optimizer=True)."
+            )
+        with atomic_path(path, keep_suffix="") as tmp:
+            (tmp / "variables").mkdir(parents=True)
+            (tmp / "assets").mkdir()
+            (tmp / "saved_model.pb").write_bytes(self.saved_model_pb)
+            named: dict[str, Any] = {key: state.variables[k] for key, k in self.keys}
+            named[OBJECT_GRAPH_KEY] = np.array(self.object_graph, dtype=object)
+            save_tensors(tmp / "variables" / "variables", named)
+            _write_keras_part(state, tmp, self.positions)
+        return SavedModelFormat().files(path)
 
 
 class SavedModelFormat(Format):
@@ -134,15 +252,7 @@ class SavedModelFormat(Format):
             )
         with atomic_path(path, keep_suffix="") as tmp:
             _export(model, tmp)
-            index = {id(v): i for i, v in enumerate(model.variables)}
-            positions = [index.get(id(v)) for _, v in model_variable_keys(model)]
-            header = json.loads(state.header_json())
-            header["order"] = list(state.group(MODEL))
-            header["variables_index"] = positions
-            (tmp / HEADER_FILE).write_text(json.dumps(header))
-            training_state = {k: v for k, v in state.variables.items() if k.startswith((OPTIMIZER + "/", RNG + "/", LAYERS + "/"))}
-            if training_state:
-                SafetensorsFormat().write(ModelState(training_state), tmp / OPTIMIZER_FILE)
+            _write_keras_part(state, tmp, _positions(model))
         return self.files(path)
 
     def save_model(self, model: Any, path: Path, *, include_optimizer: bool = True) -> list[Path]:

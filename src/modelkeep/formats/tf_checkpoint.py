@@ -118,11 +118,23 @@ def build_object_graph(paths: list[str]) -> bytes:
 
 
 def save_tensors(prefix: Path, named: dict[str, Any]) -> None:
-    """Write ``{checkpoint key: array or bytes}`` with TensorFlow's SaveV2 op."""
+    """Write ``{checkpoint key: array or bytes}`` as a TF bundle: from a snapshot buffer with
+    direct I/O (``formats.tf_bundle``), else with TensorFlow's SaveV2 op."""
     import tensorflow as tf
 
+    from modelkeep.formats.tf_bundle import write_bundle_direct
+
+    if write_bundle_direct(Path(prefix), named):
+        return
+
     names = list(named)
-    tensors = [tf.constant(named[name]) for name in names]
+    converted: dict[int, Any] = {}  # one tensor per array, however many keys name it
+    tensors = []
+    for name in names:
+        value = named[name]
+        if id(value) not in converted:
+            converted[id(value)] = _as_tensor(value)
+        tensors.append(converted[id(value)])
     try:
         tf.raw_ops.SaveV2(
             prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors
@@ -134,6 +146,26 @@ def save_tensors(prefix: Path, named: dict[str, Any]) -> None:
         text = str(exc)
         code = errno.ENOSPC if "space" in text.lower() else errno.EACCES if "ermission" in text else errno.EIO
         raise OSError(code, text.strip().splitlines()[0] if text.strip() else type(exc).__name__) from exc
+
+
+_DLPACK_KINDS = "fiub"
+
+
+def _as_tensor(value: Any) -> Any:
+    """A tensor of ``value``: a large aligned C-contiguous array is shared through DLPack
+    (no copy: SaveV2 reads the array's own memory), anything else copied by ``tf.constant``."""
+    import tensorflow as tf
+
+    if (
+        isinstance(value, np.ndarray) and value.nbytes >= 1 << 20 and value.flags.c_contiguous
+        and value.dtype.kind in _DLPACK_KINDS and value.dtype.byteorder in "=|<"
+        and value.__array_interface__["data"][0] % 64 == 0
+    ):  # fmt: skip
+        try:
+            return tf.experimental.dlpack.from_dlpack(value.__dlpack__())
+        except (AttributeError, BufferError, TypeError, ValueError, tf.errors.OpError):
+            pass
+    return tf.constant(value)
 
 
 def update_state_file(prefix: Path, *, keep: list[Path] | None = None) -> None:
