@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelkeep.errors import UnsupportedModelError
-from modelkeep.formats import legacy_semantics
+from modelkeep.formats import legacy_semantics, legacy_tfops
 
 MODELS = ("Functional", "Model", "Sequential")
 #: Keras 2 layers that record TensorFlow ops or Python code, which Keras 3 cannot rebuild
@@ -285,8 +285,10 @@ def _check_bytecode(code: Any, layer: str) -> None:
 
 
 def _model(class_name: str, config: dict, opts: _Options) -> dict:
-    layers = [(entry.get("class_name") == "TFOpLambda" and legacy_semantics.tf_op_node(entry)) or _layer(entry, opts)
-              for entry in config.get("layers", [])]
+    raw = config.get("layers", [])
+    raw_nested = {entry.get("name") for entry in raw if entry.get("class_name") in MODELS}
+    layers = [legacy_tfops.to_keras3_layer({**entry, "inbound_nodes": _shift_refs(entry.get("inbound_nodes"), raw_nested)})
+              if entry.get("class_name") in legacy_tfops.OP_LAYERS else _layer(entry, opts) for entry in raw]
     if class_name == "Sequential":
         first = (config.get("layers") or [{}])[0].get("config", {})
         if layers and layers[0]["class_name"] != "InputLayer" and first.get("batch_input_shape"):
