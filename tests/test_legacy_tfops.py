@@ -19,7 +19,7 @@ from modelkeep.errors import UnsupportedModelError
 from modelkeep.formats import legacy_tfops
 
 TOOL = Path(__file__).parent / "legacy" / "tfop_cases.py"
-FAMILIES = ["shapes", "ellipsis", "math_unary", "reductions", "nn_linalg", "dtypes_dynamic"]
+FAMILIES = ["shapes", "ellipsis", "math_unary", "reductions", "nn_linalg", "dtypes_dynamic", "more"]
 FORMATS = {"shapes": (".h5", ".keras", "_savedmodel"), "ellipsis": (".h5", "_savedmodel")}
 
 

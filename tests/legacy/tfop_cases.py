@@ -30,7 +30,7 @@ def families(tf, K):
     a, b = K.Input((4, 6)), K.Input((4, 6))
     h = K.layers.Dense(6, name="dense")(a)
     outs = [tf.reshape(h, (-1, 24)), tf.reshape(h, [tf.shape(h)[0], 2, -1]), tf.concat([h, b], axis=-1),
-            tf.concat([h, b, a], 1), tf.stack([h, b], axis=1), tf.expand_dims(h, 1), tf.compat.v1.expand_dims(h, dim=-1),
+            tf.concat([h, b, a], 1), tf.concat([h], axis=-1), tf.stack([h]), tf.stack([h, b], axis=1), tf.expand_dims(h, 1), tf.compat.v1.expand_dims(h, dim=-1),
             tf.squeeze(tf.expand_dims(h, 2), axis=2), tf.compat.v1.squeeze(h[:, :1], squeeze_dims=[1]),
             tf.transpose(h, perm=[0, 2, 1]), tf.transpose(h), tf.tile(h, [1, 2, 1]),
             tf.pad(h, [[0, 0], [1, 0], [0, 2]]), tf.pad(h, [[0, 0], [1, 1], [2, 0]], mode="REFLECT"),
@@ -82,6 +82,18 @@ def families(tf, K):
             tf.image.resize(img, (3, 3), method="bicubic"), tf.image.resize(img, (2, 2), method="area"),
             tf.compat.v1.div(ints, 2), tf.math.pow(h, 3), tf.cast(h > 0, "float32") * h]
     out["dtypes_dynamic"] = ([a], outs, [_x((7, 4), 7)])
+    a = K.Input((3, 4))
+    h = K.layers.Dense(4, name="dense")(a)
+    small = tf.tanh(h) * 0.9
+    outs = [tf.math.atan(h), tf.math.asin(small), tf.math.acos(small), tf.math.sinh(h), tf.math.cosh(h), tf.math.asinh(h),
+            tf.math.acosh(tf.abs(h) + 1.0), tf.math.atanh(small), tf.math.rint(h * 2.0), tf.math.atan2(h, a),
+            tf.math.divide_no_nan(h, tf.nn.relu(a)), tf.math.reduce_logsumexp(h, axis=-1), tf.math.reduce_variance(h, axis=1),
+            tf.math.reduce_std(h, axis=[1, 2], keepdims=True), tf.math.reduce_euclidean_norm(h, axis=2), tf.norm(h, axis=-1),
+            tf.norm(h) + 0.0 * h, tf.math.cumprod(h, axis=2), tf.zeros_like(h), tf.ones_like(h, dtype="int32"),
+            *tf.unstack(h, axis=1), tf.reverse(h, axis=[1]), tf.broadcast_to(h[:, :1], [tf.shape(h)[0], 3, 4]),
+            tf.repeat(h, 2, axis=1), tf.sort(h, axis=-1), tf.sort(h, direction="DESCENDING", axis=1),
+            tf.nn.bias_add(h, [0.5, -1.0, 2.0, 0.0])]
+    out["more"] = ([a], outs, [_x((5, 3, 4), 9)])
     return out
 
 

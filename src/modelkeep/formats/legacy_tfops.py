@@ -36,6 +36,8 @@ REGISTERED = "modelkeep>TFOp"
 _V1_NAMES = {"squeeze_dims": "axis", "dim": "axis", "reduction_indices": "axis", "keep_dims": "keepdims",
              "dimension": "axis"}
 _IGNORED = ("name",)
+#: functions whose first argument is a list of tensors (a list of one is still a list)
+_LIST_FIRST = ("concat", "stack", "math.add_n")
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ def _reduce(fn: str) -> Op:
         kind = _dtype(x)
         if fn == "mean" and ("int" in kind or kind == "bool"):
             raise _CallRefused("reduce_mean of an integer tensor (TF divides in integers, Keras 3 in floats)")
+        if fn in ("logsumexp", "var", "std") and "float" not in kind:
+            raise _CallRefused(f"reduce_{fn} of a {kind} tensor")
         out = getattr(ops, fn)(x, axis=axis, keepdims=keepdims)
         if fn in ("sum", "prod") and "int" in kind:
             out = ops.cast(out, kind)  # TF keeps int8/int16; Keras 3 widens them
@@ -324,7 +328,57 @@ def _build_table() -> dict[str, Op]:
                                 "method": ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5")})
     table["__operators__.getitem"] = Op(("tensor", "slice_spec"), _getitem)
     table["compat.v1.where"] = Op(("condition", "x", "y"), _where_v1, {"x": None, "y": None})
+    _more(table)
     return table
+
+
+def _norm(a: dict) -> Any:
+    # TF's euclidean norm: sqrt(sum(x * x)) over ``axis`` (every axis when None)
+    ops = _ops()
+    x = a["tensor"]
+    return ops.sqrt(ops.sum(ops.multiply(x, x), axis=_axis(a["axis"]), keepdims=bool(a["keepdims"])))
+
+
+def _sort(a: dict) -> Any:
+    ops = _ops()
+    out = ops.sort(a["values"], axis=a["axis"])
+    return ops.flip(out, axis=a["axis"]) if a["direction"] == "DESCENDING" else out
+
+
+def _bias_add(a: dict) -> Any:
+    return _binary("add")({"x": a["value"], "y": a["bias"]})
+
+
+def _more(table: dict[str, Op]) -> None:
+    k = _ops
+    for name, fn in {"atan": "arctan", "asin": "arcsin", "acos": "arccos", "sinh": "sinh", "cosh": "cosh",
+                     "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh", "rint": "round"}.items():
+        table[f"math.{name}"] = _unary(fn)
+    table["identity"] = Op(("input",), lambda a: k().copy(a["input"]))  # tf.concat of one tensor records it
+    table["math.atan2"] = Op(("y", "x"), lambda a: k().arctan2(a["y"], a["x"]))
+    table["math.divide_no_nan"] = Op(("x", "y"), _binary("divide_no_nan"))
+    table["math.reduce_logsumexp"] = _reduce("logsumexp")
+    table["math.reduce_variance"] = _reduce("var")
+    table["math.reduce_std"] = _reduce("std")
+    table["math.reduce_euclidean_norm"] = Op(("input_tensor", "axis", "keepdims"),
+                                             lambda a: _norm({"tensor": a["input_tensor"], "axis": a["axis"],
+                                                              "keepdims": a["keepdims"]}), {"axis": None, "keepdims": False})
+    table["norm"] = Op(("tensor", "ord", "axis", "keepdims"), _norm, {"ord": "euclidean", "axis": None, "keepdims": None},
+                       {"ord": ("euclidean", 2, 2.0), "axis": (None, *range(-8, 8))})
+    table["math.cumprod"] = Op(("x", "axis", "exclusive", "reverse"), lambda a: k().cumprod(a["x"], axis=a["axis"]),
+                               {"axis": 0, "exclusive": False, "reverse": False}, {"exclusive": (False,), "reverse": (False,)})
+    table["zeros_like"] = Op(("input", "dtype"), lambda a: k().zeros_like(a["input"], dtype=a["dtype"]), {"dtype": None})
+    table["ones_like"] = Op(("input", "dtype"), lambda a: k().ones_like(a["input"], dtype=a["dtype"]), {"dtype": None})
+    table["unstack"] = Op(("value", "num", "axis"), lambda a: k().unstack(a["value"], num=a["num"], axis=a["axis"]),
+                          {"num": None, "axis": 0})
+    table["reverse"] = Op(("tensor", "axis"), lambda a: k().flip(a["tensor"], axis=_axis(a["axis"])))
+    table["broadcast_to"] = Op(("input", "shape"), lambda a: k().broadcast_to(a["input"], a["shape"]))
+    table["repeat"] = Op(("input", "repeats", "axis"), lambda a: k().repeat(a["input"], a["repeats"], axis=a["axis"]),
+                         {"axis": None})
+    table["sort"] = Op(("values", "axis", "direction"), _sort, {"axis": -1, "direction": "ASCENDING"},
+                       {"direction": ("ASCENDING", "DESCENDING")})
+    table["nn.bias_add"] = Op(("value", "bias", "data_format"), _bias_add, {"data_format": None},
+                              {"data_format": (None, "NHWC", "NWC", "NDHWC", "N...C")})
 
 
 def _add_n(values: Any) -> Any:
@@ -444,7 +498,7 @@ def to_keras3_layer(entry: dict) -> dict:
         first: Any
         if refs[0][0] == "_CONSTANT_VALUE":
             first = template.value(refs[0][2])
-        elif len(refs) > 1 or op.params[0] in ("values", "inputs"):
+        elif len(refs) > 1 or canonical in _LIST_FIRST:
             first = [template.tensor(r) for r in refs]
         else:
             first = template.tensor(refs[0])
