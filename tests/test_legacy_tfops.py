@@ -1,7 +1,8 @@
-"""tf.keras's ``TFOpLambda`` layers (``tf.*`` calls and operators on Keras tensors) load and predict
-what tf-keras predicts: one model per op family of ``legacy_tfops``' table, written by tf-keras 2.21
-(``tests/legacy/tfop_cases.py``) as ``.h5``, tf-keras ``.keras`` and SavedModel, compared with
-tf-keras's outputs computed in the same run, bit for bit (dtype and shape included)."""
+"""tf.keras's ``TFOpLambda`` layers (``tf.*`` calls and operators on Keras tensors) and TF 2.0-2.3's
+``TensorFlowOpLayer`` (raw graph ops) load and predict what tf-keras predicts: one model per op
+family of ``legacy_tfops``' table, written by tf-keras 2.21 (``tests/legacy/tfop_cases.py``) as
+``.h5``, tf-keras ``.keras`` and SavedModel, compared with tf-keras's outputs computed in the same
+run, bit for bit (dtype and shape included)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from modelkeep.formats import legacy_tfops
 
 TOOL = Path(__file__).parent / "legacy" / "tfop_cases.py"
 FAMILIES = ["shapes", "ellipsis", "math_unary", "reductions", "nn_linalg", "dtypes_dynamic", "more"]
-FORMATS = {"shapes": (".h5", ".keras", "_savedmodel"), "ellipsis": (".h5", "_savedmodel")}
+FAMILIES.append("raw_ops")  # TF 2.0-2.3's TensorFlowOpLayer (raw graph ops), written by tf-keras in graph mode
+FORMATS = {"shapes": (".h5", ".keras", "_savedmodel"), "ellipsis": (".h5", "_savedmodel"), "raw_ops": (".h5",)}
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +30,10 @@ def written(tmp_path_factory) -> Path:
     pytest.importorskip("tf_keras")
     out = tmp_path_factory.mktemp("tfops")
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, str(TOOL), str(out)], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    for mode in ([], ["graph"]):
+        done = subprocess.run([sys.executable, str(TOOL), str(out), *mode], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
     return out
 
 
@@ -72,6 +76,7 @@ def test_translated_ops_saved_again_load_in_a_fresh_registry(written, tmp_path):
     ("unknown", r"'tf.linalg.band_part' \(TFOpLambda\).*tf.linalg.band_part, which has no Keras 3 translation.*keras.ops.*load_weights"),
     ("unknown_argument", r"'tf.math.cumsum_1' \(TFOpLambda\).*tf.math.cumsum, with exclusive=True.*load_weights"),
     ("unknown_rank", r"'tf.compat.v1.squeeze_\d+' \(TFOpLambda\).*without an axis on a tensor of unknown shape.*load_weights"),
+    ("raw_unknown", r"'tf_op_layer_MatrixBandPart' \(TensorFlowOpLayer\).*raw TensorFlow op MatrixBandPart.*load_weights"),
 ])
 def test_untranslatable_call_is_refused_by_name(written, name, pattern):
     with pytest.raises(UnsupportedModelError, match=pattern):

@@ -10,6 +10,12 @@ outputs ``out0``, ``out1``, ...), ``OUT/<family>_savedmodel/`` (tf-keras's Saved
 does not translate: ``tf.linalg.band_part``) and ``OUT/unknown_argument.h5`` (one it translates,
 with an argument value it cannot carry: ``tf.math.cumsum(exclusive=True)``) and
 ``OUT/unknown_rank.h5`` (``tf.squeeze`` without an axis: a rank known only at run time).
+
+    TF_USE_LEGACY_KERAS=1 python tests/legacy/tfop_cases.py OUT graph
+
+writes ``OUT/raw_ops.h5`` + ``.npz`` in graph mode, where tf-keras records each raw graph op
+(``RealDiv``, ``StridedSlice``, ...) as a ``TensorFlowOpLayer``, as TF 2.0-2.3 did, and
+``OUT/raw_unknown.h5`` (``MatrixBandPart``, not translated).
 """
 
 from __future__ import annotations
@@ -97,6 +103,38 @@ def families(tf, K):
     return out
 
 
+def raw_ops(tf, K):
+    """In graph mode tf-keras records raw graph ops as ``TensorFlowOpLayer``s, as TF 2.0-2.3 did."""
+    a, b = K.Input((4, 6)), K.Input((4, 6))
+    h = K.layers.Dense(6, name="dense")(a)
+    outs = [h / 255.0, h + b, 2.0 * h - 1.0, tf.reshape(h, (-1, 24)), tf.concat([h, b], axis=-1), h[:, 1:-1, ::2],
+            h[..., None, 0], h[:, -1], tf.reduce_mean(h, axis=1, keepdims=True), tf.reduce_sum(h, [1, 2]),
+            tf.matmul(h, b, transpose_b=True), tf.nn.relu(h), tf.math.l2_normalize(h, axis=-1), tf.transpose(h, [0, 2, 1]),
+            tf.expand_dims(h, 1), tf.squeeze(h[:, :1], [1]), tf.cast(h, "int32"), tf.stack([h, b], 1), tf.nn.softmax(h),
+            *tf.split(h, 2, axis=-1), tf.gather(h, [0, 2], axis=1), tf.tile(h, [1, 2, 1]), tf.pad(h, [[0, 0], [1, 0], [0, 2]]),
+            tf.where(h > 0, h, b), tf.clip_by_value(h, -0.5, 0.5), tf.maximum(h, b), tf.sigmoid(h), tf.exp(h),
+            tf.argmax(h, axis=-1), tf.one_hot(tf.cast(tf.abs(h), "int32"), 3), tf.shape(h), tf.nn.relu6(h * 3.0),
+            tf.math.squared_difference(h, b), tf.abs(h), tf.sqrt(tf.abs(h)), -h, h // 0.5]
+    return [a, b], outs, [_x((3, 4, 6), 10), _x((3, 4, 6), 11)]
+
+
+def write_graph_mode(out: Path) -> None:
+    import tensorflow as tf
+
+    tf.compat.v1.disable_eager_execution()
+    import tf_keras as K
+
+    inputs, outputs, xs = raw_ops(tf, K)
+    model = K.Model(inputs, outputs, name="raw_ops")
+    assert any(type(layer).__name__ == "TensorFlowOpLayer" for layer in model.layers)
+    model.save(out / "raw_ops.h5")
+    preds = model.predict(xs)
+    np.savez(out / "raw_ops.npz", **{f"x{i}": x for i, x in enumerate(xs)},
+             **{f"out{i}": np.asarray(p) for i, p in enumerate(preds)})
+    a = K.Input((3, 3))
+    K.Model(a, tf.linalg.band_part(a, 0, -1)).save(out / "raw_unknown.h5")
+
+
 def write(out: Path) -> None:
     import tensorflow as tf
     import tf_keras as K
@@ -119,4 +157,4 @@ def write(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    write(Path(sys.argv[1]))
+    (write_graph_mode if sys.argv[2:] == ["graph"] else write)(Path(sys.argv[1]))
