@@ -304,52 +304,15 @@ def _model(class_name: str, config: dict, opts: _Options) -> dict:
         entry["inbound_nodes"] = _shift_refs(entry.get("inbound_nodes", []), nested)
         if entry.get("class_name") in _RECURRENT:
             entry["inbound_nodes"] = [_initial_state_node(node) for node in entry["inbound_nodes"]]
-    layers, renamed = _valid_op_names(layers)
+    layers, renamed = legacy_tfraw.valid_op_names(layers)
     body = {
         "name": config.get("name"),
         "trainable": config.get("trainable", True),
         "layers": layers,
         "input_layers": _single(_shift_refs(config.get("input_layers"), sequential)),
-        "output_layers": _rename_refs(_single(_shift_refs(config.get("output_layers"), sequential)), renamed),
+        "output_layers": legacy_tfraw.rename_refs(_single(_shift_refs(config.get("output_layers"), sequential)), renamed),
     }
     return {"module": "keras.src.models.functional", "class_name": "Functional", "config": body, "registered_name": "Functional"}
-
-
-def _valid_op_names(layers: list[dict]) -> tuple[list[dict], dict[str, str]]:
-    """TF 2.0-2.3 op layers are named after graph nodes (``tf_op_layer_l2_normalize/Square``);
-    Keras 3 refuses ``/`` in a name. Such layers (weightless) get ``_`` instead, and every
-    reference to them follows."""
-    taken = {entry.get("name") for entry in layers}
-    renamed: dict[str, str] = {}
-    for entry in layers:
-        name = entry.get("name")
-        if entry.get("registered_name") == legacy_tfops.REGISTERED and isinstance(name, str) and "/" in name:
-            new = name.replace("/", "_")
-            while new in taken:
-                new += "_"
-            taken.add(new)
-            renamed[name] = new
-            entry["name"] = entry["config"]["name"] = new
-    if renamed:
-        for entry in layers:
-            entry["inbound_nodes"] = _rename_refs(entry.get("inbound_nodes", []), renamed)
-    return layers, renamed
-
-
-def _rename_refs(value: Any, renamed: dict[str, str]) -> Any:
-    if not renamed:
-        return value
-    if _is_ref(value) and value[0] in renamed:
-        return [renamed[value[0]], *value[1:]]
-    if isinstance(value, dict):
-        out = {k: _rename_refs(v, renamed) for k, v in value.items()}
-        history = out.get("keras_history")
-        if isinstance(history, list) and history and history[0] in renamed:
-            out["keras_history"] = [renamed[history[0]], *history[1:]]
-        return out
-    if isinstance(value, list):
-        return [_rename_refs(v, renamed) for v in value]
-    return value
 
 
 _RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "Bidirectional")

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelkeep.errors import UnsupportedModelError
+from modelkeep.formats.legacy_tfops import REGISTERED
 
 _DTYPES = {"DT_FLOAT": "float32", "DT_DOUBLE": "float64", "DT_HALF": "float16", "DT_BFLOAT16": "bfloat16",
            "DT_INT8": "int8", "DT_INT16": "int16", "DT_INT32": "int32", "DT_INT64": "int64", "DT_UINT8": "uint8",
@@ -209,3 +210,44 @@ def _slice_spec(bounds: list, attrs: dict, layer: str) -> list:
             spec.append({"start": None if bit("begin_mask", i) else begin[i],
                          "stop": None if bit("end_mask", i) else end[i], "step": strides[i]})
     return spec
+
+
+def valid_op_names(layers: list[dict]) -> tuple[list[dict], dict[str, str]]:
+    """TF 2.0-2.3 op layers are named after graph nodes (``tf_op_layer_l2_normalize/Square``);
+    Keras 3 refuses ``/`` in a name. Such layers (weightless) get ``_`` instead, and every
+    reference to them follows."""
+    taken = {entry.get("name") for entry in layers}
+    renamed: dict[str, str] = {}
+    for entry in layers:
+        name = entry.get("name")
+        if entry.get("registered_name") == REGISTERED and isinstance(name, str) and "/" in name:
+            new = name.replace("/", "_")
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            renamed[name] = new
+            entry["name"] = entry["config"]["name"] = new
+    if renamed:
+        for entry in layers:
+            entry["inbound_nodes"] = rename_refs(entry.get("inbound_nodes", []), renamed)
+    return layers, renamed
+
+
+def rename_refs(value: Any, renamed: dict[str, str]) -> Any:
+    if not renamed:
+        return value
+    if _is_node_ref(value) and value[0] in renamed:
+        return [renamed[value[0]], *value[1:]]
+    if isinstance(value, dict):
+        out = {k: rename_refs(v, renamed) for k, v in value.items()}
+        history = out.get("keras_history")
+        if isinstance(history, list) and history and history[0] in renamed:
+            out["keras_history"] = [renamed[history[0]], *history[1:]]
+        return out
+    if isinstance(value, list):
+        return [rename_refs(v, renamed) for v in value]
+    return value
+
+
+def _is_node_ref(value: Any) -> bool:
+    return isinstance(value, list) and len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int)
