@@ -72,6 +72,31 @@ def test_translated_ops_saved_again_load_in_a_fresh_registry(written, tmp_path):
         _assert_same(mk.load_model(path, compile=False), xs, want, path.name)
 
 
+READ_BACK = """
+import sys
+import numpy as np
+import tf_keras as K
+ref = np.load(sys.argv[2])
+xs = [ref[f"x{i}"] for i in range(sum(k.startswith("x") for k in ref.files))]
+got = K.models.load_model(sys.argv[1], compile=False).predict(xs, verbose=0)
+np.savez(sys.argv[3], **{f"out{i}": np.asarray(g) for i, g in enumerate(got)})
+"""
+
+
+@pytest.mark.parametrize("family", ["shapes", "nn_linalg"])
+def test_h5_written_by_modelkeep_loads_in_tf_keras_as_tf_op_layers(written, tmp_path, family):
+    """modelkeep writes translated ops back as TFOpLambda/SlicingOpLambda: tf-keras loads the .h5 and predicts the same."""
+    model = mk.load_model(written / f"{family}.h5", compile=False)
+    mk.save_model(model, tmp_path / "again.h5")
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", READ_BACK, str(tmp_path / "again.h5"), str(written / f"{family}.npz"),
+                           str(tmp_path / "out.npz")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    _, want = _reference(written, family)
+    assert all(np.array_equal(got[f"out{i}"], w) for i, w in enumerate(want))
+
+
 @pytest.mark.parametrize("name,pattern", [
     ("unknown", r"'tf.linalg.band_part' \(TFOpLambda\).*tf.linalg.band_part, which has no Keras 3 translation.*keras.ops.*load_weights"),
     ("unknown_argument", r"'tf.math.cumsum_1' \(TFOpLambda\).*tf.math.cumsum, with exclusive=True.*load_weights"),

@@ -487,6 +487,8 @@ def _k2_object(obj: Any) -> Any:
         return [_k2_object(v) for v in obj]
     if not isinstance(obj, dict):
         return obj
+    if obj.get("registered_name") == legacy_tfops.REGISTERED:
+        return legacy_tfops.to_tf_op_lambda(obj)
     if "class_name" in obj and "config" in obj and ("module" in obj or "registered_name" in obj):
         class_name = obj["class_name"]
         if obj.get("class_name") == "DTypePolicy":

@@ -523,7 +523,8 @@ def to_keras3_layer(entry: dict) -> dict:
         refs_out = [{"class_name": "__keras_tensor__", "config": {"shape": [None], "dtype": "float32", "keras_history": r}}
                     for r in template.refs]
         nodes.append({"args": [refs_out], "kwargs": {"spec": json.dumps(arguments)}})
-    body = {"name": layer, "function": canonical, "trainable": False, "dtype": config.get("dtype", "float32")}
+    body = {"name": layer, "function": canonical, "recorded": function, "trainable": False,
+            "dtype": config.get("dtype", "float32")}
     if isinstance(body["dtype"], dict):
         body["dtype"] = (body["dtype"].get("config") or {}).get("name", "float32")
     return {"module": None, "class_name": "TFOp", "registered_name": REGISTERED, "config": body, "name": layer,
@@ -550,13 +551,14 @@ def layer_class() -> type:
     class TFOp(keras.layers.Layer):
         """One call of a TF function recorded by tf.keras, replayed with ``keras.ops`` (see ``OPS``)."""
 
-        def __init__(self, function: str, **kwargs: Any) -> None:
+        def __init__(self, function: str, recorded: str | None = None, **kwargs: Any) -> None:
             kwargs.pop("autocast", None)
             super().__init__(autocast=False, **kwargs)
             found = lookup(function)
             if found is None:
                 raise _refused(self.name, function, "which has no Keras 3 translation in modelkeep")
             self.function, self._op = found[0], found[1]
+            self.recorded = recorded or function  # the name tf.keras wrote, for writing it back
 
         def call(self, inputs: Any, spec: str = "{}") -> Any:
             tensors = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
@@ -577,7 +579,7 @@ def layer_class() -> type:
                 raise _refused(self.name, self.function, f"which Keras 3 could not run on these inputs ({exc})") from exc
 
         def get_config(self) -> dict:
-            return {**super().get_config(), "function": self.function}
+            return {**super().get_config(), "function": self.function, "recorded": self.recorded}
 
     _LAYER = TFOp
     return TFOp
@@ -590,4 +592,46 @@ def _fill(value: Any, tensors: list) -> Any:
         return {k: _fill(v, tensors) for k, v in value.items()}
     if isinstance(value, list):
         return [_fill(v, tensors) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------ back to tf.keras (.h5 that tf-keras reads)
+def to_tf_op_lambda(entry: dict) -> dict:
+    """A serialized ``modelkeep>TFOp`` layer as the ``TFOpLambda``/``SlicingOpLambda`` tf.keras wrote."""
+    config = entry.get("config") or {}
+    function = str(config.get("recorded") or config.get("function"))
+    function = function[3:] if function.startswith("tf.") else function
+    if function == "floor_div":
+        function = "compat.v1.floor_div"
+    canonical, op, _ = lookup(function) or (function, None, False)
+    nodes = []
+    for node in entry.get("inbound_nodes") or []:
+        refs = [list(t["config"]["keras_history"]) for t in (node.get("args") or [[]])[0]]
+        arguments = json.loads((node.get("kwargs") or {}).get("spec", "{}"))
+        arguments = _unfill(arguments, refs)
+        first_name = op.params[0] if op is not None else next(iter(arguments))
+        first = arguments.pop(first_name)
+        if isinstance(first, list) and first and all(_is_ref(r) for r in first):
+            nodes.append([[*r, arguments] for r in first])
+        elif _is_ref(first):
+            nodes.append([*first, arguments])
+        else:
+            nodes.append(["_CONSTANT_VALUE", -1, first, arguments])
+    kind = "SlicingOpLambda" if canonical == "__operators__.getitem" else "TFOpLambda"
+    body = {"name": config.get("name"), "trainable": config.get("trainable", True),
+            "dtype": config.get("dtype") if isinstance(config.get("dtype"), str) else "float32", "function": function}
+    return {"class_name": kind, "config": body, "name": entry.get("name", config.get("name")), "inbound_nodes": nodes}
+
+
+def _unfill(value: Any, refs: list) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__tensor__"}:
+            return refs[value["__tensor__"]]
+        if set(value) == {"__slice__"}:
+            return dict(zip(("start", "stop", "step"), (_unfill(v, refs) for v in value["__slice__"])))
+        if set(value) == {"__ellipsis__"}:
+            return {"class_name": "__ellipsis__"}
+        return {k: _unfill(v, refs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unfill(v, refs) for v in value]
     return value
