@@ -334,9 +334,12 @@ def test_lambda_layer_is_refused_by_name(unsupported, kind):
         mk.load_model(unsupported / "lambda" / kind)
 
 
-def test_tf_op_layer_is_refused_by_name(unsupported):
-    with pytest.raises(UnsupportedModelError, match=r"'tf.math.square' \(TFOpLambda\).*keras.ops.*load_weights"):
-        mk.load_model(unsupported / "tfop" / "model.h5")
+def test_tf_op_layer_is_translated(unsupported):
+    """tf.math.square on a Keras tensor (a TFOpLambda layer) is carried (tests/test_legacy_tfops.py has every op)."""
+    model = mk.load_model(unsupported / "tfop" / "model.h5", compile=False)
+    kernel, bias = model.get_layer(index=1).get_weights()
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 10)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0), np.square(x @ kernel + bias), rtol=1e-5, atol=1e-6)
 
 
 def test_unregistered_class_is_refused_by_name(unsupported):

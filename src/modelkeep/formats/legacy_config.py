@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelkeep.errors import UnsupportedModelError
-from modelkeep.formats import legacy_semantics
+from modelkeep.formats import legacy_semantics, legacy_tfops, legacy_tfraw
 
 MODELS = ("Functional", "Model", "Sequential")
 #: Keras 2 layers that record TensorFlow ops or Python code, which Keras 3 cannot rebuild
@@ -285,8 +285,11 @@ def _check_bytecode(code: Any, layer: str) -> None:
 
 
 def _model(class_name: str, config: dict, opts: _Options) -> dict:
-    layers = [(entry.get("class_name") == "TFOpLambda" and legacy_semantics.tf_op_node(entry)) or _layer(entry, opts)
-              for entry in config.get("layers", [])]
+    raw = config.get("layers", [])
+    raw_nested = {entry.get("name") for entry in raw if entry.get("class_name") in MODELS}
+    raw = [legacy_tfraw.as_tf_op_lambda(e) if e.get("class_name") == "TensorFlowOpLayer" else e for e in raw]
+    layers = [legacy_tfops.to_keras3_layer({**entry, "inbound_nodes": _shift_refs(entry.get("inbound_nodes"), raw_nested)})
+              if entry.get("class_name") in legacy_tfops.OP_LAYERS else _layer(entry, opts) for entry in raw]
     if class_name == "Sequential":
         first = (config.get("layers") or [{}])[0].get("config", {})
         if layers and layers[0]["class_name"] != "InputLayer" and first.get("batch_input_shape"):
@@ -301,12 +304,13 @@ def _model(class_name: str, config: dict, opts: _Options) -> dict:
         entry["inbound_nodes"] = _shift_refs(entry.get("inbound_nodes", []), nested)
         if entry.get("class_name") in _RECURRENT:
             entry["inbound_nodes"] = [_initial_state_node(node) for node in entry["inbound_nodes"]]
+    layers, renamed = legacy_tfraw.valid_op_names(layers)
     body = {
         "name": config.get("name"),
         "trainable": config.get("trainable", True),
         "layers": layers,
         "input_layers": _single(_shift_refs(config.get("input_layers"), sequential)),
-        "output_layers": _single(_shift_refs(config.get("output_layers"), sequential)),
+        "output_layers": legacy_tfraw.rename_refs(_single(_shift_refs(config.get("output_layers"), sequential)), renamed),
     }
     return {"module": "keras.src.models.functional", "class_name": "Functional", "config": body, "registered_name": "Functional"}
 
@@ -483,6 +487,8 @@ def _k2_object(obj: Any) -> Any:
         return [_k2_object(v) for v in obj]
     if not isinstance(obj, dict):
         return obj
+    if obj.get("registered_name") == legacy_tfops.REGISTERED:
+        return legacy_tfops.to_tf_op_lambda(obj)
     if "class_name" in obj and "config" in obj and ("module" in obj or "registered_name" in obj):
         class_name = obj["class_name"]
         if obj.get("class_name") == "DTypePolicy":

@@ -69,11 +69,14 @@ def keras2_hard_sigmoid(x: Any) -> Any:
 
 
 def ensure_registered() -> None:
-    """Register ``keras2_hard_sigmoid`` with Keras (idempotent), so configs naming it load."""
+    """Register ``keras2_hard_sigmoid`` and ``modelkeep>TFOp`` with Keras (idempotent), so configs naming them load."""
     import keras
 
     if keras.saving.get_registered_object("modelkeep>keras2_hard_sigmoid") is None:
         keras.saving.register_keras_serializable(package="modelkeep")(keras2_hard_sigmoid)
+    from modelkeep.formats import legacy_tfops
+
+    legacy_tfops.layer_class()  # tf.keras's TFOpLambda layers, translated
 
 
 def _hard_sigmoid_config() -> dict:
@@ -147,52 +150,6 @@ def initializer(value: Any) -> Any:
             body["distribution"] = "truncated_normal"
         return {**value, "config": body}
     return value
-
-
-#: tf.keras >= 2.4 records Python operators and ``tf.*`` calls on Keras tensors as ``TFOpLambda``
-#: layers; these have a Keras 3 op with the same arithmetic (``keras.src.ops.numpy``)
-TF_BINARY_OPS = {
-    "__operators__.add": "Add", "math.add": "Add", "math.subtract": "Subtract", "math.multiply": "Multiply",
-    "math.truediv": "TrueDivide", "math.divide": "TrueDivide",
-}
-
-
-def tf_op_node(entry: dict) -> dict | None:
-    """A Keras 2 ``TFOpLambda`` layer as a Keras 3 op node, or None when it cannot be carried.
-
-    Carried: binary arithmetic ``x <op> y`` on a Keras tensor and a tensor or a number
-    (``x / 255.0``, ``a + b``, ``3.0 * x``). Anything else stays refused by name.
-    """
-    config = entry.get("config") or {}
-    op = TF_BINARY_OPS.get(config.get("function"))
-    nodes = entry.get("inbound_nodes") or []
-    if op is None or not nodes:
-        return None
-    out_nodes = []
-    for node in nodes:
-        if isinstance(node, list) and len(node) == 1 and isinstance(node[0], list):
-            node = node[0]  # [[ref]]; TFOpLambda nodes are usually written flat: [layer, node, tensor, kwargs]
-        if not (isinstance(node, list) and len(node) == 4 and isinstance(node[0], str) and isinstance(node[3], dict)):
-            return None
-        ref, kwargs = node[:3], node[3]
-        extra = {k: v for k, v in kwargs.items() if k not in ("y", "name") and v is not None}
-        if "y" not in kwargs or extra:
-            return None
-        y = kwargs["y"]
-        if isinstance(y, list) and len(y) == 3 and isinstance(y[0], str):
-            y = _tensor(y)
-        elif not isinstance(y, int | float):
-            return None
-        if ref[0] == "_CONSTANT_VALUE" and ref[1] == -1:  # a number first: 3.0 * x
-            x = ref[2]
-            if not isinstance(x, int | float) or not isinstance(y, dict):
-                return None
-        else:
-            x = _tensor(ref)
-        out_nodes.append({"args": [x, y], "kwargs": {}})
-    name = entry.get("name", config.get("name"))
-    return {"module": "keras.src.ops.numpy", "class_name": op, "config": {"name": name}, "registered_name": None,
-            "name": name, "inbound_nodes": out_nodes}
 
 
 def _tensor(ref: list) -> dict:
