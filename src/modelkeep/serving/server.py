@@ -53,6 +53,7 @@ class ServeConfig:
     rest: bool = True  # False: gRPC only (TF Serving's --rest_api_port=0)
     model_config_file: str | None = None  # re-read every config_poll_seconds (TF Serving's poll wait; 0: never)
     config_poll_seconds: float = 0.0
+    tf_serving_exact: bool = False  # modelkeep-model-server: a wrong method is 400, stored signatures' shapes unchecked
 
 
 @dataclass
