@@ -175,9 +175,8 @@ def _feature(dtype: np.dtype, size: int) -> dict[str, Any]:
     return {"anyOf": [leaf, array]} if size == 1 else array
 
 
-# a feature the parser does not read: a value that makes a tf.Example feature (float lists are
-# left out: a generator filtering whole-number floats out of lists gives up)
-_ANY_FEATURE = {"anyOf": [_feature_leaf("f"), *(x for k in "iO" for x in (_feature_leaf(k), {"type": "array", "items": _feature_leaf(k)}))]}
+# a feature the parser does not read: any value that makes a tf.Example feature
+_ANY_FEATURE = {"anyOf": [x for k in "fiO" for x in (_feature_leaf(k), {"type": "array", "items": _feature_leaf(k)})]}
 _EMPTY = {"type": "array", "maxItems": 0}  # an empty feature: the context's value stands
 
 
@@ -210,8 +209,9 @@ def examples_schema(predictor: Any, method: str) -> dict[str, Any] | None:
             own = {n: {"anyOf": [f, _EMPTY]} for n, f in features.items()} if in_context else features
             example = {"type": "object", "properties": own, "required": [] if in_context else required,
                        "additionalProperties": _ANY_FEATURE}
-            context = {"type": "object", "properties": features, "additionalProperties": _ANY_FEATURE,
-                       **({"required": required} if in_context else {})}
+            # without the features in the context, every example's own override it: any feature goes
+            context = ({"type": "object", "properties": features, "additionalProperties": _ANY_FEATURE, "required": required}
+                       if in_context else {"type": "object", "additionalProperties": _ANY_FEATURE})
             forms.append({
                 "type": "object",
                 "properties": {
