@@ -136,10 +136,16 @@ def test_document_lists_exactly_each_models_signatures(strict_server):
     assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"].startswith("Malformed request: GET")
     r = httpx.post(f"{strict_server}/v1/models/half/metadata")
     assert r.status_code == 405 and r.headers["allow"] == "GET"
-    # shapes are checked as the document says: x is float[?, 1]
-    r = httpx.post(f"{strict_server}/v1/models/half:predict", json={"instances": [[1.0, 2.0]]})
-    assert r.status_code == 400 and "expected shape float[?, 1], got [1, 2]" in r.json()["error"]
-    assert httpx.post(f"{strict_server}/v1/models/half:predict", json={"instances": [[1.0]]}).json() == {"predictions": [[2.5]]}
+    # shapes are checked as the document says: the string model's text is string[?]
+    r = httpx.post(f"{strict_server}/v1/models/strings:predict", json={"inputs": [["a"]]})
+    assert r.status_code == 400 and "expected shape string[?], got [1, 1]" in r.json()["error"]
+    r = httpx.post(f"{strict_server}/v1/models/strings:predict", json={"inputs": ["a"]})
+    assert r.json()["outputs"]["length"] == [1]
+    half = [f["properties"]["inputs"] for f in half["anyOf"]]  # x's SignatureDef shape is unknown rank
+    assert half == [{"anyOf": [{"type": "number", "minimum": -3.4028235677973366e38, "exclusiveMinimum": True,
+                                "maximum": 3.4028235677973366e38, "exclusiveMaximum": True},
+                               {"type": "array", "items": {"type": "number", "minimum": -3.4028235677973366e38,
+                                "exclusiveMinimum": True, "maximum": 3.4028235677973366e38, "exclusiveMaximum": True}}]}]
 
 
 @pytest.mark.slow

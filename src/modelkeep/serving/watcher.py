@@ -136,6 +136,10 @@ class VersionManager:
     # ----------------------------------------------------------------- polling
     async def run(self, poll_seconds: float, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set (once only for a single model file)."""
+        # TensorFlow imported here, on the event loop's thread, before any loader thread: several
+        # models' loaders importing it for the first time at once deadlock or register ops twice
+        import tensorflow  # noqa: F401
+
         while not stop.is_set():
             try:
                 await self.poll_once()
