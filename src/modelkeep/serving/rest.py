@@ -176,6 +176,7 @@ class RestAPI:
         if match is None:
             allow = "POST" if _POST_PATH.fullmatch(path) else "GET" if _GET_PATH.fullmatch(path) else None
             if verb not in ("GET", "POST"):
+                allow = "GET, POST" if tf_serving_exact(self.ctx) else allow  # model-server: both get TF Serving's answer
                 raise HTTPError(405, f"Malformed request: {verb} {path} (modelkeep: use {allow or 'GET or POST'})", "method", allow or "GET, POST")
             if allow and not tf_serving_exact(self.ctx):  # RFC 9110; modelkeep-model-server: TF Serving's 400
                 raise HTTPError(405, f"Malformed request: {verb} {path} (modelkeep: this path takes {allow})", "method", allow)
