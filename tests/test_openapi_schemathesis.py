@@ -6,6 +6,13 @@ classify and regress signatures, a string-input ``tf.Module`` and a two-version 
 Schemathesis runs, as an API user's CI would, once per model (its paths only), through its
 command line in a subprocess; any failure it reports fails the test. The default run is
 small (few examples per operation); the slow one is ``--max-examples 30``.
+Measured 2026-12-02 (schemathesis 4.32.5, machine loaded: load average 11), one
+``modelkeep serve MODEL --name N --port P --grpc-port 0`` per model and
+``schemathesis run http://127.0.0.1:P/openapi.json --checks all --max-examples 30``:
+tutorial 655 cases, 0 failures; half 1892 cases, 0 failures (2 errors: Hypothesis's
+filter_too_much health check on the versioned :classify/:regress generators, hence
+``--suppress-health-check all`` here); strings 661 cases, 0 failures; two 1942 cases, 0 failures.
+
 ``modelkeep-model-server`` is not run here: it answers TF Serving's 400 to a wrong method and
 leaves stored signatures' shapes to the model, which no OpenAPI document can state exactly
 (README, "A drop-in TensorFlow Serving").

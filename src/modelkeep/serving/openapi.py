@@ -52,12 +52,12 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): {"description": _TEXT[c], "content": {"application/json": {"schema": _ERROR}}} for c in codes}
 
 
-def _leaf(dtype: np.dtype) -> dict[str, Any]:
+def _leaf(dtype: np.dtype, finite: bool = True) -> dict[str, Any]:
     if dtype == STRING:
         return {"anyOf": [{"type": "string"}, _B64]}
     kind = dtype.kind
     if kind == "f":
-        top = _FLOAT_LIMIT.get(dtype)
+        top = _FLOAT_LIMIT.get(dtype) if finite else None  # --allow-non-finite: overflow to inf is accepted
         bounds = {"minimum": -top, "exclusiveMinimum": True, "maximum": top, "exclusiveMaximum": True} if top else {}
         return {"type": "number", **bounds}
     if kind in "iu":
@@ -97,18 +97,18 @@ def _predictable(signature: Any) -> bool:
     return bool(signature.inputs) and signature.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD)
 
 
-def _signature_forms(signature: Any, default: bool) -> list[dict[str, Any]]:
+def _signature_forms(signature: Any, default: bool, finite: bool) -> list[dict[str, Any]]:
     specs = signature.inputs
     if any(s.shape is None or len(s.shape) == 0 for s in specs.values()):
         # unknown rank or scalars: the columnar form with one input, as a flat value
         if len(specs) != 1:
             return []
         (key, spec), = specs.items()
-        leaf = _leaf(spec.dtype)
+        leaf = _leaf(spec.dtype, finite)
         value = {"anyOf": [leaf, {"type": "array", "items": leaf}]} if spec.shape is None else leaf
         return [_form(signature.key, default, "inputs", value)]
-    rows = {k: _nested(_leaf(s.dtype), s.shape[1:]) for k, s in specs.items()}
-    columns = {k: _nested(_leaf(s.dtype), s.shape, batch=signature.strict_shapes) for k, s in specs.items()}
+    rows = {k: _nested(_leaf(s.dtype, finite), s.shape[1:]) for k, s in specs.items()}
+    columns = {k: _nested(_leaf(s.dtype, finite), s.shape, batch=signature.strict_shapes) for k, s in specs.items()}
     keyed = {"type": "object", "properties": rows, "required": sorted(specs), "additionalProperties": False}
     forms = [_form(signature.key, default, "instances", {"type": "array", "minItems": 1, "items": keyed})]
     if len(specs) == 1:
@@ -119,12 +119,12 @@ def _signature_forms(signature: Any, default: bool) -> list[dict[str, Any]]:
     return forms
 
 
-def predict_schema(predictor: Any) -> dict[str, Any] | None:
+def predict_schema(predictor: Any, finite: bool = True) -> dict[str, Any] | None:
     """The ``:predict`` body: one alternative per signature and form; None if nothing is predictable."""
     forms = []
     for key, signature in sorted(predictor.signatures.items()):
         if _predictable(signature):
-            forms.extend(_signature_forms(signature, key == DEFAULT_SIGNATURE))
+            forms.extend(_signature_forms(signature, key == DEFAULT_SIGNATURE, finite))
     if not forms:
         return None
     names = sorted(k for k, s in predictor.signatures.items() if _predictable(s))
@@ -242,10 +242,10 @@ def _malformed(verb: str) -> dict[str, Any]:
                    "responses": _errors(400, 401)}}
 
 
-def _model_paths(name: str, predictor: Any | None, labels: list[str], exact: bool) -> dict[str, Any]:
+def _model_paths(name: str, predictor: Any | None, labels: list[str], exact: bool, finite: bool) -> dict[str, Any]:
     posts: dict[str, dict[str, Any] | None] = {"predict": {"type": "object"}}
     if predictor is not None:
-        posts = {"predict": predict_schema(predictor), "classify": examples_schema(predictor, CLASSIFY_METHOD),
+        posts = {"predict": predict_schema(predictor, finite), "classify": examples_schema(predictor, CLASSIFY_METHOD),
                  "regress": examples_schema(predictor, REGRESS_METHOD)}
     version = {"name": "version", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": _INT64[1]}}
     label = {"name": "label", "in": "path", "required": True, "schema": {"type": "string", "enum": labels}}
@@ -276,7 +276,8 @@ def openapi_document(ctx: Any) -> dict[str, Any]:
     for name, manager in ctx.managers.items():
         latest = manager.latest
         labels = sorted(ctx.labels.get(name, {}))
-        paths.update(_model_paths(name, latest.predictor if latest is not None else None, labels, exact))
+        predictor = latest.predictor if latest is not None else None
+        paths.update(_model_paths(name, predictor, labels, exact, not ctx.allow_non_finite))
     paths.update({
         "/healthz": {"get": {"summary": "alive (no token needed)", "responses": plain}},
         "/readyz": {"get": {"summary": "every model has a version loaded", "responses": {**plain, **_errors(401, 503)}}},
