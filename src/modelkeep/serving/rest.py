@@ -10,8 +10,9 @@ Routes::
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify|:regress   tf.Example JSON → results
 
 Paths, status codes and error texts are TF Serving's (``http_rest_api_util.cc``): a GET to a
-POST route (or the reverse) is 400 "Malformed request: GET /v1/models/m:predict"; other
-methods are 405 with ``Allow``. Errors are ``{"error": "<TF Serving's text> (modelkeep: ...)"}``
+POST route (or the reverse) is "Malformed request: GET /v1/models/m:predict", 405 with
+``Allow`` from ``modelkeep serve`` (RFC 9110; its /openapi.json leaves it undeclared), 400 from
+``modelkeep-model-server`` (TF Serving's code); other methods are 405 with ``Allow``. Errors are ``{"error": "<TF Serving's text> (modelkeep: ...)"}``
 with TF Serving's HTTP mapping of the status code (400, 404, 503, ...), plus 401 (token) and
 413 (body too large); a bug answers 500 with the same shape and is counted, never crashing
 the server. Every successful answer carries ``X-Model-Version``.
