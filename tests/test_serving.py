@@ -202,10 +202,11 @@ def test_rest_limits_unknown_routes_and_service_endpoints(served):
     assert r.status_code == 404 and "Servable not found for request: Specific(tutorial, 7)" in r.json()["error"]
     r = httpx.post(f"{server.url}/v1/models/..%2F..%2Fetc:predict", json={"instances": [[0.0] * 10]})
     assert r.status_code == 400 and "Malformed request" in r.json()["error"]
-    r = httpx.get(f"{server.url}/v1/models/{NAME}:predict")  # TF Serving: 400 Malformed request
-    assert r.status_code == 400 and r.json()["error"].startswith(f"Malformed request: GET /v1/models/{NAME}:predict")
+    r = httpx.get(f"{server.url}/v1/models/{NAME}:predict")  # TF Serving's text; 405 (modelkeep-model-server: its 400)
+    assert r.status_code == 405 and r.json()["error"].startswith(f"Malformed request: GET /v1/models/{NAME}:predict")
+    assert r.headers["allow"] == "POST"
     r = httpx.put(f"{server.url}/v1/models/{NAME}:predict")
-    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
     r = httpx.post(f"{server.url}/healthz")
     assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
     extra = {"instances": [[0.5] * 10], "path": "/etc/passwd"}  # TF Serving ignores unknown keys

@@ -149,6 +149,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         rest=args.rest_api_port != 0,
         model_config_file=args.model_config_file or None,
         config_poll_seconds=float(args.model_config_file_poll_wait_seconds),
+        tf_serving_exact=True,
     )
 
 

@@ -39,7 +39,7 @@ def _feature_value(feature: Any, name: str, value: Any) -> None:
         feature.float_list.value.append(value)
     elif isinstance(value, int):
         need("int64_list")
-        if value >= 2**63:
+        if value >= 2**63 or value < -(2**63):
             raise invalid(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
         feature.int64_list.value.append(value)
     elif isinstance(value, str):

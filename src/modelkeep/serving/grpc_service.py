@@ -35,7 +35,15 @@ from tensorflow_serving.apis import (
 )
 
 from modelkeep.serving import examples
-from modelkeep.serving.protocol import infer, metadata_proto, off_loop, resolve, status_proto, status_states
+from modelkeep.serving.protocol import (
+    infer,
+    metadata_proto,
+    off_loop,
+    resolve,
+    status_proto,
+    status_states,
+    tf_serving_exact,
+)
 from modelkeep.serving.signature import CLASSIFY_METHOD, REGRESS_METHOD, ServingError
 from modelkeep.serving.tensors import array_to_proto, proto_to_array
 
@@ -97,7 +105,7 @@ class _Base:
             self.metrics.requests.inc(("grpc", method, code.name))
             self.metrics.latency.observe(("grpc", method), elapsed)
             if self.ctx.tfs_metrics is not None:
-                self.ctx.tfs_metrics.record(model, method, "GRPC", code == grpc.StatusCode.OK, elapsed)
+                self.ctx.tfs_metrics.record(model, method, "GRPC", code.name, elapsed)
 
 
 def _model_spec(target: Any, name: str, version: int, signature: str) -> None:
@@ -117,7 +125,9 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
         signature.check_names(request.inputs)
         order = sorted(signature.inputs)
         raw = {k: proto_to_array(request.inputs[k], signature.inputs[k], order.index(k)) for k in order}
-        named = predictor.prepare(signature, raw, allow_non_finite=self.ctx.allow_non_finite)
+        named = predictor.prepare(
+            signature, raw, allow_non_finite=self.ctx.allow_non_finite, check_shapes=not tf_serving_exact(self.ctx)
+        )
         wanted = signature.check_output_filter(list(request.output_filter))
         outputs = await infer(manager, entry, signature, named)
         response = predict_pb2.PredictResponse()
@@ -182,6 +192,8 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
             seen.add(task.model_spec.signature_name)
         manager, entry = self._target(request.tasks[0].model_spec)
         serialized = examples.examples_from_input(request.input)
+        if self.ctx.tfs_metrics is not None:  # TF Serving's RecordRequestExampleCount (MultiInference)
+            self.ctx.tfs_metrics.record_examples(manager.name, len(serialized))
         response = inference_pb2.MultiInferenceResponse()
         for task in request.tasks:
             signature = self._signature(entry, task.model_spec.signature_name)

@@ -46,7 +46,7 @@ class Counter:
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
         for key, value in sorted(self.values.items()):
-            lines.append(f"{self.name}{_labels(self.labels, key)} {value:g}")
+            lines.append(f"{self.name}{_labels(self.labels, key)} {value:.17g}")
         return lines
 
 
@@ -81,6 +81,7 @@ class Metrics:
     """Every metric the server exports."""
 
     def __init__(self) -> None:
+        self.tfs: TFServingMetrics | None = None  # set when TF Serving's metrics are exported too
         self.requests = Counter(
             "modelkeep_requests_total", "Requests answered, by API, method and status code.", ("api", "method", "code")
         )
@@ -110,42 +111,95 @@ class Metrics:
 
 
 TFS_LATENCY_BUCKETS_US = tuple(float(round(10 * 1.8**i)) for i in range(33))  # TF Serving: 10 µs x 1.8^i
+TFS_EXAMPLE_BUCKETS = tuple(float(2**i) for i in range(15))  # request_example_counts: 1, 2, 4, ..., 2^14
+_HTTP_CODE = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 405: "INVALID_ARGUMENT", 413: "RESOURCE_EXHAUSTED"}
 
 
 class TFServingMetrics:
-    """TF Serving's own metric names, at the path of ``--monitoring_config_file``.
+    """TF Serving's own metrics, at the path of ``--monitoring_config_file``, named as its
+    Prometheus exporter names them (``/tensorflow/serving/request_count`` →
+    ``:tensorflow:serving:request_count``), with its labels, types and buckets:
 
-    ``:tensorflow:serving:request_count{model_name,status}`` and
-    ``:tensorflow:serving:request_latency{model_name,API,entrypoint}`` (microseconds), as
-    TF Serving's Prometheus exporter names ``/tensorflow/serving/request_count`` and
-    ``/tensorflow/serving/request_latency``; modelkeep's own metrics follow them.
+    * ``:tensorflow:serving:request_count{model_name,status}``: every REST request and every gRPC
+      Predict/Classify/Regress, ``status`` the TF status code name (``OK``, ``NOT_FOUND``, ...);
+    * ``:tensorflow:serving:request_latency{model_name,API,entrypoint}`` (µs, answered OK): REST's
+      API is the URL's method (``predict``; ``""`` for GET), gRPC's ``Predict``/``Classify``/``Regress``;
+    * ``:tensorflow:serving:runtime_latency{model_name,API,runtime}`` (µs, the model's run alone);
+    * ``:tensorflow:serving:request_example_counts{model}`` / ``request_example_count_total{model}``:
+      tf.Examples per MultiInference request;
+    * ``:tensorflow:cc:saved_model:load_attempt_count{model_path,status}`` (``success``/``fail``) and
+      ``:tensorflow:cc:saved_model:load_latency{model_path}`` (µs, summed over successful loads).
+
+    modelkeep's own metrics follow them.
 
     Example::
 
         tfs = TFServingMetrics("/monitoring/prometheus/metrics", own=Metrics())
-        tfs.record("half", "predict", "REST", True, 0.0012)
+        tfs.record("half", "predict", "REST", "OK", 0.0012)
     """
 
-    _API = {"predict": "predict", "classify": "classify", "regress": "regress", "metadata": "GetModelMetadata",
-            "status": "GetModelStatus", "multi_inference": "MultiInference"}
+    _GRPC_API = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
 
     def __init__(self, path: str, own: Metrics | None = None):
         self.path = path
         self.own = own
+        if own is not None:
+            own.tfs = self  # the loaders and the inference path reach these through the shared Metrics
         self.count = Counter(":tensorflow:serving:request_count", "The total number of requests.", ("model_name", "status"))
         self.latency = Histogram(
             ":tensorflow:serving:request_latency", "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
             ("model_name", "API", "entrypoint"), TFS_LATENCY_BUCKETS_US,
         )
+        self.runtime = Histogram(
+            ":tensorflow:serving:runtime_latency", "Distribution of wall time (in microseconds) for Tensorflow runtime.",
+            ("model_name", "API", "runtime"), TFS_LATENCY_BUCKETS_US,
+        )
+        self.examples = Histogram(
+            ":tensorflow:serving:request_example_counts", "The number of tensorflow.Examples per request.", ("model",),
+            TFS_EXAMPLE_BUCKETS,
+        )
+        self.example_total = Counter(
+            ":tensorflow:serving:request_example_count_total", "The total number of tensorflow.Examples.", ("model",)
+        )
+        self.load_attempts = Counter(
+            ":tensorflow:cc:saved_model:load_attempt_count", "The number of times a SavedModel was successfully loaded.",
+            ("model_path", "status"),
+        )
+        self.load_latency = Counter(
+            ":tensorflow:cc:saved_model:load_latency", "Latency in microseconds for SavedModels that were successfully loaded.",
+            ("model_path",),
+        )
 
-    def record(self, model: str, method: str, entrypoint: str, ok: bool, seconds: float) -> None:
-        if method in ("status", "unknown"):
-            return
-        self.count.inc((model, "OK" if ok else "ERROR"))
+    def record(self, model: str, method: str, entrypoint: str, status: str | int, seconds: float) -> None:
+        """One request: ``status`` a TF status code name (or an HTTP status, mapped as TF Serving maps it)."""
+        if isinstance(status, int):
+            status = "OK" if status == 200 else _HTTP_CODE.get(status, "UNKNOWN")
+        if entrypoint == "GRPC":
+            api = self._GRPC_API.get(method)
+            if api is None:  # TF Serving counts gRPC Predict/Classify/Regress only
+                return
+        else:
+            api = method if method in self._GRPC_API else ""
+        self.count.inc((model, status))
+        if status == "OK":
+            self.latency.observe((model, api, entrypoint), seconds * 1e6)
+
+    def record_runtime(self, model: str, method: str, seconds: float) -> None:
+        self.runtime.observe((model, self._GRPC_API.get(method, method), "TF1"), seconds * 1e6)
+
+    def record_examples(self, model: str, count: int) -> None:
+        self.examples.observe((model,), count)
+        self.example_total.inc((model,), count)
+
+    def record_load(self, path: str, ok: bool, seconds: float) -> None:
+        self.load_attempts.inc((path, "success" if ok else "fail"))
         if ok:
-            self.latency.observe((model, self._API.get(method, method), entrypoint), seconds * 1e6)
+            self.load_latency.inc((path,), round(seconds * 1e6))
 
     def render(self) -> str:
-        lines = self.count.render() + self.latency.render()
+        lines: list[str] = []
+        for metric in (self.load_attempts, self.load_latency, self.count, self.latency, self.runtime, self.examples,
+                       self.example_total):
+            lines += metric.render()
         text = "\n".join(lines) + "\n"
         return text + (self.own.render() if self.own is not None else "")

@@ -218,11 +218,15 @@ class Predictor:
             self.run(self.sample_inputs(size))
 
     # ------------------------------------------------------------------ checking
-    def prepare(self, signature: Signature, named: dict[str, Any], *, allow_non_finite: bool = False) -> dict[str, np.ndarray]:
+    def prepare(
+        self, signature: Signature, named: dict[str, Any], *, allow_non_finite: bool = False, check_shapes: bool = False
+    ) -> dict[str, np.ndarray]:
         """Request arrays (already of the signature's dtypes) checked as this model needs.
 
         Keras signatures check shapes (the fast paths need them); stored signatures leave
-        shapes to the model, as TF Serving does. Non-finite floats are refused unless allowed."""
+        shapes to the model, as TF Serving does, unless ``check_shapes`` (``modelkeep serve``:
+        rank and known dimensions as the signature declares them, as its /openapi.json says).
+        Non-finite floats are refused unless allowed."""
         signature.check_names(named)
         if signature.strict_shapes:
             arrays = self.check_inputs(named, allow_non_finite=allow_non_finite)
@@ -230,6 +234,8 @@ class Predictor:
         out = {}
         for key, array in named.items():
             spec = signature.inputs[key]
+            if check_shapes:
+                check_shape(array, spec)
             if spec.dtype.kind == "f":
                 cast = array.astype(spec.dtype, copy=False)
                 if not allow_non_finite and not np.isfinite(cast).all():
@@ -258,6 +264,17 @@ class Predictor:
             got = {s.name: len(a) for s, a in zip(self.inputs, arrays)}
             raise RequestError(f"inputs have different batch sizes {got}; every input needs the same number of rows.")
         return arrays
+
+
+def check_shape(array: np.ndarray, spec: TensorSpec) -> None:
+    """``array`` has ``spec``'s rank and known dimensions (an unknown rank takes any shape)."""
+    if spec.shape is None:
+        return
+    if array.ndim != len(spec.shape) or any(w is not None and g != w for g, w in zip(array.shape, spec.shape)):
+        raise RequestError(
+            f"input '{spec.name}': expected shape {spec.describe()}, got {list(array.shape)} "
+            "(modelkeep serve checks shapes; modelkeep-model-server leaves them to the model, as TF Serving does)."
+        )
 
 
 _KIND_NAMES = {"f": "float", "i": "int", "u": "unsigned int", "b": "bool", "U": "string", "S": "bytes", "O": "mixed"}

@@ -20,10 +20,17 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from modelkeep.serving.signature import DEFAULT_SIGNATURE, ServingError, Signature, invalid
 from modelkeep.serving.tensors import columns_to_arrays, rows_to_arrays
+
+
+def tf_serving_exact(ctx: Any) -> bool:
+    """``modelkeep-model-server``: TF Serving's answers where ``modelkeep serve`` is stricter
+    (a GET to a POST route is 400, not 405; stored signatures' shapes are left to the model)."""
+    return bool(getattr(ctx.serve_config, "tf_serving_exact", False))
 
 
 def _label_version(ctx: Any, name: str, label: str) -> int:
@@ -43,7 +50,9 @@ def resolve(ctx: Any, name: str, version: int | None, label: str | None) -> tupl
     if manager is None:
         raise ServingError("NOT_FOUND", f"Servable not found for request: {request} (modelkeep: this server serves {sorted(ctx.managers)})")
     if not manager.ready:
-        raise ServingError("UNAVAILABLE", f"Servable not found for request: {request} (modelkeep: no version of {name!r} is loaded yet; see GET /v1/models/{name})")
+        raise ServingError(  # TF Serving's BasicManager: a configured model with no version loaded yet is NOT_FOUND
+            "NOT_FOUND", f"Servable not found for request: {request} (modelkeep: no version of {name!r} is loaded yet; see GET /v1/models/{name})"
+        )
     entry = manager.resolve(version)
     if entry is None:
         raise ServingError(
@@ -92,16 +101,29 @@ def _short(body: Any) -> str:
 async def infer(manager: Any, entry: Any, signature: Signature, named: dict[str, Any]) -> dict[str, Any]:
     """Outputs of ``signature`` on ``named`` (already prepared), keyed by output key."""
     predictor = entry.predictor
+    started = time.perf_counter()
     if predictor.batchable and signature.key == DEFAULT_SIGNATURE:
         outputs = await entry.batcher.submit([named[k] for k in predictor.input_names])
-        return dict(zip(predictor.output_names, outputs))
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(manager._compute, predictor.call, signature.key, named)
+        result = dict(zip(predictor.output_names, outputs))
+    else:
+        result = await asyncio.get_running_loop().run_in_executor(manager._compute, predictor.call, signature.key, named)
+    _runtime(manager, "predict", started)
+    return result
+
+
+def _runtime(manager: Any, api: str, started: float) -> None:
+    tfs = getattr(manager.metrics, "tfs", None)
+    if tfs is not None:  # TF Serving's runtime_latency: the model's run alone
+        tfs.record_runtime(manager.name, api, time.perf_counter() - started)
 
 
 async def off_loop(manager: Any, fn: Any, *args: Any) -> Any:
     """A blocking call (classify/regress) on the inference thread."""
-    return await asyncio.get_running_loop().run_in_executor(manager._compute, fn, *args)
+    started = time.perf_counter()
+    result = await asyncio.get_running_loop().run_in_executor(manager._compute, fn, *args)
+    if fn.__name__ in ("classify", "regress"):
+        _runtime(manager, fn.__name__, started)
+    return result
 
 
 # ---------------------------------------------------------------------- protobufs

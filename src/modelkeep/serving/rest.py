@@ -10,8 +10,9 @@ Routes::
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify|:regress   tf.Example JSON → results
 
 Paths, status codes and error texts are TF Serving's (``http_rest_api_util.cc``): a GET to a
-POST route (or the reverse) is 400 "Malformed request: GET /v1/models/m:predict"; other
-methods are 405 with ``Allow``. Errors are ``{"error": "<TF Serving's text> (modelkeep: ...)"}``
+POST route (or the reverse) is "Malformed request: GET /v1/models/m:predict", 405 with
+``Allow`` from ``modelkeep serve`` (RFC 9110; its /openapi.json leaves it undeclared), 400 from
+``modelkeep-model-server`` (TF Serving's code); other methods are 405 with ``Allow``. Errors are ``{"error": "<TF Serving's text> (modelkeep: ...)"}``
 with TF Serving's HTTP mapping of the status code (400, 404, 503, ...), plus 401 (token) and
 413 (body too large); a bug answers 500 with the same shape and is counted, never crashing
 the server. Every successful answer carries ``X-Model-Version``.
@@ -44,6 +45,7 @@ from modelkeep.serving.protocol import (
     resolve,
     status_json,
     status_states,
+    tf_serving_exact,
 )
 from modelkeep.serving.signature import ServingError
 from modelkeep.serving.tensors import predict_json
@@ -53,9 +55,9 @@ log = logging.getLogger("modelkeep.serve")
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "bad_request"):
+    def __init__(self, status: int, message: str, kind: str = "bad_request", allow: str = "GET, POST"):
         super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
+        self.status, self.message, self.kind, self.allow = status, message, kind, allow
 
 
 class JSONBody:
@@ -173,8 +175,12 @@ class RestAPI:
         pattern = _POST_PATH if verb == "POST" else _GET_PATH if verb == "GET" else None
         match = pattern.fullmatch(path) if pattern is not None else None
         if match is None:
+            allow = "POST" if _POST_PATH.fullmatch(path) else "GET" if _GET_PATH.fullmatch(path) else None
             if verb not in ("GET", "POST"):
-                raise HTTPError(405, f"Malformed request: {verb} {path} (modelkeep: use GET or POST)", "method")
+                allow = "GET, POST" if tf_serving_exact(self.ctx) else allow  # model-server: both get TF Serving's answer
+                raise HTTPError(405, f"Malformed request: {verb} {path} (modelkeep: use {allow or 'GET or POST'})", "method", allow or "GET, POST")
+            if allow and not tf_serving_exact(self.ctx):  # RFC 9110; modelkeep-model-server: TF Serving's 400
+                raise HTTPError(405, f"Malformed request: {verb} {path} (modelkeep: this path takes {allow})", "method", allow)
             raise HTTPError(400, f"Malformed request: {verb} {path} (modelkeep: see /openapi.json for the routes)")
         if match["version"] is not None and int(match["version"]) > _INT64_MAX:
             raise HTTPError(400, f"Failed to convert version: {match['version']} to numeric.")
@@ -194,7 +200,7 @@ class RestAPI:
     async def models(self, scope: dict, receive: Any) -> JSONBody:
         started = time.perf_counter()
         path, verb = scope["path"], scope["method"]
-        method = "unknown"
+        method, code = "unknown", "OK"
         try:
             method, match = self._match(verb, path)
             name, version, label = self._spec(match)
@@ -213,26 +219,29 @@ class RestAPI:
                     content = await self._classify_regress(manager, entry, body, method)
                 response = JSONBody(content, 200, [(b"x-model-version", entry.version_header)])
         except HTTPError as exc:
-            headers = [(b"allow", b"GET, POST")] if exc.status == 405 else None
+            headers = [(b"allow", exc.allow.encode())] if exc.status == 405 else None
             response = JSONBody(json.dumps({"error": exc.message}).encode(), exc.status, headers)
             self.metrics.errors.inc(("rest", exc.kind))
+            code = exc.status
         except ServingError as exc:
-            response = _error(exc.http_status, exc.message)
+            response, code = _error(exc.http_status, exc.message), exc.code
             self.metrics.errors.inc(("rest", exc.code.lower()))
         except Exception as exc:  # noqa: BLE001 - answer, count and log; never take the server down
             log.exception("serve: internal error on %s", path)
-            response = _error(500, f"internal error: {type(exc).__name__}: {exc}")
+            response, code = _error(500, f"internal error: {type(exc).__name__}: {exc}"), "INTERNAL"
             self.metrics.errors.inc(("rest", "internal"))
         self.metrics.requests.inc(("rest", method, str(response.status_code)))
         self.metrics.latency.observe(("rest", method), time.perf_counter() - started)
         if self.ctx.tfs_metrics is not None:
-            self.ctx.tfs_metrics.record(_name_of(scope["path"]), method, "REST", response.status_code == 200, time.perf_counter() - started)
+            self.ctx.tfs_metrics.record(_name_of(scope["path"]), method, "REST", code, time.perf_counter() - started)
         return response
 
     async def _predict(self, manager: Any, entry: Any, body: Any) -> bytes:
         predictor = entry.predictor
         signature, raw_named, row_form = parse_predict_json(body, predictor)
-        named = predictor.prepare(signature, raw_named, allow_non_finite=self.ctx.allow_non_finite)
+        named = predictor.prepare(
+            signature, raw_named, allow_non_finite=self.ctx.allow_non_finite, check_shapes=not tf_serving_exact(self.ctx)
+        )
         outputs = await infer(manager, entry, signature, named)
         self.metrics.predictions.inc((manager.name, str(entry.version)))
         return predict_json(outputs, row_form).encode()

@@ -53,6 +53,7 @@ class ServeConfig:
     rest: bool = True  # False: gRPC only (TF Serving's --rest_api_port=0)
     model_config_file: str | None = None  # re-read every config_poll_seconds (TF Serving's poll wait; 0: never)
     config_poll_seconds: float = 0.0
+    tf_serving_exact: bool = False  # modelkeep-model-server: a wrong method is 400, stored signatures' shapes unchecked
 
 
 @dataclass
@@ -203,10 +204,9 @@ async def _start_grpc(config: ServeConfig, ctx: ServeContext) -> object:
 
     from modelkeep.serving.grpc_service import add_services
 
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", config.max_request_bytes), ("grpc.so_reuseport", 0)]
-        + list(config.grpc_options or [])
-    )
+    options = {"grpc.max_receive_message_length": config.max_request_bytes, "grpc.so_reuseport": 0}
+    options.update(dict(config.grpc_options or []))  # --grpc_channel_arguments override (gRPC keeps a key's first value)
+    server = grpc.aio.server(options=list(options.items()))
     add_services(server, ctx)
     try:
         bound = server.add_insecure_port(f"{_grpc_host(config.host)}:{config.grpc_port}")

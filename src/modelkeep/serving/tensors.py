@@ -141,6 +141,10 @@ def json_to_array(value: Any, spec: TensorSpec) -> np.ndarray:
     if (want == "b") != (kind == "b") or (want in "iu" and kind == "f"):
         bad = _first_bad(value, spec)
         raise _type_error(bad if bad is not _OK else value, spec)
+    if want != "b" and raw.size and ((raw == 0) | (raw == 1)).any():  # a true/false numpy took for 1/0?
+        bad = _first_bad(value, spec)
+        if bad is not _OK:
+            raise _type_error(bad, spec)
     if want in "iu" and raw.size:
         info = np.iinfo(spec.dtype)
         if raw.min() < info.min or raw.max() > info.max:

@@ -137,6 +137,10 @@ class VersionManager:
     # ----------------------------------------------------------------- polling
     async def run(self, poll_seconds: float, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set (once only for a single model file)."""
+        # TensorFlow imported here, on the event loop's thread, before any loader thread: several
+        # models' loaders importing it for the first time at once deadlock or register ops twice
+        import tensorflow  # noqa: F401
+
         while not stop.is_set():
             try:
                 await self.poll_once()
@@ -197,6 +201,7 @@ class VersionManager:
         try:
             predictor = await asyncio.get_running_loop().run_in_executor(self._io, self._build, candidate)
         except Exception as exc:  # noqa: BLE001 - an unloadable checkpoint is skipped, not fatal
+            self._record_load(candidate, False, started)
             self._failed[(str(candidate.path), candidate.stamp)] = str(exc)
             reason = "corrupt" if isinstance(exc, CorruptCheckpointError) else "load_failed"
             self._reject(candidate, reason, f"{type(exc).__name__}: {exc}")
@@ -215,6 +220,7 @@ class VersionManager:
         self.latest = self.loaded[max(self.loaded)]
         self.states[version] = VersionState("AVAILABLE")
         self.metrics.reloads.inc((self.name,))
+        self._record_load(candidate, True, started)
         self._update_gauges()
         log.warning(
             "serve: model '%s' version %d loaded from %s in %.2fs (%s path)",
@@ -231,6 +237,11 @@ class VersionManager:
         await entry.batcher.close()  # requests already queued finish on this version
         self.states[version] = VersionState("END")
         log.warning("serve: model '%s' version %d unloaded", self.name, version)
+
+    def _record_load(self, candidate: Candidate, ok: bool, started: float) -> None:
+        tfs = getattr(self.metrics, "tfs", None)
+        if tfs is not None:  # TF Serving's :tensorflow:cc:saved_model:load_attempt_count / load_latency
+            tfs.record_load(str(candidate.path), ok, time.perf_counter() - started)
 
     def _observe_batch(self, rows: int) -> None:
         self.metrics.batch_size.observe((self.name,), rows)
