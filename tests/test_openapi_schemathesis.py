@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def schemathesis(url: str, model: str, examples: int, *extra: str) -> tuple[int,
     cmd = [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "--checks", "all", "--max-examples", str(examples),
            "--include-path-regex", f"^/v1/models/{re.escape(model)}[/:]", "--no-color", "--seed", "1",
            "--suppress-health-check", "all", *extra]  # generator health (too_slow on a loaded machine), not API checks
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=Path(__file__).parent)
+    with tempfile.TemporaryDirectory() as scratch:  # its .schemathesis/ cache stays out of the repository
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=scratch)
     out = done.stdout + done.stderr
     generated = re.search(r"(\d+) generated", out)
     failures = re.search(r"(\d+) found (\d+) unique failure", out)
