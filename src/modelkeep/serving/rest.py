@@ -46,10 +46,14 @@ from modelkeep.serving.protocol import (
     status_states,
 )
 from modelkeep.serving.signature import ServingError
-from modelkeep.serving.tensors import predict_json
+from modelkeep.serving.tensors import numeric_request, predict_json
 
 log = logging.getLogger("modelkeep.serve")
 
+try:
+    from orjson import loads as _orjson_loads
+except ImportError:  # the serve extra without orjson: the stdlib parser alone
+    _orjson_loads = None
 
 
 class HTTPError(Exception):
@@ -144,6 +148,17 @@ def _name_of(path: str) -> str:
 
 
 def _parse_json(raw: bytes) -> Any:
+    """The request body as Python values: orjson (C, strict RFC 8259) first, then the stdlib.
+
+    orjson refuses what TF Serving's parser takes beyond RFC 8259 (``NaN``/``Infinity``,
+    numbers beyond a double, UTF-16/32 bodies) and everything malformed; the stdlib then
+    reads the first or words the error as before. Integers beyond 64 bits become doubles,
+    as rapidjson (TF Serving's parser) reads them."""
+    if _orjson_loads is not None:
+        try:
+            return _orjson_loads(raw)
+        except ValueError:
+            pass
     if not raw.strip():
         raise ServingError("INVALID_ARGUMENT", "JSON Parse error: The document is empty")
     try:
@@ -231,8 +246,12 @@ class RestAPI:
 
     async def _predict(self, manager: Any, entry: Any, body: Any) -> bytes:
         predictor = entry.predictor
-        signature, raw_named, row_form = parse_predict_json(body, predictor)
-        named = predictor.prepare(signature, raw_named, allow_non_finite=self.ctx.allow_non_finite)
+        fast = numeric_request(body, predictor, allow_non_finite=self.ctx.allow_non_finite)
+        if fast is not None:
+            signature, named, row_form = fast
+        else:
+            signature, raw_named, row_form = parse_predict_json(body, predictor)
+            named = predictor.prepare(signature, raw_named, allow_non_finite=self.ctx.allow_non_finite)
         outputs = await infer(manager, entry, signature, named)
         self.metrics.predictions.inc((manager.name, str(entry.version)))
         return predict_json(outputs, row_form).encode()
@@ -291,6 +310,21 @@ class RestAPI:
         return Response(self.ctx.tfs_metrics.render(), media_type="text/plain; version=0.0.4")
 
 
+class FrontDoor:
+    """``/v1/...`` straight to the API handler; every other path through Starlette's router.
+
+    The model routes are one ASGI endpoint in Starlette's table too; skipping its three
+    layers (error middleware, exception middleware, router) saves ~25 us a request."""
+
+    def __init__(self, api: RestAPI, app: Any):
+        self.api, self.app = api, app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            return await self.api(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def build_app(ctx: Any) -> Any:
     """The ASGI application (Starlette, wrapped in the token check when a token is set)."""
     api = RestAPI(ctx)
@@ -306,4 +340,4 @@ def build_app(ctx: Any) -> Any:
     if ctx.tfs_metrics is not None and ctx.tfs_metrics.path:
         routes.append(Route(ctx.tfs_metrics.path, api.tfs_prometheus, methods=["GET"]))
     app = Starlette(routes=routes, exception_handlers={404: api.not_found, 405: api.not_allowed})
-    return AuthMiddleware(app, ctx.api_key)
+    return AuthMiddleware(FrontDoor(api, app), ctx.api_key)
