@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from modelkeep.errors import ModelkeepError
+from modelkeep.serving import batching
 from modelkeep.serving.metrics import Metrics, TFServingMetrics
 from modelkeep.serving.model_config import ModelEntry
 from modelkeep.serving.versions import ModelSource
@@ -136,6 +137,7 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
     ctx = ctx or build_context(config)
     stop = asyncio.Event()
     _STOPPING.clear()
+    batching.STOPPING.clear()
     http_socket = _listen(config.host, config.port, "--port") if config.rest else None
     try:
         grpc_server = await _start_grpc(config, ctx) if config.grpc_port else None
@@ -189,6 +191,7 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
                 pass
         if grpc_server is not None:
             await grpc_server.stop(grace=2.0)
+        batching.STOPPING.append(True)  # the process ends: no full collection per closed version
         for manager in ctx.managers.values():
             await manager.close()
 
