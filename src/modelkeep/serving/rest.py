@@ -23,9 +23,11 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import os
 import re
 import time
 from typing import Any
@@ -147,6 +149,22 @@ def _name_of(path: str) -> str:
     return parts[3].split(":")[0] if len(parts) > 3 else ""
 
 
+# Bodies this large are parsed (and turned into arrays) on a parser thread, not the loop's.
+# orjson and np.asarray hold the GIL, so this buys no parallelism; measured by serve_bench
+# (CNN, 840 KB bodies) to decide. Environment override for that measurement only.
+OFF_LOOP_BYTES = int(os.environ.get("MODELKEEP_PARSE_OFF_LOOP_BYTES", str(1 << 62)))
+_PARSER: Any = None
+
+
+async def _off_loop(fn: Any, *args: Any) -> Any:
+    global _PARSER
+    if _PARSER is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _PARSER = ThreadPoolExecutor(2, thread_name_prefix="modelkeep-parse")
+    return await asyncio.get_running_loop().run_in_executor(_PARSER, fn, *args)
+
+
 def _parse_json(raw: bytes) -> Any:
     """The request body as Python values: orjson (C, strict RFC 8259) first, then the stdlib.
 
@@ -220,10 +238,10 @@ class RestAPI:
                 response = _json(metadata_json(name, entry.version, entry.predictor))
             else:
                 raw = await read_body(scope, receive, self.ctx.max_request_bytes)
-                body = _parse_json(raw)
+                body = await _off_loop(_parse_json, raw) if len(raw) >= OFF_LOOP_BYTES else _parse_json(raw)
                 manager, entry = resolve(self.ctx, name, version, label)  # after any await: the version it runs on
                 if method == "predict":
-                    content = await self._predict(manager, entry, body)
+                    content = await self._predict(manager, entry, body, len(raw) >= OFF_LOOP_BYTES)
                 else:
                     content = await self._classify_regress(manager, entry, body, method)
                 response = JSONBody(content, 200, [(b"x-model-version", entry.version_header)])
@@ -244,9 +262,13 @@ class RestAPI:
             self.ctx.tfs_metrics.record(_name_of(scope["path"]), method, "REST", response.status_code == 200, time.perf_counter() - started)
         return response
 
-    async def _predict(self, manager: Any, entry: Any, body: Any) -> bytes:
+    async def _predict(self, manager: Any, entry: Any, body: Any, large: bool = False) -> bytes:
         predictor = entry.predictor
-        fast = numeric_request(body, predictor, allow_non_finite=self.ctx.allow_non_finite)
+        if large:
+            allow = self.ctx.allow_non_finite
+            fast = await _off_loop(lambda: numeric_request(body, predictor, allow_non_finite=allow))
+        else:
+            fast = numeric_request(body, predictor, allow_non_finite=self.ctx.allow_non_finite)
         if fast is not None:
             signature, named, row_form = fast
         else:
