@@ -126,18 +126,35 @@ PATHS = {
 READY = {"mlserver": "/v2/health/ready", "bentoml": "/readyz"}
 
 
-# ---------------------------------------------------------------------- the peers' venv
-def peers_python() -> Path:
-    """The peers' venv (made once per requirements file), its site-packages before this venv's."""
-    digest = hashlib.sha256(PEERS_REQUIREMENTS.read_bytes()).hexdigest()[:12]
-    venv = CACHE / f"peers-{digest}"
+# ---------------------------------------------------------------------- the peers' venvs
+VENV_OF = {"bentoml": "bentoml"}  # every other peer runs in the [mlserver] venv
+
+
+def requirement_sections() -> dict[str, list[str]]:
+    """``# [name]`` sections of peers-requirements.txt: one venv each."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in PEERS_REQUIREMENTS.read_text().splitlines():
+        line = line.strip()
+        if m := re.fullmatch(r"#\s*\[(\w+)\].*", line):
+            current = sections.setdefault(m[1], [])
+        elif line and not line.startswith("#") and current is not None:
+            current.append(line.split(" #")[0].strip())
+    return sections
+
+
+def peers_python(section: str) -> Path:
+    """The venv of one section (made once per pinned list), its site-packages before this venv's."""
+    wanted = requirement_sections()[section]
+    digest = hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:12]
+    venv = CACHE / f"peers-{section}-{digest}"
     python = venv / "bin" / "python"
     if (venv / ".ready").exists():
         return python
-    print(f"peers: making {venv} from {PEERS_REQUIREMENTS.name} (once; a few minutes)", flush=True)
+    print(f"peers: making {venv} ({', '.join(wanted)}; once, a few minutes)", flush=True)
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(PEERS_REQUIREMENTS)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *wanted], check=True)
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     # zz-: read after the peers' own packages, so their pinned versions win and TF/Keras are found here
@@ -154,7 +171,7 @@ class Servers:
         self.tmp = tmp
         self.procs: dict[str, tuple[subprocess.Popen, int, int | None]] = {}
 
-    def start(self, kind: str, model: Path, name: str, peers: Path | None) -> None:
+    def start(self, kind: str, model: Path, name: str, peers: dict[str, Path]) -> None:
         port, grpc_port = free_port(), None
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT / "src")}
         if kind == "modelkeep":
@@ -165,7 +182,7 @@ class Servers:
             cmd = [sys.executable, str(HERE / "serve_peers.py"), kind, "--port", str(port)]
         else:
             env.pop("PYTHONPATH")
-            cmd = [str(peers), str(HERE / "serve_peers.py"), kind, "--port", str(port), "--model", str(model)]
+            cmd = [str(peers[VENV_OF.get(kind, "mlserver")]), str(HERE / "serve_peers.py"), kind, "--port", str(port), "--model", str(model)]
         log = open(self.tmp / f"{kind}-{name}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                 cwd=self.tmp)
@@ -288,7 +305,7 @@ def grpc_load(port: int, name: str, workload: str, concurrency: int, seconds: fl
         async with grpc.aio.insecure_channel(f"{HOST}:{port}", options=options) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             await stub.Predict(request, timeout=30)
-            warm = time.perf_counter() + min(1.0, seconds / 5)
+            warm = time.perf_counter() + (1.0 if workload == "tutorial" else 3.0)
             await asyncio.gather(*(one_client(stub, warm) for _ in range(concurrency)))
             latencies.clear()
             started = time.perf_counter()
@@ -326,7 +343,7 @@ def input_key(model_path: Path) -> str:
 
 # ---------------------------------------------------------------------- orchestration
 def run_workload(workload: str, model: Path, kinds: list[str], levels: list[int], seconds: float, tmp: Path,
-                 peers: Path | None, results: dict) -> None:
+                 peers: dict[str, Path], results: dict) -> None:
     print(f"\n== {workload}: {'one row' if workload == 'tutorial' else '32 rows of 32x32x3'} per request", flush=True)
     body_files = {}
     for key, data in bodies(workload).items():
@@ -349,7 +366,8 @@ def run_workload(workload: str, model: Path, kinds: list[str], levels: list[int]
                 else:
                     path, body = PATHS[kind]
                     port = servers.procs[kind][1]
-                    wrk(port, path.format(name=workload), body_files[body], c, min(1.0, seconds / 5), tmp)  # warm-up
+                    warm = 1.0 if workload == "tutorial" else 3.0
+                    wrk(port, path.format(name=workload), body_files[body], c, warm, tmp)  # warm-up
                     r = wrk(port, path.format(name=workload), body_files[body], c, seconds, tmp)
                 results.setdefault(workload, {}).setdefault(kind, {})[c] = r
                 print(f"   {kind:>16}  c={c:<3} {r['rps']:9.1f} req/s   p50 {r['p50_ms']:8.2f} ms   p99 {r['p99_ms']:8.2f} ms"
@@ -391,10 +409,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point (default 5; 1 s warm-up first)")
     parser.add_argument("--servers", default=",".join(ALL_SERVERS), help=f"comma list of {','.join(ALL_SERVERS)}")
+    parser.add_argument("--cnn-seconds", type=float, default=8.0,
+                        help="measured seconds per CNN point (default 8, after 3 s of warm-up: 32 big requests take seconds to reach a steady state)")
     parser.add_argument("--workloads", default="tutorial,cnn")
     parser.add_argument("--concurrency", default="1,32,256", help="tutorial levels (default 1,32,256)")
     parser.add_argument("--cnn-concurrency", default="1,32", help="CNN levels (default 1,32)")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--make-peers", action="store_true", help="only make the peers' venvs, then stop")
     parser.add_argument("--grpc-load", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -411,7 +432,10 @@ def main() -> int:
     unknown = sorted(set(kinds) - set(ALL_SERVERS))
     if unknown:
         parser.error(f"unknown servers {unknown}; choose from {','.join(ALL_SERVERS)}")
-    peers = peers_python() if set(kinds) & set(PEERS) else None
+    sections = {VENV_OF.get(k, "mlserver") for k in kinds if k in PEERS}
+    peers = {section: peers_python(section) for section in sorted(sections)}
+    if args.make_peers:
+        return 0
     print(f"machine: {os.cpu_count()} cores; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     started = time.monotonic()
     results: dict = {}
@@ -423,7 +447,8 @@ def main() -> int:
             GRPC_INPUT[workload] = input_key(models[workload])
             levels = [int(c) for c in (args.concurrency if workload == "tutorial" else args.cnn_concurrency).split(",")]
             wanted = [k for k in kinds if workload == "tutorial" or not k.startswith("echo")]
-            run_workload(workload, models[workload], wanted, levels, args.seconds, tmp, peers, results)
+            seconds = args.seconds if workload == "tutorial" else args.cnn_seconds
+            run_workload(workload, models[workload], wanted, levels, seconds, tmp, peers, results)
     finally:
         signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(tmp, ignore_errors=True)

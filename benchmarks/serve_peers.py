@@ -94,8 +94,8 @@ def fastapi_app(model_path: str, kind: str):  # noqa: ANN201
         run = lambda x: model.predict(x, verbose=0)  # noqa: E731
     app = FastAPI()
 
-    @app.post("/v1/models/{name}:predict")
-    async def predict(name: str, request: Request):  # noqa: ANN202
+    @app.post("/v1/models/{spec:path}")  # "{name}:predict"
+    async def predict(spec: str, request: Request):  # noqa: ANN202
         body = await request.json()
         return JSONResponse({"predictions": run(_rows(body)).tolist()})
 
