@@ -18,8 +18,7 @@ Kinds (``python serve_peers.py KIND --port P --model M.keras``):
 Every model server answers ``GET /readyz`` once the model is loaded.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI reads the handlers' annotations at run time
 import argparse
 import json
 import os
