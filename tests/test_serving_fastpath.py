@@ -63,6 +63,8 @@ def test_numeric_request_gives_the_general_paths_arrays(body, predictor):
 
 @pytest.mark.parametrize("body", [
     {"instances": [[True, False, True]]},  # bools: the general path refuses them by name
+    {"instances": [[False, 0.5, 2.0]]},  # a bool among floats: NumPy would read it as 0.0
+    {"instances": [[2.0, True, 3.0]]},
     {"instances": [["1", "2", "3"]]},
     {"instances": [[1.0, 2.0], [1.0, 2.0, 3.0]]},  # ragged
     {"instances": [[1.0, 2.0]]},  # wrong width
