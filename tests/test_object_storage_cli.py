@@ -208,3 +208,33 @@ def _export(model: keras.Model, tmp_path: Path) -> Path:
     local = tmp_path / "export" / "saved"
     mk.save_model(model, local)
     return local
+
+
+def test_model_server_serves_a_graph_only_savedmodel_on_s3(s3_dir, tmp_path):
+    """A SavedModel without a Keras part (``tf.saved_model.save`` of a ``tf.Module``), uploaded
+    under ``base/1`` by another tool: served by its signature from the download, as on disk."""
+    import tensorflow as tf
+
+    class Half(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(np.arange(12, dtype="float32").reshape(6, 2) / 10)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.matmul(x, self.w) + 2.0}
+
+    module = Half()
+    local = tmp_path / "graph" / "1"
+    tf.saved_model.save(module, str(local), signatures={"serving_default": module.serve})
+    base = f"{s3_dir}/models/graph"
+    fs, path = remote.sfs.filesystem(base)
+    fs.put(str(local), f"{path}/1", recursive=True)
+    x = rows(3)
+    proc, url, log = _model_server(base, tmp_path)
+    try:
+        got = _wait_version(proc, url, x, 1, log)
+        np.testing.assert_array_equal(got.astype("float32"), module.serve(tf.constant(x))["y"].numpy())
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -190,7 +190,11 @@ class VersionManager:
             directory = candidate.path if not is_url(candidate.path) and candidate.path.is_dir() else None
             predictor = Predictor.from_model(self.source.load(candidate), saved_model_dir=directory)
         except GraphOnlyModelError:  # exported without any Keras part; a refused Keras model never gets here
-            predictor = Predictor.from_saved_model(candidate.path, allow_unsafe_ops=self.allow_unsafe_ops)
+            from modelkeep.checkpoint import remote
+
+            # on a URL: downloaded again (every CRC-32 checked), loaded, the copy dropped
+            with remote.local_copy(candidate.path) as local:
+                predictor = Predictor.from_saved_model(local, allow_unsafe_ops=self.allow_unsafe_ops)
         predictor.warm_up(tuple(sorted({1, 2, min(8, self.max_batch_size), self.max_batch_size})))
         return predictor
 
