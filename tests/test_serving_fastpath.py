@@ -164,3 +164,15 @@ def test_heap_frozen_at_start_and_a_retired_versions_cycles_collected():
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_zeros_and_ones_take_the_fast_path_unless_a_bool_may_be_there(predictor):
+    """0 and 1 among the numbers: the lists are walked for a JSON bool only when the request's
+    bytes held `true`/`false` (REST says which); a real bool always goes the general way."""
+    body = {"instances": [[1.0, 0.0, 1.0]]}
+    for has_bool in (None, True, False):
+        _, named, _ = numeric_request(body, predictor, has_bool=has_bool)
+        _, want, _ = _general(body, predictor)
+        (key,) = named
+        assert named[key].tobytes() == want[key].tobytes()
+    assert numeric_request({"instances": [[1.0, False, 1.0]]}, predictor, has_bool=True) is None

@@ -162,8 +162,9 @@ def _parse_spec(predictor: Any, tensor_name: str) -> dict[str, tuple[np.dtype, i
 
 
 def _feature_leaf(kind: str) -> dict[str, Any]:
-    if kind == "f":  # a JSON number with a fraction is a float_list; a whole one is int64
-        return {"type": "number", "not": {"type": "integer"}}
+    if kind == "f":  # a JSON number with a fraction is a float_list; a whole one is int64 (uint64 refused),
+        # and a whole one beyond 64 bits is read as a double, as TF Serving's parser reads it
+        return {"type": "number", "not": {"type": "integer", "minimum": _INT64[0], "maximum": 2**64 - 1}}
     if kind in "iu":
         return {"anyOf": [{"type": "integer", "minimum": _INT64[0], "maximum": _INT64[1]}, {"type": "boolean"}]}
     return {"anyOf": [{"type": "string"}, _B64]}

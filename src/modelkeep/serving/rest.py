@@ -254,10 +254,11 @@ class RestAPI:
                 raw = await read_body(scope, receive, self.ctx.max_request_bytes)
                 large = len(raw) >= OFF_LOOP_BYTES
                 body = await _off_loop(_parse_json, raw) if large else _parse_json(raw)
+                has_bool = b"true" in raw or b"false" in raw  # a JSON bool cannot hide among numbers
                 del raw
                 manager, entry = resolve(self.ctx, name, version, label)  # after any await: the version it runs on
                 if method == "predict":
-                    inputs = await _off_loop(self._inputs, entry, body) if large else self._inputs(entry, body)
+                    inputs = await _off_loop(self._inputs, entry, body, has_bool) if large else self._inputs(entry, body, has_bool)
                     # The parsed lists go now, not after the pass: 32 requests of 32 images in flight
                     # held a million lists for the collector to walk again and again.
                     del body
@@ -283,10 +284,10 @@ class RestAPI:
             self.ctx.tfs_metrics.record(_name_of(scope["path"]), method, "REST", code, time.perf_counter() - started)
         return response
 
-    def _inputs(self, entry: Any, body: Any) -> tuple[Any, dict[str, Any], bool]:
+    def _inputs(self, entry: Any, body: Any, has_bool: bool | None = None) -> tuple[Any, dict[str, Any], bool]:
         """(signature, checked arrays, row form) of a predict body: the NumPy fast path, else the general one."""
         predictor = entry.predictor
-        fast = numeric_request(body, predictor, allow_non_finite=self.ctx.allow_non_finite)
+        fast = numeric_request(body, predictor, allow_non_finite=self.ctx.allow_non_finite, has_bool=has_bool)
         if fast is not None:
             return fast
         signature, raw_named, row_form = parse_predict_json(body, predictor)

@@ -217,7 +217,9 @@ def columns_to_arrays(inputs: Any, signature: Signature) -> dict[str, Any]:
     return {name: json_to_array(inputs[name], spec) for name, spec in specs.items()}
 
 
-def numeric_request(body: Any, predictor: Any, *, allow_non_finite: bool = False) -> tuple[Any, dict[str, np.ndarray], bool] | None:
+def numeric_request(
+    body: Any, predictor: Any, *, allow_non_finite: bool = False, has_bool: bool | None = None
+) -> tuple[Any, dict[str, np.ndarray], bool] | None:
     """The common predict body, ready to run: ``(signature, {key: float array}, row_form)``, or None.
 
     Taken only for ``{"instances": [...]}`` or ``{"inputs": [...]}`` of numbers alone, for a
@@ -226,6 +228,9 @@ def numeric_request(body: Any, predictor: Any, *, allow_non_finite: bool = False
     else returns None and goes the general way (``parse_predict_json`` then
     ``Predictor.prepare``), which gives the same arrays and every error text; so this path
     changes only the cost (one ``np.asarray`` of the lists, no per-value Python).
+    NumPy reads a JSON ``true``/``false`` among numbers as 1/0, which TF Serving refuses: when
+    the array holds a 0 or a 1 and ``has_bool`` (whether the request's bytes hold ``true`` or
+    ``false``) is not False, the lists are walked for a bool.
 
     Example::
 
@@ -253,8 +258,8 @@ def numeric_request(body: Any, predictor: Any, *, allow_non_finite: bool = False
     for got, want in zip(raw.shape[1:], spec.shape[1:]):
         if want is not None and got != want:
             return None
-    if ((raw == 0) | (raw == 1)).any():
-        return None  # a JSON true/false among numbers reads as 1/0 here; the general path refuses it
+    if has_bool is not False and ((raw == 0) | (raw == 1)).any() and _holds_bool(value):
+        return None  # the general path refuses a bool by name
     if kind == "i":
         raw = raw.astype(np.float64)  # as the general path: int -> float64 -> the input's dtype
     array = raw.astype(spec.dtype, copy=False)
@@ -265,6 +270,17 @@ def numeric_request(body: Any, predictor: Any, *, allow_non_finite: bool = False
 
 # ------------------------------------------------------------------ JSON out
 _F32 = struct.Struct("f")
+
+
+def _holds_bool(value: list) -> bool:
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is bool:
+            return True
+        if type(item) is list:
+            stack.extend(item)
+    return False
 
 
 def _text32(v: float) -> str:
