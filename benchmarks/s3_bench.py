@@ -44,6 +44,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+import modelkeep  # noqa: E402,F401  - before TensorFlow: keeps its start-up lines off stderr
+
 MIB = 1 << 20
 SETTLE = 3.0
 

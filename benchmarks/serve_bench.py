@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import modelkeep  # noqa: F401  - before TensorFlow: keeps its start-up lines off stderr
+
 HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
