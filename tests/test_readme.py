@@ -24,7 +24,7 @@ import readme_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 #: what TensorFlow prints on a CPU-only machine unless modelkeep keeps it off stderr
-NOISE = ("absl::InitializeLog", "Could not find cuda drivers", "cuInit")
+NOISE = ("absl::InitializeLog", "Could not find cuda drivers", "cuInit", "node_def_util")
 
 
 def _tracked_files(root: Path) -> list[str] | None:
