@@ -294,7 +294,15 @@ def print_report(results: dict[str, Any]) -> None:
     print(f"machine: {results['cpus']} CPUs, load average at start {results['load_start']}, at end {results['load_end']}")
 
 
+#: the signal that stopped the run, if one did
+STOPPED_BY: list[int] = []
+
+
 def _stop(signum: int, frame: Any) -> None:
+    # SIGTERM / SIGHUP end the run like Ctrl-C does: through `finally`, which removes the files.
+    # Raised inside a C callback (h5py's link iteration), the exit turns into another error;
+    # STOPPED_BY lets main still end with 128 + signal.
+    STOPPED_BY.append(signum)
     raise SystemExit(128 + signum)
 
 
@@ -328,6 +336,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     try:
         for size in sizes:
             results["sizes"].append(run_size(size, work, args.epochs, orbax))
+    except BaseException:
+        if STOPPED_BY:
+            raise SystemExit(128 + STOPPED_BY[0]) from None
+        raise
     finally:
         try:
             from modelkeep.checkpoint.writer import wait_for_saves

@@ -463,8 +463,15 @@ def duration_note(args: argparse.Namespace) -> str:
     )
 
 
+#: the signal that stopped the run, if one did
+STOPPED_BY: list[int] = []
+
+
 def _stop(signum: int, frame: Any) -> None:
-    # SIGTERM / SIGHUP end the run like Ctrl-C does: through `finally`, which removes the files
+    # SIGTERM / SIGHUP end the run like Ctrl-C does: through `finally`, which removes the files.
+    # Raised inside a C callback (h5py's link iteration), the exit turns into another error;
+    # STOPPED_BY lets main still end with 128 + signal.
+    STOPPED_BY.append(signum)
     raise SystemExit(128 + signum)
 
 
@@ -494,6 +501,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         results = run(args, work)
+    except BaseException:
+        if STOPPED_BY:
+            raise SystemExit(128 + STOPPED_BY[0]) from None
+        raise
     finally:
         cleanup(work)
         for sig, handler in previous.items():
