@@ -137,6 +137,20 @@ def test_cli_inspect_imports_no_tensorflow(tmp_path):
     assert (counts["changed"], counts["equal"]) == (12, 2), counts
 
 
+def test_compiled_but_untrained_model_without_keras(tmp_path):
+    """A model compiled and saved before any fit keeps only the optimizer's iteration and
+    learning rate; Keras builds the slots (zeros) when it loads. The light reader says the same,
+    without importing Keras (it fell back to Keras before: ~5 s)."""
+    paths = _files(tmp_path, _dense("adam"), "untrained")
+    for path in paths:
+        _same_as_keras(path)
+        done = _probe(["inspect", path.name, "--json"], tmp_path)
+        assert done.returncode == 0 and "imported: []" in done.stderr, (path.name, done.stderr)
+        names = [v["name"] for v in json.loads(done.stdout)["variables"]]
+        if path.suffix == ".keras":  # .h5 and .safetensors of an unbuilt optimizer hold the model's variables only
+            assert "optimizer/slots/layer_with_weights-0/kernel/momentum" in names, names
+
+
 @pytest.mark.slow
 def test_cli_inspect_of_a_savedmodel_still_works(tmp_path):
     """What needs TensorFlow (a SavedModel) still gets it."""

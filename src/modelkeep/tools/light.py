@@ -197,13 +197,18 @@ def _read_keras_zip(path: Path) -> ModelState | None:
         optimizer = f.get("optimizer/vars")
         if optimizer is not None and len(optimizer):
             slots = _optimizer_slots(compile_config)
-            if slots is None or len(optimizer) != 2 + len(slots) * len(trainable):
+            built = slots is not None and len(optimizer) == 2 + len(slots) * len(trainable)
+            if not built and not (slots is not None and len(optimizer) == 2):
                 return None
             names = ["iteration", "learning_rate"] + [
                 f"slots/{key.removeprefix(MODEL + '/')}/{slot}" for key in trainable for slot in slots
             ]
             for j, name in enumerate(names):
-                variables[f"{OPTIMIZER}/{name}"] = np.asarray(optimizer[str(j)])
+                if j < len(optimizer):
+                    variables[f"{OPTIMIZER}/{name}"] = np.asarray(optimizer[str(j)])
+                else:  # compiled, never trained: Keras builds the slots as zeros when it loads the file
+                    like = variables[f"{MODEL}/{name.removeprefix('slots/').rsplit('/', 1)[0]}"]
+                    variables[f"{OPTIMIZER}/{name}"] = np.zeros_like(like)
     metadata = {"format_version": 1, "created": _saved_time(meta.get("date_saved")),
                 "versions": {"keras": meta.get("keras_version")}}
     return ModelState(variables, config, compile_config, {k: v for k, v in metadata.items() if v is not None})
