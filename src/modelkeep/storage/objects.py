@@ -203,12 +203,7 @@ class ObjectDir:
     def clean(self) -> list[str]:
         """Remove generations that no commit names and whose writer (this host) is gone."""
         removed = []
-        tree = sfs.list_tree(self.url, storage_options=self.options)
-        by_name: dict[str, dict[str, int]] = {}
-        for rel, size in tree.items():
-            head, _, rest = rel.partition("/")
-            if head.endswith(SUFFIX) and rest:
-                by_name.setdefault(head[: -len(SUFFIX)], {})[rest] = size
+        by_name = self._trees()
         for name, sub in by_name.items():
             named = {c.generation for c in self._records(name, sub)}
             for generation in _generations(sub):
@@ -223,6 +218,15 @@ class ObjectDir:
         return removed
 
     # ------------------------------------------------------------------- read
+    def _trees(self) -> dict[str, dict[str, int]]:
+        """Every checkpoint's objects (path below ``name + SUFFIX`` → size), from one listing."""
+        by_name: dict[str, dict[str, int]] = {}
+        for rel, size in sfs.list_tree(self.url, storage_options=self.options).items():
+            head, _, rest = rel.partition("/")
+            if head.endswith(SUFFIX) and rest:
+                by_name.setdefault(head[: -len(SUFFIX)], {})[rest] = size
+        return by_name
+
     def _tree(self, name: str) -> dict[str, int]:
         return sfs.list_tree(self._url(name + SUFFIX), storage_options=self.options)
 
@@ -239,12 +243,7 @@ class ObjectDir:
 
     def entries(self) -> dict[str, Entry]:
         """Every checkpoint name of the directory, with its good commits, from one listing."""
-        tree = sfs.list_tree(self.url, storage_options=self.options)
-        by_name: dict[str, dict[str, int]] = {}
-        for rel, size in tree.items():
-            head, _, rest = rel.partition("/")
-            if head.endswith(SUFFIX) and rest:
-                by_name.setdefault(head[: -len(SUFFIX)], {})[rest] = size
+        by_name = self._trees()
         return {name: self._entry(name, sub) for name, sub in sorted(by_name.items())}
 
     def entry(self, name: str) -> Entry | None:
