@@ -32,32 +32,30 @@ def command() -> list[str]:
     return [sys.executable, "-m", "modelkeep.cli.main"]
 
 
-class ServerProcess:
-    """``modelkeep serve PATH ...`` on free loopback ports; stop() sends SIGTERM."""
+class ChildServer:
+    """A server command in a subprocess, its output in ``log_path``: wait until ready, stop with SIGTERM."""
 
-    def __init__(self, path: Path, *args: str, log_dir: Path, grpc: bool = True):
-        self.port = free_port()
-        self.grpc_port = free_port() if grpc else 0
-        self.log_path = log_dir / f"serve-{self.port}.log"
-        self.args = [*command(), "serve", str(path), "--port", str(self.port), "--grpc-port", str(self.grpc_port), *args]
+    name = "server"
+
+    def __init__(self, args: list[str], log_path: Path, url: str, grpc_target: str):
+        self.args, self.log_path, self.url, self.grpc_target = args, log_path, url, grpc_target
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.url = f"http://{HOST}:{self.port}"
-        self.grpc_target = f"{HOST}:{self.grpc_port}"
 
-    def wait(self, path: str = "/readyz", timeout: float = 90.0, headers: dict | None = None) -> None:
+    def wait(self, path: str = "/readyz", timeout: float = 90.0, headers: dict | None = None):
+        """Until GET ``path`` answers 200; returns self."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 if httpx.get(self.url + path, headers=headers, timeout=2).status_code == 200:
-                    return
+                    return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+        raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -72,6 +70,17 @@ class ServerProcess:
                 self.proc.wait(5)
         self._log.close()
         return self.proc.returncode
+
+
+class ServerProcess(ChildServer):
+    """``modelkeep serve PATH ...`` on free loopback ports; stop() sends SIGTERM."""
+
+    def __init__(self, path: Path, *args: str, log_dir: Path, grpc: bool = True):
+        self.port = free_port()
+        self.grpc_port = free_port() if grpc else 0
+        command_line = [*command(), "serve", str(path), "--port", str(self.port), "--grpc-port", str(self.grpc_port), *args]
+        super().__init__(command_line, log_dir / f"serve-{self.port}.log", f"http://{HOST}:{self.port}",
+                         f"{HOST}:{self.grpc_port}")
 
 
 def tutorial_rows(n: int, seed: int = 7):

@@ -10,18 +10,14 @@ Two model sets, served under the names TF Serving's own tests use:
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 import tfserving_models as tm
-from test_serving_helpers import HOST, free_port
+from test_serving_helpers import HOST, ChildServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "tfserving" / "models"
@@ -29,49 +25,23 @@ SHARED = ROOT.parent / "shared" / "tfserving" / "models"
 TFS_NAMES = ("default", "half_plus_three", "tf2", "saved_model_half_plus_two_2_versions")
 
 
-class ModelServer:
+class ModelServer(ChildServer):
     """``python -m modelkeep.cli.model_server --port=G --rest_api_port=R --model_config_file=...``."""
+
+    name = "model server"
 
     def __init__(self, config: Path, log_dir: Path, *extra: str):
         self.grpc_port, self.rest_port = free_port(), free_port()
-        self.args = [
+        args = [
             sys.executable, "-m", "modelkeep.cli.model_server", f"--port={self.grpc_port}",
             f"--rest_api_port={self.rest_port}", f"--host={HOST}", f"--model_config_file={config}", *extra,
         ]
-        self.log_path = log_dir / f"model-server-{self.rest_port}.log"
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.url = f"http://{HOST}:{self.rest_port}"
-        self.grpc_target = f"{HOST}:{self.grpc_port}"
+        super().__init__(args, log_dir / f"model-server-{self.rest_port}.log", f"http://{HOST}:{self.rest_port}",
+                         f"{HOST}:{self.grpc_port}")
         self.models: dict[str, Path] = {}
 
-    def wait(self, timeout: float = 180.0) -> ModelServer:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"model server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"model server not ready after {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
+    def wait(self, path: str = "/readyz", timeout: float = 180.0, headers: dict | None = None) -> ModelServer:
+        return super().wait(path, timeout, headers)
 
 
 def write_config(path: Path, models: dict[str, Path], extra: dict[str, str] | None = None) -> Path:
