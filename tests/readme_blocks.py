@@ -7,7 +7,8 @@ Run by ``tests/test_readme.py`` in a fresh copy of the repository::
 
 Python blocks run in one interpreter session (``python`` from ``PATH``, started at the first
 Python block), so names carry from block to block; bash blocks run with ``bash -e`` in the same directory, with the environment this
-process got (the venv's ``bin`` first on ``PATH``, as ``source .venv/bin/activate`` sets it).
+process got and, once ``./.venv`` exists, its ``bin`` first on ``PATH`` (as
+``source .venv/bin/activate`` sets it; ``activated_env``).
 A block whose fence is preceded by the line ``<!-- readme: slow -->`` runs only with
 ``--slow``; ```text blocks (and fences without a language) are output, never run. The first
 failing block stops the run with exit status 1, naming its line in README.md.
@@ -86,13 +87,27 @@ for line in sys.stdin:
 """
 
 
+def activated_env() -> dict[str, str]:
+    """This process's environment as ``source .venv/bin/activate`` leaves a shell, once the quick
+    start has made ``.venv``: its ``bin`` first on ``PATH``. The inherited ``PATH`` alone is not
+    enough: a launcher such as a pyenv shim puts its own ``bin`` in front of it."""
+    env = dict(os.environ)
+    venv = Path.cwd() / ".venv"
+    if (venv / "bin").is_dir():
+        env["PATH"] = os.pathsep.join([str(venv / "bin"), *(p for p in env.get("PATH", "").split(os.pathsep)
+                                                            if p and Path(p) != venv / "bin")])
+        env["VIRTUAL_ENV"] = str(venv)
+        env.pop("PYTHONHOME", None)
+    return env
+
+
 class PythonSession:
     """One interpreter (``python -c``: the current directory first on sys.path) that runs blocks."""
 
     def __init__(self) -> None:
         read_end, write_end = os.pipe()
         self.process = subprocess.Popen(["python", "-u", "-c", SESSION, str(write_end)], stdin=subprocess.PIPE,
-                                        text=True, pass_fds=(write_end,))
+                                        text=True, pass_fds=(write_end,), env=activated_env())
         os.close(write_end)
         self.status = os.fdopen(read_end)
 
@@ -120,7 +135,7 @@ def main(argv: list[str]) -> int:
                     print(f"README block at line {block.line} (python) failed", file=sys.stderr, flush=True)
                     return 1
             else:
-                done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.code])
+                done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.code], env=activated_env())
                 if done.returncode != 0:
                     print(f"README block at line {block.line} (bash) failed with exit status {done.returncode}",
                           file=sys.stderr, flush=True)

@@ -112,3 +112,24 @@ def test_a_failing_block_is_named(tmp_path):
     assert done.returncode == 1
     assert "--- README.md:1 ok" in done.stdout and "--- README.md:5 ok" in done.stdout
     assert "README block at line 9 (python) failed" in done.stderr and "AssertionError" in done.stderr
+
+
+def test_blocks_use_the_venv_the_quick_start_made(tmp_path):
+    """Once ``./.venv`` exists, blocks run as in a shell after ``source .venv/bin/activate``,
+    even when a launcher (a pyenv shim) put another ``python`` in front of the PATH this
+    runner got: that is how the first slow README run lost ``modelkeep`` after ``make test``."""
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "python").write_text("#!/bin/sh\necho 'the shadowing python' >&2\nexit 3\n")
+    (shadow / "python").chmod(0o755)
+    readme = tmp_path / "README.md"
+    readme.write_text("```python\nimport os, sys\nprint('session:', sys.executable)\n```\n\n"
+                      "```bash\necho \"bash: $(command -v python)\"\n```\n")
+    env = {**os.environ, "PATH": f"{shadow}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "readme_blocks.py"), str(readme)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    venv_python = str(tmp_path / ".venv" / "bin" / "python")
+    assert f"session: {venv_python}" in done.stdout and f"bash: {venv_python}" in done.stdout, done.stdout
