@@ -120,9 +120,14 @@ async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
                 raise HTTPError(400, f"Content-Length must be a number, got {value.decode(errors='replace')!r}.")
             if int(value) > limit:
                 raise HTTPError(413, f"request body is {int(value)} bytes; the limit is {limit} (--max-request-bytes).", "too_large")
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):  # the whole body at once
+        body = message.get("body", b"")
+        if len(body) > limit:
+            raise HTTPError(413, f"request body exceeds the limit of {limit} bytes (--max-request-bytes).", "too_large")
+        return body
     chunks, size = [], 0
     while True:
-        message = await receive()
         if message["type"] != "http.request":
             raise HTTPError(400, "the client went away before sending the whole body.")
         chunk = message.get("body", b"")
@@ -132,6 +137,7 @@ async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        message = await receive()
 
 
 _POST_PATH = re.compile(
@@ -145,6 +151,7 @@ _GET_PATH = re.compile(
     re.IGNORECASE,
 )
 _INT64_MAX = 2**63 - 1
+_ROUTES_KEPT = 1024
 
 
 def _name_of(path: str) -> str:
@@ -205,6 +212,7 @@ class RestAPI:
         self.ctx = ctx
         self.manager = ctx.manager
         self.metrics = ctx.metrics
+        self._routes: dict[tuple[str, str], tuple[str, str, int | None, str | None]] = {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         """``/v1/models/...`` as a plain ASGI endpoint: the hot path skips Request/Response objects."""
@@ -231,6 +239,20 @@ class RestAPI:
             raise HTTPError(400, "Missing model name in request.")
         return ("metadata" if match["metadata"] else "status"), match
 
+    def _route(self, verb: str, path: str) -> tuple[str, str, int | None, str | None]:
+        """(handler, model name, version, label) of a request line; remembered once matched.
+
+        A path is parsed (regular expression, percent-decoding) the first time only: clients
+        send the same few paths again and again. Refused paths raise and are not remembered;
+        at most ``_ROUTES_KEPT`` are, so a client sending endless new paths costs no memory."""
+        found = self._routes.get((verb, path))
+        if found is None:
+            method, match = self._match(verb, path)
+            found = (method, *self._spec(match))
+            if len(self._routes) < _ROUTES_KEPT:
+                self._routes[(verb, path)] = found
+        return found
+
     @staticmethod
     def _spec(match: re.Match) -> tuple[str, int | None, str | None]:
         from urllib.parse import unquote
@@ -243,8 +265,7 @@ class RestAPI:
         path, verb = scope["path"], scope["method"]
         method, code = "unknown", "OK"
         try:
-            method, match = self._match(verb, path)
-            name, version, label = self._spec(match)
+            method, name, version, label = self._route(verb, path)
             if method == "status":
                 response = _json(status_json(status_states(self.ctx, name, version, label)))
             elif method == "metadata":
