@@ -264,8 +264,10 @@ def http_protocol() -> Any:
         import httptools  # noqa: F401
     except ImportError:
         return "h11"
-    from modelkeep.serving.http_fast import FastHttpToolsProtocol
-
+    try:
+        from modelkeep.serving.http_fast import FastHttpToolsProtocol
+    except ImportError:  # a uvicorn whose httptools module is laid out otherwise: uvicorn's own protocol
+        return "httptools"
     return FastHttpToolsProtocol
 
 
