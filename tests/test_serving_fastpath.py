@@ -176,3 +176,31 @@ def test_zeros_and_ones_take_the_fast_path_unless_a_bool_may_be_there(predictor)
         (key,) = named
         assert named[key].tobytes() == want[key].tobytes()
     assert numeric_request({"instances": [[1.0, False, 1.0]]}, predictor, has_bool=True) is None
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_numeric_request_takes_finite_values_whose_sum_overflows(predictor):
+    body = {"instances": [[3.0e38, 3.0e38, 3.0e38], [-3.4e38, 1.0, 2.0]]}  # float32 sum: inf; every value finite
+    fast = numeric_request(body, predictor)
+    assert fast is not None
+    _, want, _ = _general(body, predictor)
+    for key in want:
+        assert fast[1][key].tobytes() == want[key].tobytes()
+    assert numeric_request({"instances": [[1.0, -math.inf, 2.0]]}, predictor) is None  # (stdlib-parsed -Infinity)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1), (0, 1), (2, 5), (0, 4), (40, 1), (7, 6), (1, 40)])
+def test_one_output_answers_format_as_the_general_writer(shape):
+    from modelkeep.serving.tensors import _leaves, _nest, predict_json, tensor_json
+
+    rng = np.random.default_rng(sum(shape))
+    values = (rng.standard_normal(shape) * 10.0 ** rng.integers(-45, 39, shape)).astype(np.float32)
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, 16777216.0, 1e-45, 3.4028235e38, 0.1]
+    flat = values.reshape(-1)
+    flat[: min(len(special), flat.size)] = special[: flat.size]
+    want = _nest(_leaves(values, "y"), values.shape)
+    assert tensor_json(values, "y") == want
+    assert predict_json({"y": values}, row_form=True) == '{"predictions":' + want + "}"
+    assert predict_json({"y": values}, row_form=False) == '{"outputs":' + want + "}"
+    if values.size >= 3:
+        assert "NaN" in want and "Infinity" in want and "-Infinity" in want

@@ -94,22 +94,25 @@ def _error(status: int, message: str) -> JSONBody:
 class AuthMiddleware:
     """Bearer token on every path except ``/healthz`` (pure ASGI: no per-request objects)."""
 
-    def __init__(self, app: Any, token: str | None):
-        self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
+    def __init__(self, app: Any, api: RestAPI):
+        self.app, self.api = app, api
+        self.fast_predict = api  # for the HTTP protocol (``http_fast``): the API behind this app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if self.expected is None or scope["type"] != "http" or scope["path"] == "/healthz":
+        if self.api.expected_token is None or scope["type"] != "http" or scope["path"] == "/healthz":
             return await self.app(scope, receive, send)
-        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        if hmac.compare_digest(given, self.expected):
+        if self.api.authorized(scope["headers"]):
             return await self.app(scope, receive, send)
-        response = _json(
-            {"error": "missing or wrong bearer token; send 'Authorization: Bearer <token from --api-key-file>'."},
-            401,
-            {"WWW-Authenticate": "Bearer"},
-        )
-        await response(scope, receive, send)
+        await unauthorized()(scope, receive, send)
+
+
+def unauthorized() -> JSONBody:
+    """401 with TF Serving-style JSON and ``WWW-Authenticate``."""
+    return _json(
+        {"error": "missing or wrong bearer token; send 'Authorization: Bearer <token from --api-key-file>'."},
+        401,
+        {"WWW-Authenticate": "Bearer"},
+    )
 
 
 async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
@@ -120,9 +123,14 @@ async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
                 raise HTTPError(400, f"Content-Length must be a number, got {value.decode(errors='replace')!r}.")
             if int(value) > limit:
                 raise HTTPError(413, f"request body is {int(value)} bytes; the limit is {limit} (--max-request-bytes).", "too_large")
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):  # the whole body at once
+        body = message.get("body", b"")
+        if len(body) > limit:
+            raise HTTPError(413, f"request body exceeds the limit of {limit} bytes (--max-request-bytes).", "too_large")
+        return body
     chunks, size = [], 0
     while True:
-        message = await receive()
         if message["type"] != "http.request":
             raise HTTPError(400, "the client went away before sending the whole body.")
         chunk = message.get("body", b"")
@@ -132,6 +140,7 @@ async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        message = await receive()
 
 
 _POST_PATH = re.compile(
@@ -145,6 +154,8 @@ _GET_PATH = re.compile(
     re.IGNORECASE,
 )
 _INT64_MAX = 2**63 - 1
+_ROUTES_KEPT = 1024
+_STATUS_TEXT = {200: "200", 400: "400", 404: "404", 413: "413", 503: "503"}
 
 
 def _name_of(path: str) -> str:
@@ -205,6 +216,9 @@ class RestAPI:
         self.ctx = ctx
         self.manager = ctx.manager
         self.metrics = ctx.metrics
+        self._routes: dict[tuple[str, str], tuple[str, str, int | None, str | None]] = {}
+        self.expected_token = f"Bearer {ctx.api_key}".encode() if ctx.api_key else None
+        self.fast_urls: dict[bytes, Any] = {}  # http_fast's URL -> (predict spec, path) or None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         """``/v1/models/...`` as a plain ASGI endpoint: the hot path skips Request/Response objects."""
@@ -231,6 +245,20 @@ class RestAPI:
             raise HTTPError(400, "Missing model name in request.")
         return ("metadata" if match["metadata"] else "status"), match
 
+    def _route(self, verb: str, path: str) -> tuple[str, str, int | None, str | None]:
+        """(handler, model name, version, label) of a request line; remembered once matched.
+
+        A path is parsed (regular expression, percent-decoding) the first time only: clients
+        send the same few paths again and again. Refused paths raise and are not remembered;
+        at most ``_ROUTES_KEPT`` are, so a client sending endless new paths costs no memory."""
+        found = self._routes.get((verb, path))
+        if found is None:
+            method, match = self._match(verb, path)
+            found = (method, *self._spec(match))
+            if len(self._routes) < _ROUTES_KEPT:
+                self._routes[(verb, path)] = found
+        return found
+
     @staticmethod
     def _spec(match: re.Match) -> tuple[str, int | None, str | None]:
         from urllib.parse import unquote
@@ -243,8 +271,7 @@ class RestAPI:
         path, verb = scope["path"], scope["method"]
         method, code = "unknown", "OK"
         try:
-            method, match = self._match(verb, path)
-            name, version, label = self._spec(match)
+            method, name, version, label = self._route(verb, path)
             if method == "status":
                 response = _json(status_json(status_states(self.ctx, name, version, label)))
             elif method == "metadata":
@@ -252,37 +279,76 @@ class RestAPI:
                 response = _json(metadata_json(name, entry.version, entry.predictor))
             else:
                 raw = await read_body(scope, receive, self.ctx.max_request_bytes)
-                large = len(raw) >= OFF_LOOP_BYTES
-                body = await _off_loop(_parse_json, raw) if large else _parse_json(raw)
-                has_bool = b"true" in raw or b"false" in raw  # a JSON bool cannot hide among numbers
-                del raw
-                manager, entry = resolve(self.ctx, name, version, label)  # after any await: the version it runs on
-                if method == "predict":
-                    inputs = await _off_loop(self._inputs, entry, body, has_bool) if large else self._inputs(entry, body, has_bool)
-                    # The parsed lists go now, not after the pass: 32 requests of 32 images in flight
-                    # held a million lists for the collector to walk again and again.
-                    del body
-                    content = await self._predict(manager, entry, *inputs)
-                else:
-                    content = await self._classify_regress(manager, entry, body, method)
-                response = JSONBody(content, 200, [(b"x-model-version", entry.version_header)])
-        except HTTPError as exc:
+                response = await self._post(method, raw, name, version, label)
+        except Exception as exc:  # noqa: BLE001 - answered by _failure (counted, logged when a bug)
+            response, code = self._failure(exc, path)
+        self._count(method, response.status_code, code, started, path)
+        return response
+
+    async def predict_answer(self, spec: tuple[str, int | None, str | None], raw: bytes, path: str) -> JSONBody:
+        """The answer to ``POST <path>`` (a predict route, ``spec`` = its model, version, label) with body ``raw``.
+
+        What ``models`` answers for the same request, byte for byte and counted the same; the
+        server's HTTP protocol calls it directly for predict requests it read whole."""
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            response = await self._post("predict", raw, *spec)
+        except Exception as exc:  # noqa: BLE001 - answered by _failure (counted, logged when a bug)
+            response, code = self._failure(exc, path)
+        self._count("predict", response.status_code, code, started, path)
+        return response
+
+    async def _post(self, method: str, raw: bytes, name: str, version: int | None, label: str | None) -> JSONBody:
+        large = len(raw) >= OFF_LOOP_BYTES
+        body = await _off_loop(_parse_json, raw) if large else _parse_json(raw)
+        has_bool = b"true" in raw or b"false" in raw  # a JSON bool cannot hide among numbers
+        del raw
+        manager, entry = resolve(self.ctx, name, version, label)  # after any await: the version it runs on
+        if method == "predict":
+            inputs = await _off_loop(self._inputs, entry, body, has_bool) if large else self._inputs(entry, body, has_bool)
+            # The parsed lists go now, not after the pass: 32 requests of 32 images in flight
+            # held a million lists for the collector to walk again and again.
+            del body
+            content = await self._predict(manager, entry, *inputs)
+        else:
+            content = await self._classify_regress(manager, entry, body, method)
+        return JSONBody(content, 200, [(b"x-model-version", entry.version_header)])
+
+    def _failure(self, exc: Exception, path: str) -> tuple[JSONBody, str | int]:
+        """The error answer to a failed request and its TF status code (or HTTP status); counted."""
+        if isinstance(exc, HTTPError):
             headers = [(b"allow", exc.allow.encode())] if exc.status == 405 else None
-            response = JSONBody(json.dumps({"error": exc.message}).encode(), exc.status, headers)
             self.metrics.errors.inc(("rest", exc.kind))
-            code = exc.status
-        except ServingError as exc:
-            response, code = _error(exc.http_status, exc.message), exc.code
+            return JSONBody(json.dumps({"error": exc.message}).encode(), exc.status, headers), exc.status
+        if isinstance(exc, ServingError):
             self.metrics.errors.inc(("rest", exc.code.lower()))
-        except Exception as exc:  # noqa: BLE001 - answer, count and log; never take the server down
-            log.exception("serve: internal error on %s", path)
-            response, code = _error(500, f"internal error: {type(exc).__name__}: {exc}"), "INTERNAL"
-            self.metrics.errors.inc(("rest", "internal"))
-        self.metrics.requests.inc(("rest", method, str(response.status_code)))
+            return _error(exc.http_status, exc.message), exc.code
+        log.error("serve: internal error on %s", path, exc_info=exc)
+        self.metrics.errors.inc(("rest", "internal"))
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}"), "INTERNAL"
+
+    def _count(self, method: str, status: int, code: str | int, started: float, path: str) -> None:
+        self.metrics.requests.inc(("rest", method, _STATUS_TEXT.get(status) or str(status)))
         self.metrics.latency.observe(("rest", method), time.perf_counter() - started)
         if self.ctx.tfs_metrics is not None:
-            self.ctx.tfs_metrics.record(_name_of(scope["path"]), method, "REST", code, time.perf_counter() - started)
-        return response
+            self.ctx.tfs_metrics.record(_name_of(path), method, "REST", code, time.perf_counter() - started)
+
+    def predict_route(self, path: str) -> tuple[str, int | None, str | None] | None:
+        """(model, version, label) when ``POST path`` is a predict request, else None (any other
+        route, or a refused path: ``models`` answers those)."""
+        try:
+            method, name, version, label = self._route("POST", path)
+        except HTTPError:
+            return None
+        return (name, version, label) if method == "predict" else None
+
+    def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether the request's headers carry the bearer token (always, when none is set)."""
+        if self.expected_token is None:
+            return True
+        given = next((v for k, v in headers if k == b"authorization"), b"")
+        return hmac.compare_digest(given, self.expected_token)
 
     def _inputs(self, entry: Any, body: Any, has_bool: bool | None = None) -> tuple[Any, dict[str, Any], bool]:
         """(signature, checked arrays, row form) of a predict body: the NumPy fast path, else the general one."""
@@ -385,4 +451,4 @@ def build_app(ctx: Any) -> Any:
     if ctx.tfs_metrics is not None and ctx.tfs_metrics.path:
         routes.append(Route(ctx.tfs_metrics.path, api.tfs_prometheus, methods=["GET"]))
     app = Starlette(routes=routes, exception_handlers={404: api.not_found, 405: api.not_allowed})
-    return AuthMiddleware(FrontDoor(api, app), ctx.api_key)
+    return AuthMiddleware(FrontDoor(api, app), api)

@@ -242,30 +242,46 @@ def numeric_request(
     value = body["instances"] if row_form else body.get("inputs")
     if type(value) is not list or not value or type(value[0]) is dict:
         return None
-    signature = predictor.signatures.get("serving_default")
-    if signature is None or not signature.strict_shapes or not predictor.batchable or len(predictor.inputs) != 1:
+    target = _numeric_target(predictor)
+    if target is None:
         return None
-    spec = predictor.inputs[0]
-    if spec.dtype.kind != "f":
-        return None
+    signature, key, dtype, shape = target
     try:
         raw = np.asarray(value)
     except (ValueError, TypeError, OverflowError, RecursionError):
         return None
     kind = raw.dtype.kind
-    if kind not in "fi" or raw.ndim != len(spec.shape) or raw.shape[0] == 0:
+    if kind not in "fi" or raw.ndim != len(shape) or raw.shape[0] == 0:
         return None
-    for got, want in zip(raw.shape[1:], spec.shape[1:]):
+    for got, want in zip(raw.shape[1:], shape[1:]):
         if want is not None and got != want:
             return None
     if has_bool is not False and ((raw == 0) | (raw == 1)).any() and _holds_bool(value):
         return None  # the general path refuses a bool by name
     if kind == "i":
         raw = raw.astype(np.float64)  # as the general path: int -> float64 -> the input's dtype
-    array = raw.astype(spec.dtype, copy=False)
-    if not allow_non_finite and not np.isfinite(array).all():
+    array = raw.astype(dtype, copy=False)
+    # A sum is finite only when every value is (NaN and infinities carry through it): one
+    # reduction, and the exact test only when the sum is not finite (it may just overflow).
+    if not allow_non_finite and not math.isfinite(array.sum()) and not np.isfinite(array).all():
         return None
-    return signature, {predictor.input_names[0]: array}, row_form
+    return signature, {key: array}, row_form
+
+
+def _numeric_target(predictor: Any) -> tuple[Any, str, np.dtype, tuple] | None:
+    """(signature, input key, dtype, shape) when ``numeric_request`` may serve this predictor, else None.
+
+    Worked out once per predictor (its signatures never change) and kept on it."""
+    target = predictor.__dict__.get("_numeric_target", False)
+    if target is False:
+        signature = predictor.signatures.get("serving_default")
+        target = None
+        if signature is not None and signature.strict_shapes and predictor.batchable and len(predictor.inputs) == 1:
+            spec = predictor.inputs[0]
+            if spec.dtype.kind == "f" and spec.shape is not None:
+                target = (signature, predictor.input_names[0], spec.dtype, tuple(spec.shape))
+        predictor.__dict__["_numeric_target"] = target
+    return target
 
 
 # ------------------------------------------------------------------ JSON out
@@ -285,11 +301,9 @@ def _holds_bool(value: list) -> bool:
 
 def _text32(v: float) -> str:
     """WriteDecimal of one float32 (as a Python float): %g, else %.9g; '.0' on whole numbers."""
-    if v != v:
-        return "NaN"
-    if v in (math.inf, -math.inf):
-        return "Infinity" if v > 0 else "-Infinity"
     text = f"{v:g}"
+    if "n" in text:  # nan, inf, -inf: the only texts of %g with a letter n
+        return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
     try:
         same = _F32.unpack(_F32.pack(float(text)))[0] == v
     except OverflowError:
@@ -331,6 +345,8 @@ def _needs_nine_unchecked(flat: np.ndarray) -> np.ndarray:
 
 def format_floats(values: np.ndarray) -> list[str]:
     """TF Serving's WriteDecimal for every value of a float array (flattened)."""
+    if type(values) is np.ndarray and values.dtype == np.float32 and values.size < 32:  # the common small answer
+        return [_text32(v) for v in values.ravel().tolist()]
     flat = np.asarray(values).ravel()
     if flat.dtype == np.float64:
         return [_text64(v) for v in flat.tolist()]
@@ -372,11 +388,20 @@ def _nest(texts: list[str], shape: tuple[int, ...]) -> str:
 
 
 def tensor_json(array: np.ndarray, name: str) -> str:
+    if array.ndim == 2 and array.dtype == np.float32:  # the common answer (rows of scores): one join a row
+        texts, width = format_floats(array), array.shape[1]
+        if width == 1:
+            return "[[" + "],[".join(texts) + "]]" if texts else "[]"
+        return "[" + ",".join(["[" + ",".join(texts[i : i + width]) + "]" for i in range(0, len(texts), width)]) + "]"
     return _nest(_leaves(array, name), array.shape)
 
 
 def predict_json(outputs: dict[str, np.ndarray], row_form: bool) -> str:
     """``{"predictions": ...}`` (row form) or ``{"outputs": ...}`` (columnar), as TF Serving writes them."""
+    if len(outputs) == 1:  # one output (most models): no sorting, no batch sizes to compare
+        ((name, array),) = outputs.items()
+        if array.ndim:
+            return ('{"predictions":' if row_form else '{"outputs":') + tensor_json(array, name) + "}"
     if not outputs:
         raise invalid("Cannot convert empty tensor map to JSON")
     names = sorted(outputs)

@@ -24,6 +24,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from modelkeep.errors import CorruptCheckpointError, GraphOnlyModelError
@@ -79,7 +80,7 @@ class ModelVersion:
     batcher: MicroBatcher
     loaded_at: float = field(default_factory=time.time)
 
-    @property
+    @cached_property
     def version_header(self) -> bytes:
         return str(self.version).encode()
 
