@@ -251,3 +251,17 @@ def test_connection_close_http10_shutdown_and_a_client_gone(model_file):
 
 def test_serve_uses_the_fast_protocol():
     assert http_protocol() is FastHttpToolsProtocol
+
+
+def test_fast_path_only_on_the_uvicorn_release_it_was_tested_on(monkeypatch):
+    """Another uvicorn release gets uvicorn's own httptools protocol, not a subclass of internals
+    that may have changed."""
+    import uvicorn
+
+    from modelkeep.serving import server
+    from modelkeep.serving.http_fast import FastHttpToolsProtocol
+
+    assert uvicorn.__version__.startswith(server.FAST_PATH_UVICORN)  # pyproject pins the serve extra to it
+    assert server.http_protocol() is FastHttpToolsProtocol
+    monkeypatch.setattr(uvicorn, "__version__", "0.99.0")
+    assert server.http_protocol() == "httptools"

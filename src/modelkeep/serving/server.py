@@ -257,6 +257,10 @@ def _grpc_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+#: the uvicorn release series ``http_fast`` was tested against (pyproject pins the serve extra to it)
+FAST_PATH_UVICORN = "0.54."
+
+
 def http_protocol() -> Any:
     """uvicorn's HTTP protocol: httptools (C, llhttp) with modelkeep's predict fast path
     (``http_fast``) when installed, else ``"h11"``."""
@@ -264,6 +268,10 @@ def http_protocol() -> Any:
         import httptools  # noqa: F401
     except ImportError:
         return "h11"
+    import uvicorn
+
+    if not uvicorn.__version__.startswith(FAST_PATH_UVICORN):
+        return "httptools"  # http_fast leans on uvicorn's internals: only the release it was tested on
     try:
         from modelkeep.serving.http_fast import FastHttpToolsProtocol
     except ImportError:  # a uvicorn whose httptools module is laid out otherwise: uvicorn's own protocol
