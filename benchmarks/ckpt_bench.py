@@ -166,7 +166,7 @@ def contenders(work: Path, orbax: bool) -> dict[str, Callable[[], Any]]:
     return table
 
 
-def fit_runs(model: Any, work: Path, epochs: int, steps: int, orbax: bool) -> dict[str, Any]:
+def fit_runs(model: Any, work: Path, epochs: int, steps: int, orbax: bool, only: list[str] = ()) -> dict[str, Any]:
     """Fit without a checkpoint, with each contender, without again; per-checkpoint figures."""
     width = model.inputs[0].shape[-1]
     data = np.resize(np.random.default_rng(2).standard_normal((64, width), dtype=np.float32), (steps * 8, width))
@@ -182,7 +182,8 @@ def fit_runs(model: Any, work: Path, epochs: int, steps: int, orbax: bool) -> di
     fit([])  # warm up
     base = [fit([])]
     rows: dict[str, Any] = {}
-    for number, (name, make) in enumerate(contenders(work, orbax).items(), 1):
+    table = {k: v for k, v in contenders(work, orbax).items() if not only or any(o.lower() in k.lower() for o in only)}
+    for number, (name, make) in enumerate(table.items(), 1):
         probe = Probe(make())
         print(f"    {name} ...", end="", flush=True)
         wall, cpu = fit([probe.callback])
@@ -198,6 +199,7 @@ def fit_runs(model: Any, work: Path, epochs: int, steps: int, orbax: bool) -> di
             "drain_s": getattr(probe.callback, "drain", 0.0),
             "writer_cpu_s": statistics.median(r.cpu_seconds for r in history) if history else None,
             "writer_wall_s": statistics.median(r.seconds for r in history) if history else None,
+            "breakdown": breakdown(history),
         }  # fmt: skip
         print(f" fit {wall:.2f} s", flush=True)
     base.append(fit([]))
@@ -209,6 +211,24 @@ def fit_runs(model: Any, work: Path, epochs: int, steps: int, orbax: bool) -> di
         row["steady_stall_s"] = max(0.0, row["fit_s"] + row["drain_s"] - base_wall - row["once_s"]) / epochs
         row["extra_cpu_s"] = max(0.0, row["cpu_s"] - base_cpu) / epochs
     return {"baseline_fit_s": [b[0] for b in base], "baseline_cpu_s": [b[1] for b in base], "rows": rows}
+
+
+def breakdown(history: list[Any]) -> dict[str, Any] | None:
+    """Where a modelkeep save's time went (medians over the saves after the first, which also
+    traces or makes the run's layout): on the training thread, the wait for the save before
+    and the snapshot; on the writer thread, each phase's wall and CPU seconds."""
+    if not history:
+        return None
+    later = history[1:] or history
+    names = list(dict.fromkeys(name for r in history for name in r.phases))
+    return {
+        "waited_s": statistics.median(r.waited_seconds for r in later),
+        "snapshot_s": statistics.median(r.snapshot_seconds for r in later),
+        "first_snapshot_s": history[0].snapshot_seconds,
+        "phases": {name: [statistics.median(r.phases.get(name, [0.0, 0.0])[i] for r in later) for i in (0, 1)]
+                   for name in names},
+        "first_phases": {name: list(v) for name, v in history[0].phases.items()},
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------ NumPy state
@@ -245,7 +265,7 @@ def numpy_state_saves(model: Any, work: Path, orbax: bool) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ report
-def run_size(size_mb: float, work: Path, epochs: int, orbax: bool) -> dict[str, Any]:
+def run_size(size_mb: float, work: Path, epochs: int, orbax: bool, only: list[str] = ()) -> dict[str, Any]:
     from run import build_model, state_bytes
 
     model = build_model(size_mb / 1024)
@@ -261,7 +281,7 @@ def run_size(size_mb: float, work: Path, epochs: int, orbax: bool) -> dict[str, 
     step_s = (time.perf_counter() - start) / 2
     steps = max(3, min(200, int(1.2 * raw_s / step_s) + 1))
     print(f"  one copy {copy_s:.3f} s, raw write+fsync {raw_s:.3f} s, step {step_s:.3f} s -> {steps} steps an epoch", flush=True)
-    fits = fit_runs(model, work, epochs, steps, orbax)
+    fits = fit_runs(model, work, epochs, steps, orbax, only)
     saves = numpy_state_saves(model, work, orbax)
     for entry in work.iterdir():
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
@@ -283,6 +303,16 @@ def print_report(results: dict[str, Any]) -> None:
             print(f"{name[:44]:44s} {row['stall_s']:10.3f} {row['stall_s'] / copy_s:6.1f} {row['steady_stall_s']:7.3f} "
                   f"{row['steady_stall_s'] / copy_s:6.1f} {row['once_s']:6.2f} {row['blocked_s']:7.3f} "
                   f"{row['extra_cpu_s']:6.3f} {row['extra_cpu_s'] / copy_s:6.1f} {writer}")  # fmt: skip
+        print("where modelkeep's saves went (after the first save; training thread: waited for the save before + "
+              "snapshot; writer thread: phase wall/CPU s):")  # fmt: skip
+        for name, row in size["fits"]["rows"].items():
+            parts = row.get("breakdown")
+            if not parts:
+                continue
+            print(f"  {name}: waited {parts['waited_s']:.3f} + snapshot {parts['snapshot_s']:.3f} s "
+                  f"(/copy {parts['snapshot_s'] / copy_s:.1f}; first save's snapshot {parts['first_snapshot_s']:.3f} s)")  # fmt: skip
+            for phase_name, (wall, cpu) in parts["phases"].items():
+                print(f"      {phase_name:56s} {wall:6.3f} {cpu:6.3f}")
         print("same state, no fit (seconds; / raw write+fsync):")
         for name, seconds in size["numpy_state_saves"].items():
             print(f"  {name:52s} {seconds:7.3f}  {seconds / size['raw_write_fsync_s']:5.2f}x")
@@ -312,6 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--epochs", type=int, default=2, help="checkpoints per fit (default 2)")
     parser.add_argument("--dir", type=Path, help="where to write (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument("--only", default="", help="contenders whose name holds one of these words, comma-separated")
     parser.add_argument("--no-peers-venv", action="store_true", help="do not re-run in the peers' venv")
     args = parser.parse_args(argv)
     if not _has_orbax() and not args.no_peers_venv:
@@ -324,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         print("orbax-checkpoint is not installed here; `make bench-peers` (benchmarks/peers_env.py) makes its venv.")
     orbax = _has_orbax()
     sizes = [float(s) for s in args.size_mb.split(",") if s]
+    only = [o for o in args.only.split(",") if o]
     print(f"checkpoint benchmark: sizes {args.size_mb} MiB, {args.epochs} checkpoints a fit, 8 contenders; on a shared "
           "2-core machine (Dec 2 2026, load average 8-12 from other jobs) the default took 12.2 minutes; `--size-mb 270` "
           "about 3. Ctrl-C or SIGTERM stops it and removes its files.",
@@ -335,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                                "cpus": os.cpu_count(), "load_start": os.getloadavg(), "orbax": orbax, "sizes": []}  # fmt: skip
     try:
         for size in sizes:
-            results["sizes"].append(run_size(size, work, args.epochs, orbax))
+            results["sizes"].append(run_size(size, work, args.epochs, orbax, only))
     except BaseException:
         if STOPPED_BY:
             raise SystemExit(128 + STOPPED_BY[0]) from None
