@@ -13,12 +13,16 @@ state is the weights) is trained with one checkpoint an epoch, by each contender
 * Keras's own ``ModelCheckpoint`` writing ``.weights.h5`` (synchronous) and Keras's own
   ``OrbaxCheckpoint`` (async), ``tf.train.CheckpointManager`` in a callback (synchronous);
 
-and **stall per checkpoint** = (fit with the contender - fit without) / checkpoints, over
+and **stall per checkpoint** = (fit with the contender - the mean of the fits without just before
+and just after it) / checkpoints (their disagreement is printed as the noise of that figure), over
 **one in-memory copy** of the state (``np.copyto`` into memory already mapped: the floor of
 any design that keeps training going while it writes). Beside it, the breakdown: how long the
 training thread was blocked in the callback, the extra CPU the process spent per checkpoint
 (``getrusage``, less sensitive to other jobs on the machine than wall time), and for
-modelkeep the CPU time of its writer thread per save. Then, on the same NumPy state without a
+modelkeep the CPU time of its writer thread per save, and where each of its saves went: on the
+training thread the wait for the save before and the snapshot, on the writer thread the wall
+and CPU time of each step (``storage.phases``: CPU there is GIL time when the step runs in
+Python or h5py, not when it runs in C with the GIL released). Then, on the same NumPy state without a
 fit: Orbax's ``StandardCheckpointer`` (async save: time until it returns, and until it is
 written), ``tf.train.CheckpointManager``, Keras ``save_weights`` and the raw disk (one
 write + fsync).
@@ -378,8 +382,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     sizes = [float(s) for s in args.size_mb.split(",") if s]
     only = [o for o in args.only.split(",") if o]
     print(f"checkpoint benchmark: sizes {args.size_mb} MiB, {args.epochs} checkpoints a fit, 8 contenders; on a shared "
-          "2-core machine (Dec 2 2026, load average 8-12 from other jobs) the default took 12.2 minutes; `--size-mb 270` "
-          "about 3. Ctrl-C or SIGTERM stops it and removes its files.",
+          "2-core machine (Dec 2 2026, load average 3.4-3.7 from other jobs) the default took 5.5 minutes; `--size-mb 270` "
+          "about 1.5. Ctrl-C or SIGTERM stops it and removes its files.",
           flush=True)  # fmt: skip
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="modelkeep-ckpt-bench-", dir=args.dir))

@@ -273,7 +273,7 @@ class KerasZipSnapshot:
         if rng:
             arrays.update({f"{RNG}/{k}": v for k, v in rng.items()})
         if buffers is not None:
-            arrays = buffers.copy(ModelState(arrays)).variables
+            arrays = buffers.copy(ModelState(arrays), align=4096).variables  # page-aligned: direct writes
         elif copy:
             arrays = {k: np.array(v) for k, v in arrays.items()}
         # else: read-only views of the variables (kept by copy-on-write); the caller copies them
