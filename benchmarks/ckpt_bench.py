@@ -334,7 +334,7 @@ def print_report(results: dict[str, Any]) -> None:
             print(f"  {name}: waited {parts['waited_s']:.3f} + snapshot {parts['snapshot_s']:.3f} s "
                   f"(/copy {parts['snapshot_s'] / copy_s:.1f}; first save's snapshot {parts['first_snapshot_s']:.3f} s)")  # fmt: skip
             for phase_name, (wall, cpu) in parts["phases"].items():
-                print(f"      {phase_name:56s} {wall:6.3f} {cpu:6.3f}")
+                print(f"      {phase_name:60s} {wall:6.3f} {cpu:6.3f}")
         print("same state, no fit (seconds; / raw write+fsync):")
         for name, seconds in size["numpy_state_saves"].items():
             print(f"  {name:52s} {seconds:7.3f}  {seconds / size['raw_write_fsync_s']:5.2f}x")

@@ -116,7 +116,8 @@ def save_state(directory: Path | str, state: ModelState, *, step: int, metadata:
     with atomic_path(target, keep_suffix="") as tmp:
         tmp.mkdir()
         SafetensorsFormat().write(ModelState(state.variables, state.model_config, state.compile_config, meta), tmp / STORE_STATE)
-        write_manifest(tmp / STORE_MANIFEST, [tmp / STORE_STATE], {**_summary(meta), "format": "modelkeep backup"})
+        with phase("manifest crc-32 (files not checksummed while written)"):
+            write_manifest(tmp / STORE_MANIFEST, [tmp / STORE_STATE], {**_summary(meta), "format": "modelkeep backup"})
     return info_for(target, verify=False)
 
 
