@@ -215,3 +215,26 @@ def test_the_guard_takes_two_keys_per_tensor_and_refuses_three(tmp_path: Path, m
     assert tf_bundle.write_bundle_direct(tmp_path / "three", three)
     with pytest.raises(UnsafeFileError, match="tf-size-bomb"):
         open_tf_checkpoint(tmp_path / "three")
+
+
+def test_a_bfloat16_model_goes_through_keras_own_writers_and_loads_bit_exact(tmp_path: Path) -> None:
+    """h5py stores bfloat16 with a conversion Keras marks in an attribute: such a snapshot is
+    written by Keras's H5IOStore and zipfile (the fallback), still from the snapshot."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, dtype="bfloat16"), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    record = Record()
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((32, 8)).astype("float32"), rng.standard_normal((32, 2)).astype("float32")
+    calls: list = []
+    real = direct.write_file
+    direct.write_file = lambda path, writes: calls.append(path) or real(path, writes)
+    try:
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[record, mk.ModelCheckpoint(str(tmp_path / "b-{epoch}.keras"))])
+    finally:
+        direct.write_file = real
+    assert not calls  # not laid out by hand
+    loaded = keras.saving.load_model(tmp_path / "b-1.keras")
+    assert str(loaded.layers[0].kernel.dtype) == "bfloat16"
+    _assert_epoch(loaded, record, 0)
+    assert [c.status for c in mk.list_checkpoints(tmp_path)] == ["ok"]
