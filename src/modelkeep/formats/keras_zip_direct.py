@@ -17,9 +17,10 @@ The archive holds what Keras's ``model.save`` writes (stored members ``metadata.
   (``SnapshotBuffers.copy(align=ALIGN)``), the rest with ``os.pwrite``. Both release the
   GIL; the CRC-32s (member and whole file, for the manifest) come from memory with ISA-L.
 
-Measured on the 2-core VM, 270 MiB of weights (``/tmp`` profile, quiet machine): Keras's
-``H5IOStore`` replay + ``zipfile`` copy took 1.0-1.4 s of the writer thread's CPU, mostly with
-the GIL held (h5py does not release it while writing).
+Measured on the shared 2-core VM (load average 2-4), 270 MiB of weights: Keras's ``H5IOStore``
+replay + ``zipfile`` copy took 1.0-1.4 s of the writer thread's CPU per save, much of it with
+the GIL held (h5py keeps it while writing); this writer 0.025-0.045 s (writes, CRC-32s), plus
+0.04 s for the manifest's read-back check (``benchmarks/ckpt_bench.py`` prints the breakdown).
 
 Example::
 
