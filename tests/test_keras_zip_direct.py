@@ -238,3 +238,17 @@ def test_a_bfloat16_model_goes_through_keras_own_writers_and_loads_bit_exact(tmp
     assert str(loaded.layers[0].kernel.dtype) == "bfloat16"
     _assert_epoch(loaded, record, 0)
     assert [c.status for c in mk.list_checkpoints(tmp_path)] == ["ok"]
+
+
+def test_the_snapshot_reads_adam_slots_as_views_not_keras_numpy_copies() -> None:
+    """Keras's optimizer hands ``variable.numpy()`` copies to the store; during modelkeep's walk it
+    hands the variables (read as views, copied once into the snapshot), and is left as it was."""
+    from modelkeep.formats import keras_zip
+
+    model = _model()
+    model.optimizer.build(model.trainable_variables)
+    entries, sources = keras_zip._walk(model)
+    optimizer_slots = [value for slot, value in sources if slot.split(":", 1)[1].startswith("optimizer/")]
+    assert len(optimizer_slots) == len(model.optimizer.variables)
+    assert all(a is b for a, b in zip(optimizer_slots, model.optimizer.variables))
+    assert "save_own_variables" not in vars(model.optimizer)

@@ -6,9 +6,11 @@ protocol (Keras writes in place) and clear errors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -363,8 +365,33 @@ def _walk(model: Any) -> tuple[list, list[tuple[str, Any]]]:
         if global_state.get_global_attribute(key, None) is None:
             global_state.set_global_attribute(key, saving_lib.get_attr_skipset(kind))
     recorder = _RecordingStore()
-    saving_lib._save_state(model, weights_store=recorder, assets_store=None, inner_path="", visited_saveables=set())
+    with _optimizer_hands_variables(model):
+        saving_lib._save_state(model, weights_store=recorder, assets_store=None, inner_path="", visited_saveables=set())
     return recorder.entries, list(recorder.sources.items())
+
+
+@contextlib.contextmanager
+def _optimizer_hands_variables(model: Any) -> Iterator[None]:
+    """During the walk, the optimizer hands the recorder its variables, where Keras's own
+    ``save_own_variables`` hands ``variable.numpy()`` copies (for Adam, two more copies of the
+    weights on the training thread before the snapshot's own copy). Same slots, same values; only
+    an optimizer that keeps Keras's base ``save_own_variables`` is shadowed, for the walk alone."""
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or getattr(type(optimizer), "save_own_variables", None) is not BaseOptimizer.save_own_variables:
+        yield
+        return
+
+    def save_own_variables(store: Any) -> None:
+        for i, variable in enumerate(optimizer.variables):
+            store[str(i)] = variable
+
+    object.__setattr__(optimizer, "save_own_variables", save_own_variables)  # no tracking of a function
+    try:
+        yield
+    finally:
+        object.__delattr__(optimizer, "save_own_variables")
 
 
 def _host_array(value: Any) -> np.ndarray:
