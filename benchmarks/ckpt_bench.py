@@ -287,12 +287,15 @@ def numpy_state_saves(model: Any, work: Path, orbax: bool) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ report
-def run_size(size_mb: float, work: Path, epochs: int, orbax: bool, only: list[str] = (), rounds: int = 1) -> dict[str, Any]:
-    from run import build_model, state_bytes
+def run_size(size_mb: float, work: Path, epochs: int, orbax: bool, only: list[str] = (), rounds: int = 1,
+             optimizer: str = "sgd") -> dict[str, Any]:  # fmt: skip
+    from run import build_model
 
-    model = build_model(size_mb / 1024)
-    nbytes = state_bytes(model)
-    print(f"\n{nbytes / MIB:.0f} MiB of float32 weights, {len(model.weights)} variables", flush=True)
+    model = build_model(size_mb / 1024, optimizer=optimizer)
+    variables = list(model.weights) + list(model.optimizer.variables)
+    nbytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)  # what a whole-model save holds
+    print(f"\n{nbytes / MIB:.0f} MiB of state ({optimizer}: weights and optimizer variables), {len(variables)} variables",
+          flush=True)  # fmt: skip
     copy_s, raw_s = copy_floor(nbytes), raw_write(nbytes, work)
     # an epoch should outlast a background write (about one raw write), or saves queue up
     width = model.inputs[0].shape[-1]
@@ -362,11 +365,13 @@ def _stop(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mb", default="270,1024", help="state sizes in MiB, comma-separated (default 270,1024)")
+    parser.add_argument("--size-mb", default="270,1024", help="float32 weights in MiB, comma-separated (default 270,1024; with --optimizer adam the state is 3x)")
     parser.add_argument("--epochs", type=int, default=2, help="checkpoints per fit (default 2)")
     parser.add_argument("--dir", type=Path, help="where to write (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every fit this many times, keep medians (default 1)")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                        help="sgd (default: the state is the weights) or adam (weights and two slots each)")
     parser.add_argument("--only", default="", help="contenders whose name holds one of these words, comma-separated")
     parser.add_argument("--no-peers-venv", action="store_true", help="do not re-run in the peers' venv")
     args = parser.parse_args(argv)
@@ -392,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                                "cpus": os.cpu_count(), "load_start": os.getloadavg(), "orbax": orbax, "sizes": []}  # fmt: skip
     try:
         for size in sizes:
-            results["sizes"].append(run_size(size, work, args.epochs, orbax, only, args.rounds))
+            results["sizes"].append(run_size(size, work, args.epochs, orbax, only, args.rounds, args.optimizer))
     except BaseException:
         if STOPPED_BY:
             raise SystemExit(128 + STOPPED_BY[0]) from None
