@@ -13,12 +13,16 @@ state is the weights) is trained with one checkpoint an epoch, by each contender
 * Keras's own ``ModelCheckpoint`` writing ``.weights.h5`` (synchronous) and Keras's own
   ``OrbaxCheckpoint`` (async), ``tf.train.CheckpointManager`` in a callback (synchronous);
 
-and **stall per checkpoint** = (fit with the contender - fit without) / checkpoints, over
+and **stall per checkpoint** = (fit with the contender - the mean of the fits without just before
+and just after it) / checkpoints (their disagreement is printed as the noise of that figure), over
 **one in-memory copy** of the state (``np.copyto`` into memory already mapped: the floor of
 any design that keeps training going while it writes). Beside it, the breakdown: how long the
 training thread was blocked in the callback, the extra CPU the process spent per checkpoint
 (``getrusage``, less sensitive to other jobs on the machine than wall time), and for
-modelkeep the CPU time of its writer thread per save. Then, on the same NumPy state without a
+modelkeep the CPU time of its writer thread per save, and where each of its saves went: on the
+training thread the wait for the save before and the snapshot, on the writer thread the wall
+and CPU time of each step (``storage.phases``: CPU there is GIL time when the step runs in
+Python or h5py, not when it runs in C with the GIL released). Then, on the same NumPy state without a
 fit: Orbax's ``StandardCheckpointer`` (async save: time until it returns, and until it is
 written), ``tf.train.CheckpointManager``, Keras ``save_weights`` and the raw disk (one
 write + fsync).
@@ -166,8 +170,12 @@ def contenders(work: Path, orbax: bool) -> dict[str, Callable[[], Any]]:
     return table
 
 
-def fit_runs(model: Any, work: Path, epochs: int, steps: int, orbax: bool) -> dict[str, Any]:
-    """Fit without a checkpoint, with each contender, without again; per-checkpoint figures."""
+def fit_runs(model: Any, work: Path, epochs: int, steps: int, orbax: bool, only: list[str] = (),
+             rounds: int = 1) -> dict[str, Any]:  # fmt: skip
+    """Each contender's fit between two fits without a checkpoint (other jobs on the machine come
+    and go: each stall is taken against its own two neighbours, and their disagreement is the
+    noise of that figure); ``rounds`` > 1 repeats the whole sequence, every other round in
+    reverse order, and keeps the medians."""
     width = model.inputs[0].shape[-1]
     data = np.resize(np.random.default_rng(2).standard_normal((64, width), dtype=np.float32), (steps * 8, width))
 
@@ -179,36 +187,70 @@ def fit_runs(model: Any, work: Path, epochs: int, steps: int, orbax: bool) -> di
         after = resource.getrusage(resource.RUSAGE_SELF)
         return wall, (after.ru_utime + after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
 
-    fit([])  # warm up
-    base = [fit([])]
-    rows: dict[str, Any] = {}
-    for number, (name, make) in enumerate(contenders(work, orbax).items(), 1):
+    def one(name: str, make: Callable[[], Any]) -> dict[str, Any]:
         probe = Probe(make())
         print(f"    {name} ...", end="", flush=True)
         wall, cpu = fit([probe.callback])
-        if number == 4:  # the fit without, mid-way too (other jobs come and go)
-            base.append(fit([]))
         for entry in work.iterdir():
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         history, blocked = probe.callback.history, probe.callback.blocked
         later = statistics.median(blocked[1:]) if len(blocked) > 1 else blocked[0]
-        rows[name] = {
+        print(f" fit {wall:.2f} s", flush=True)
+        return {
             "fit_s": wall, "cpu_s": cpu, "blocked_s": later, "first_blocked_s": blocked[0],
             "once_s": max(0.0, blocked[0] - later),  # what only the first save costs (a SavedModel's trace)
             "drain_s": getattr(probe.callback, "drain", 0.0),
             "writer_cpu_s": statistics.median(r.cpu_seconds for r in history) if history else None,
             "writer_wall_s": statistics.median(r.seconds for r in history) if history else None,
+            "breakdown": breakdown(history),
         }  # fmt: skip
-        print(f" fit {wall:.2f} s", flush=True)
-    base.append(fit([]))
-    base_wall = statistics.median(b[0] for b in base)
-    base_cpu = statistics.median(b[1] for b in base)
-    for row in rows.values():
-        row["stall_s"] = max(0.0, row["fit_s"] + row["drain_s"] - base_wall) / epochs
-        # the stall of a save after the first: the first save's one-time cost taken out
-        row["steady_stall_s"] = max(0.0, row["fit_s"] + row["drain_s"] - base_wall - row["once_s"]) / epochs
-        row["extra_cpu_s"] = max(0.0, row["cpu_s"] - base_cpu) / epochs
-    return {"baseline_fit_s": [b[0] for b in base], "baseline_cpu_s": [b[1] for b in base], "rows": rows}
+
+    fit([])  # warm up
+    base = [fit([])]
+    table = {k: v for k, v in contenders(work, orbax).items() if not only or any(o.lower() in k.lower() for o in only)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in table}
+    for number in range(rounds):
+        for name in list(table) if number % 2 == 0 else list(reversed(table)):
+            row = one(name, table[name])
+            base.append(fit([]))
+            (before_wall, before_cpu), (after_wall, after_cpu) = base[-2], base[-1]
+            base_wall, base_cpu = (before_wall + after_wall) / 2, (before_cpu + after_cpu) / 2
+            row["stall_s"] = max(0.0, row["fit_s"] + row["drain_s"] - base_wall) / epochs
+            # the stall of a save after the first: the first save's one-time cost taken out
+            row["steady_stall_s"] = max(0.0, row["fit_s"] + row["drain_s"] - base_wall - row["once_s"]) / epochs
+            row["extra_cpu_s"] = max(0.0, row["cpu_s"] - base_cpu) / epochs
+            row["noise_s"] = abs(before_wall - after_wall) / epochs  # how far the two fits without disagree
+            runs[name].append(row)
+    rows = {name: _median_row(found) for name, found in runs.items()}
+    return {"baseline_fit_s": [b[0] for b in base], "baseline_cpu_s": [b[1] for b in base], "rounds": rounds, "rows": rows}
+
+
+def _median_row(found: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds of every figure (the last round's breakdown), each round's stall kept."""
+    row: dict[str, Any] = {}
+    for key, value in found[-1].items():
+        numbers = [r[key] for r in found if isinstance(r[key], (int, float))]
+        row[key] = statistics.median(numbers) if isinstance(value, (int, float)) and numbers else value
+    row["stall_by_round_s"] = [r["stall_s"] for r in found]
+    return row
+
+
+def breakdown(history: list[Any]) -> dict[str, Any] | None:
+    """Where a modelkeep save's time went (medians over the saves after the first, which also
+    traces or makes the run's layout): on the training thread, the wait for the save before
+    and the snapshot; on the writer thread, each phase's wall and CPU seconds."""
+    if not history:
+        return None
+    later = history[1:] or history
+    names = list(dict.fromkeys(name for r in history for name in r.phases))
+    return {
+        "waited_s": statistics.median(r.waited_seconds for r in later),
+        "snapshot_s": statistics.median(r.snapshot_seconds for r in later),
+        "first_snapshot_s": history[0].snapshot_seconds,
+        "phases": {name: [statistics.median(r.phases.get(name, [0.0, 0.0])[i] for r in later) for i in (0, 1)]
+                   for name in names},
+        "first_phases": {name: list(v) for name, v in history[0].phases.items()},
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------ NumPy state
@@ -245,12 +287,15 @@ def numpy_state_saves(model: Any, work: Path, orbax: bool) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ report
-def run_size(size_mb: float, work: Path, epochs: int, orbax: bool) -> dict[str, Any]:
-    from run import build_model, state_bytes
+def run_size(size_mb: float, work: Path, epochs: int, orbax: bool, only: list[str] = (), rounds: int = 1,
+             optimizer: str = "sgd") -> dict[str, Any]:  # fmt: skip
+    from run import build_model
 
-    model = build_model(size_mb / 1024)
-    nbytes = state_bytes(model)
-    print(f"\n{nbytes / MIB:.0f} MiB of float32 weights, {len(model.weights)} variables", flush=True)
+    model = build_model(size_mb / 1024, optimizer=optimizer)
+    variables = list(model.weights) + list(model.optimizer.variables)
+    nbytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)  # what a whole-model save holds
+    print(f"\n{nbytes / MIB:.0f} MiB of state ({optimizer}: weights and optimizer variables), {len(variables)} variables",
+          flush=True)  # fmt: skip
     copy_s, raw_s = copy_floor(nbytes), raw_write(nbytes, work)
     # an epoch should outlast a background write (about one raw write), or saves queue up
     width = model.inputs[0].shape[-1]
@@ -261,7 +306,7 @@ def run_size(size_mb: float, work: Path, epochs: int, orbax: bool) -> dict[str, 
     step_s = (time.perf_counter() - start) / 2
     steps = max(3, min(200, int(1.2 * raw_s / step_s) + 1))
     print(f"  one copy {copy_s:.3f} s, raw write+fsync {raw_s:.3f} s, step {step_s:.3f} s -> {steps} steps an epoch", flush=True)
-    fits = fit_runs(model, work, epochs, steps, orbax)
+    fits = fit_runs(model, work, epochs, steps, orbax, only, rounds)
     saves = numpy_state_saves(model, work, orbax)
     for entry in work.iterdir():
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
@@ -275,18 +320,30 @@ def print_report(results: dict[str, Any]) -> None:
         print(f"\n=== {size['state_bytes'] / MIB:.0f} MiB state: one in-memory copy {copy_s:.3f} s, raw write+fsync "
               f"{size['raw_write_fsync_s']:.3f} s; {size['epochs']} checkpoints x {size['steps_per_epoch']} steps; fit "
               f"without checkpoints {', '.join(f'{b:.2f}' for b in size['fits']['baseline_fit_s'])} s")  # fmt: skip
-        head = (f"{'contender':44s} {'stall/ckpt':>10s} {'/copy':>6s} {'steady':>7s} {'/copy':>6s} {'once':>6s} "
-                f"{'blocked':>7s} {'xcpu':>6s} {'/copy':>6s} {'writer':>6s}")  # fmt: skip
+        head = (f"{'contender':44s} {'stall/ckpt':>10s} {'/copy':>6s} {'noise':>6s} {'steady':>7s} {'/copy':>6s} {'once':>6s} "
+                f"{'blocked':>7s} {'/copy':>6s} {'xcpu':>6s} {'/copy':>6s} {'writer':>6s}")  # fmt: skip
         print(head)
         for name, row in size["fits"]["rows"].items():
             writer = "" if row["writer_cpu_s"] is None else f"{row['writer_cpu_s']:6.3f}"
-            print(f"{name[:44]:44s} {row['stall_s']:10.3f} {row['stall_s'] / copy_s:6.1f} {row['steady_stall_s']:7.3f} "
-                  f"{row['steady_stall_s'] / copy_s:6.1f} {row['once_s']:6.2f} {row['blocked_s']:7.3f} "
-                  f"{row['extra_cpu_s']:6.3f} {row['extra_cpu_s'] / copy_s:6.1f} {writer}")  # fmt: skip
+            print(f"{name[:44]:44s} {row['stall_s']:10.3f} {row['stall_s'] / copy_s:6.1f} {row['noise_s'] / copy_s:6.1f} "
+                  f"{row['steady_stall_s']:7.3f} {row['steady_stall_s'] / copy_s:6.1f} {row['once_s']:6.2f} {row['blocked_s']:7.3f} "
+                  f"{row['blocked_s'] / copy_s:6.1f} {row['extra_cpu_s']:6.3f} {row['extra_cpu_s'] / copy_s:6.1f} {writer}")  # fmt: skip
+        print("where modelkeep's saves went (after the first save; training thread: waited for the save before + "
+              "snapshot; writer thread: phase wall/CPU s):")  # fmt: skip
+        for name, row in size["fits"]["rows"].items():
+            parts = row.get("breakdown")
+            if not parts:
+                continue
+            print(f"  {name}: waited {parts['waited_s']:.3f} + snapshot {parts['snapshot_s']:.3f} s "
+                  f"(/copy {parts['snapshot_s'] / copy_s:.1f}; first save's snapshot {parts['first_snapshot_s']:.3f} s)")  # fmt: skip
+            for phase_name, (wall, cpu) in parts["phases"].items():
+                print(f"      {phase_name:60s} {wall:6.3f} {cpu:6.3f}")
         print("same state, no fit (seconds; / raw write+fsync):")
         for name, seconds in size["numpy_state_saves"].items():
             print(f"  {name:52s} {seconds:7.3f}  {seconds / size['raw_write_fsync_s']:5.2f}x")
-    print("\nstall/ckpt: (fit with - fit without) / checkpoints, the last save's drain included; steady: the same "
+    print("\nstall/ckpt: (fit with - the mean of the fits without just before and just after it) / checkpoints, the "
+          "last save's drain included (median over --rounds); noise: how far those two fits without disagree, per "
+          "checkpoint, over one copy (a stall below it is not measurable on this run); steady: the same "
           "without the first save's one-time extra (once: a SavedModel's trace, once a run); blocked: time in the "
           "callback's on_epoch_end, saves after the first; xcpu: process CPU per checkpoint above the fit without "
           "(less sensitive to other jobs than wall time); writer: CPU of modelkeep's writer thread per save (its CRC "
@@ -308,10 +365,14 @@ def _stop(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mb", default="270,1024", help="state sizes in MiB, comma-separated (default 270,1024)")
+    parser.add_argument("--size-mb", default="270,1024", help="float32 weights in MiB, comma-separated (default 270,1024; with --optimizer adam the state is 3x)")
     parser.add_argument("--epochs", type=int, default=2, help="checkpoints per fit (default 2)")
     parser.add_argument("--dir", type=Path, help="where to write (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every fit this many times, keep medians (default 1)")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                        help="sgd (default: the state is the weights) or adam (weights and two slots each)")
+    parser.add_argument("--only", default="", help="contenders whose name holds one of these words, comma-separated")
     parser.add_argument("--no-peers-venv", action="store_true", help="do not re-run in the peers' venv")
     args = parser.parse_args(argv)
     if not _has_orbax() and not args.no_peers_venv:
@@ -324,9 +385,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         print("orbax-checkpoint is not installed here; `make bench-peers` (benchmarks/peers_env.py) makes its venv.")
     orbax = _has_orbax()
     sizes = [float(s) for s in args.size_mb.split(",") if s]
+    only = [o for o in args.only.split(",") if o]
     print(f"checkpoint benchmark: sizes {args.size_mb} MiB, {args.epochs} checkpoints a fit, 8 contenders; on a shared "
-          "2-core machine (Dec 2 2026, load average 8-12 from other jobs) the default took 12.2 minutes; `--size-mb 270` "
-          "about 3. Ctrl-C or SIGTERM stops it and removes its files.",
+          "2-core machine (Dec 2 2026, load average 3.4-3.7 from other jobs) the default took 5.5 minutes; `--size-mb 270` "
+          "about 1.5. Ctrl-C or SIGTERM stops it and removes its files.",
           flush=True)  # fmt: skip
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="modelkeep-ckpt-bench-", dir=args.dir))
@@ -335,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                                "cpus": os.cpu_count(), "load_start": os.getloadavg(), "orbax": orbax, "sizes": []}  # fmt: skip
     try:
         for size in sizes:
-            results["sizes"].append(run_size(size, work, args.epochs, orbax))
+            results["sizes"].append(run_size(size, work, args.epochs, orbax, only, args.rounds, args.optimizer))
     except BaseException:
         if STOPPED_BY:
             raise SystemExit(128 + STOPPED_BY[0]) from None

@@ -46,9 +46,10 @@ GIB = 1 << 30
 
 
 # ------------------------------------------------------------------------ the model
-def build_model(size_gb: float, seed: int = 0) -> Any:
+def build_model(size_gb: float, seed: int = 0, optimizer: str = "sgd") -> Any:
     """A Dense stack whose float32 weights total about ``size_gb`` GiB, compiled with SGD
-    (no optimizer slots, so the state is the weights plus the iteration counter)."""
+    (no optimizer slots, so the state is the weights plus the iteration counter), or with
+    ``optimizer="adam"`` (two slots a weight: the state is three times the weights)."""
     import keras
 
     nbytes = size_gb * GIB
@@ -61,7 +62,8 @@ def build_model(size_gb: float, seed: int = 0) -> Any:
     rng = np.random.default_rng(seed)
     for variable in model.weights:  # random values without a slow initializer
         variable.assign(rng.standard_normal(tuple(variable.shape), dtype=np.float32))
-    model.compile(optimizer=keras.optimizers.SGD(1e-6), loss="mse")
+    chosen = keras.optimizers.Adam(1e-6) if optimizer == "adam" else keras.optimizers.SGD(1e-6)
+    model.compile(optimizer=chosen, loss="mse")
     model.optimizer.build(model.trainable_variables)
     return model
 

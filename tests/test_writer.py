@@ -231,3 +231,37 @@ def test_snapshot_buffers_lay_arrays_back_to_back_in_one_aligned_mapping() -> No
     aligned = buffers.copy(ModelState(dict(source)), align=64).variables
     assert all(a.__array_interface__["data"][0] % 64 == 0 for a in aligned.values())
     assert all(np.array_equal(aligned[k], v) for k, v in source.items())
+
+
+def test_each_save_records_its_wait_its_snapshot_and_the_writers_phases() -> None:
+    """The breakdown ``benchmarks/ckpt_bench.py`` prints: the training thread's wait for the save
+    before and its snapshot, and per phase the writer thread's wall and CPU seconds."""
+    from modelkeep.storage.phases import phase
+
+    release = threading.Event()
+
+    def write(_data: object) -> None:
+        with phase("spin"):
+            end = time.thread_time() + 0.05  # CPU on the writer thread
+            while time.thread_time() < end:
+                pass
+        with phase("sleep"):
+            threading.Timer(0.3, release.set).start()
+            release.wait(10)  # wall only
+        with phase("sleep"):
+            time.sleep(0.01)
+
+    with phase("outside any save"):  # records nothing: no collect() on this thread
+        pass
+    writer = AsyncWriter()
+    writer.save(lambda: time.sleep(0.05), write, label="first")
+    writer.save(lambda: None, lambda _d: None, label="second")  # waits for the first (over 0.3 s)
+    writer.close()
+    first, second = writer.history
+    assert first.snapshot_seconds >= 0.05 and first.waited_seconds < 0.05
+    assert second.waited_seconds >= 0.25, second.waited_seconds
+    assert set(first.phases) == {"spin", "sleep"} and not second.phases
+    spin_wall, spin_cpu = first.phases["spin"]
+    sleep_wall, sleep_cpu = first.phases["sleep"]
+    assert spin_cpu >= 0.05 and spin_wall >= spin_cpu * 0.9
+    assert sleep_wall >= 0.3 and sleep_cpu < 0.05

@@ -49,10 +49,12 @@ from modelkeep.errors import CheckpointWriteError, CorruptCheckpointError
 from modelkeep.formats import registry
 from modelkeep.formats.base import Format
 from modelkeep.formats.keras_zip import KerasZipSnapshot
+from modelkeep.formats.keras_zip_direct import ALIGN as DIRECT_ALIGN
 from modelkeep.formats.savedmodel import SavedModelTemplate
 from modelkeep.formats.tf_checkpoint import DATA_SUFFIX, INDEX_SUFFIX, update_state_file, write_bundle
 from modelkeep.state import ModelState
 from modelkeep.storage.commit import clean_leftovers, fsync_path, write_error
+from modelkeep.storage.phases import phase
 
 log = logging.getLogger("modelkeep.checkpoint")
 
@@ -362,7 +364,9 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         self._sm_template = None  # traced again in each fit: once a run
         snapshots = self.format_for(Path(self.filepath)) is not registry.KERAS_WEIGHTS  # saved live, no snapshot
         if self._writer is not None and snapshots and should_write(self.model):
-            self._buffers.reserve_in(self._writer, state_nbytes(self.model, include_optimizer=not self.save_weights_only))
+            nbytes = state_nbytes(self.model, include_optimizer=not self.save_weights_only)
+            slack = DIRECT_ALIGN * (len(self.model.variables) + len(getattr(self.model.optimizer, "variables", None) or []) + 1)
+            self._buffers.reserve_in(self._writer, nbytes + slack)  # room for each array's alignment
         if self._remote_dir is not None and should_write(self.model):  # chief only
             self._clean_remote()
         directory = self._directory()
@@ -436,7 +440,8 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
     def _buffered(self, job: SaveJob | None) -> SaveJob | None:
         if job is not None and job.extra.get("keras_zip") is not None:
             snap = job.extra["keras_zip"]
-            snap.arrays = self._buffers.copy(ModelState(snap.arrays)).variables  # the one copy
+            # the one copy, each array page-aligned: the .keras writer sends whole blocks with O_DIRECT
+            snap.arrays = self._buffers.copy(ModelState(snap.arrays), align=DIRECT_ALIGN).variables
             snap.rng = {k[len("rng/"):]: v for k, v in snap.arrays.items() if k.startswith("rng/")}
         elif job is not None and job.model is None:
             # the one copy, into reused memory; TensorFlow's writers share it when 64-byte aligned
@@ -551,7 +556,8 @@ class ModelCheckpoint(_KERAS_MODEL_CHECKPOINT):
         self.saved.append(where)
         if self.verbose > 0:
             print(f"\nEpoch {job.metadata['epoch']}: finished saving model to {where}")
-        self._apply_retention(where.parent)
+        with phase("retention"):
+            self._apply_retention(where.parent)
         return info
 
     def _clean_remote(self) -> None:

@@ -46,6 +46,7 @@ from modelkeep.storage.checksums import (
 )
 from modelkeep.storage.commit import atomic_path, commit, fsync_path, is_leftover, temp_sibling, write_bytes
 from modelkeep.storage.fs import is_url
+from modelkeep.storage.phases import phase
 
 MANIFEST_SUFFIX = ".manifest.json"
 #: the manifest of a checkpoint whose files are being committed under an existing name
@@ -115,7 +116,8 @@ def save_state(directory: Path | str, state: ModelState, *, step: int, metadata:
     with atomic_path(target, keep_suffix="") as tmp:
         tmp.mkdir()
         SafetensorsFormat().write(ModelState(state.variables, state.model_config, state.compile_config, meta), tmp / STORE_STATE)
-        write_manifest(tmp / STORE_MANIFEST, [tmp / STORE_STATE], {**_summary(meta), "format": "modelkeep backup"})
+        with phase("manifest crc-32 (files not checksummed while written)"):
+            write_manifest(tmp / STORE_MANIFEST, [tmp / STORE_STATE], {**_summary(meta), "format": "modelkeep backup"})
     return info_for(target, verify=False)
 
 
@@ -391,7 +393,8 @@ def commit_checkpoint(tmp: Path, final: Path, fmt: Format, metadata: dict[str, A
     # a CRC-32 read from the file itself needs no second read after the renames (same inodes,
     # same bytes); one computed from memory while writing is checked against the file below
     from_memory = any(is_remembered(f) for f in tmp_files)
-    described = describe_files(tmp.parent, tmp_files)
+    with phase("manifest crc-32 (files not checksummed while written)"):
+        described = describe_files(tmp.parent, tmp_files)
     files = {
         str(dst.relative_to(final.parent)): described[str(src.relative_to(tmp.parent))] for src, dst in pairs
     }
@@ -401,17 +404,19 @@ def commit_checkpoint(tmp: Path, final: Path, fmt: Format, metadata: dict[str, A
         "metadata": {**metadata, "format": fmt.name, "name": final.name},
     }
     pending = pending_manifest_path(final)
-    write_bytes(pending, json.dumps(doc, indent=1, default=str).encode())
-    if tmp.is_dir():
-        commit(tmp, final)
-    else:
-        # data files first, the key file (.index) last; each was fsynced by its format
-        for src, dst in sorted(pairs, key=lambda p: p[1].name.endswith(INDEX_SUFFIX)):
-            os.replace(src, dst)
+    with phase("commit (manifest, renames, fsyncs)"):
+        write_bytes(pending, json.dumps(doc, indent=1, default=str).encode())
+        if tmp.is_dir():
+            commit(tmp, final)
+        else:
+            # data files first, the key file (.index) last; each was fsynced by its format
+            for src, dst in sorted(pairs, key=lambda p: p[1].name.endswith(INDEX_SUFFIX)):
+                os.replace(src, dst)
+            fsync_path(final.parent)
+        os.replace(pending, manifest_path(final))
         fsync_path(final.parent)
-    os.replace(pending, manifest_path(final))
-    fsync_path(final.parent)
-    info = info_for(final, verify=from_memory)
+    with phase("verify (read back, O_DIRECT)" if from_memory else "check manifest"):
+        info = info_for(final, verify=from_memory)
     if info.status != OK:
         raise CorruptCheckpointError(
             f"save: {final} was written but does not verify ({info.problem}). The disk may be "

@@ -47,13 +47,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
 from modelkeep.state import ModelState
-from modelkeep.storage import checksums
+from modelkeep.storage import checksums, phases
 
 log = logging.getLogger("modelkeep.checkpoint")
 
@@ -73,6 +73,11 @@ class SaveRecord:
     result: Any = None
     #: CPU time the writer's thread spent on this save (its own thread only)
     cpu_seconds: float | None = None
+    #: training thread: seconds ``save()`` waited for the save before it, and took the snapshot
+    waited_seconds: float = 0.0
+    snapshot_seconds: float = 0.0
+    #: writer thread: ``{phase: [wall s, cpu s]}`` marked by the writers (``storage.phases``)
+    phases: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float | None:
@@ -119,10 +124,14 @@ class AsyncWriter:
         Waits for the save in flight first (or, with ``when_busy="skip"``, returns False
         without taking the snapshot). Raises the error of a previous background save.
         """
+        start = time.perf_counter()
         if not self._make_room(label):
             return False
+        waited = time.perf_counter()
         data = snapshot()
-        self._enqueue(lambda: write(data), label)
+        snapped = time.perf_counter()
+        record = self._enqueue(lambda: write(data), label)
+        record.waited_seconds, record.snapshot_seconds = waited - start, snapped - waited
         return True
 
     def submit(self, job: Callable[[], Any], *, label: str = "checkpoint") -> bool:
@@ -182,7 +191,7 @@ class AsyncWriter:
         self.wait()
         return True
 
-    def _enqueue(self, job: Callable[[], Any], label: str) -> None:
+    def _enqueue(self, job: Callable[[], Any], label: str) -> SaveRecord:
         record = SaveRecord(label, time.monotonic())
         with self._cond:
             self._job = (job, record)
@@ -192,6 +201,7 @@ class AsyncWriter:
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 self._thread.start()
             self._cond.notify_all()
+        return record
 
     def _loop(self) -> None:
         _lower_priority(self.nice)
@@ -207,7 +217,8 @@ class AsyncWriter:
             record.started = time.monotonic()
             cpu = time.thread_time()
             try:
-                record.result = job()
+                with phases.collect(record.phases):
+                    record.result = job()
             except BaseException as exc:  # kept for the training thread
                 record.error = exc
                 log.error("%s: background save %s failed: %s", self.name, record.label, exc)

@@ -6,9 +6,11 @@ protocol (Keras writes in place) and clear errors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,9 +242,9 @@ class KerasZipSnapshot:
     ``metadata.json``, and Keras's own state walk (``saving_lib._save_state``) hands every
     array it would put in ``model.weights.h5`` to a recording store instead of a file; the
     arrays are read without a copy (``capture``'s host views) and copied once into
-    ``buffers`` (``checkpoint.writer.SnapshotBuffers``). ``write`` replays the recording into
-    Keras's real ``H5IOStore`` (so the HDF5 layout is Keras's, group by group) and zips it
-    with the two JSON files, as ``model.save`` does. ``take`` returns None for a model whose
+    ``buffers`` (``checkpoint.writer.SnapshotBuffers``). ``write`` makes the zip that
+    ``model.save`` makes (Keras's HDF5 groups, attributes and datasets, the two JSON files),
+    writing the tensor bytes itself (``formats.keras_zip_direct``). ``take`` returns None for a model whose
     layers keep assets (``TextVectorization``, ``StringLookup``): save it live.
 
     Example::
@@ -266,47 +268,69 @@ class KerasZipSnapshot:
 
         if any(hasattr(layer, "save_assets") for layer in model._flatten_layers(include_self=True)):
             return None
-        recorder = _RecordingStore()
         config_json, metadata_json = saving_lib._serialize_model_as_json(model)
-        saving_lib._save_state(model, weights_store=recorder, assets_store=None, inner_path="", visited_saveables=set())
-        arrays = recorder.arrays
+        entries, sources = _walk(model)
+        arrays = {slot: _host_array(value) for slot, value in sources}
         rng = {k: _host_array(v) for k, v in rng_variable_keys(model)}
         if rng:
             arrays.update({f"{RNG}/{k}": v for k, v in rng.items()})
         if buffers is not None:
-            arrays = buffers.copy(ModelState(arrays)).variables
+            arrays = buffers.copy(ModelState(arrays), align=4096).variables  # page-aligned: direct writes
         elif copy:
             arrays = {k: np.array(v) for k, v in arrays.items()}
         # else: read-only views of the variables (kept by copy-on-write); the caller copies them
         rng = {k[len(RNG) + 1 :]: arrays[k] for k in list(arrays) if k.startswith(RNG + "/")}
-        return cls(config_json, metadata_json, recorder.entries, arrays, rng)
+        return cls(config_json, metadata_json, entries, arrays, rng)
 
     def write(self, path: Path) -> list[Path]:
-        """The ``.keras`` zip at ``path``, committed atomically (fsync, rename)."""
+        """The ``.keras`` zip at ``path``, committed atomically (fsync, rename).
+
+        modelkeep lays the zip out and sends the tensor bytes to their offsets itself
+        (``formats.keras_zip_direct``); a snapshot whose arrays h5py would convert (bfloat16,
+        strings) goes through Keras's own ``H5IOStore`` and ``zipfile`` instead."""
+        from modelkeep.formats import keras_zip_direct as direct
+        from modelkeep.storage.checksums import remember_crc32
+        from modelkeep.storage.phases import phase
+
+        crc = None
+        with atomic_path(path, keep_suffix=".keras") as tmp:
+            layout = direct.h5_layout(self.entries, self.arrays, tmp.with_name(tmp.name + ".skeleton.h5"))
+            if layout is None:
+                with phase("H5IOStore + zipfile (GIL held)"):
+                    self._write_with_keras(tmp)
+            else:
+                members = [("metadata.json", self.metadata_json.encode()), ("config.json", self.config_json.encode())]
+                after = [(RNG_MEMBER, save_tensors(self.rng))] if self.rng else []
+                writes, crc = direct.plan(members, layout, self.arrays, after=after)
+                direct.write_file(tmp, writes)
+        if crc is not None:
+            remember_crc32(path, crc)  # the manifest takes it from memory (and verifies the file)
+        return [path]
+
+    def _write_with_keras(self, tmp: Path) -> None:
+        """Keras's own writers: the recording replayed into ``H5IOStore``, zipped with ``zipfile``."""
         import zipfile
 
         from keras.src.saving import saving_lib
 
-        with atomic_path(path, keep_suffix=".keras") as tmp:
-            weights = tmp.with_name(tmp.name + ".weights.h5")
+        weights = tmp.with_name(tmp.name + ".weights.h5")
+        try:
+            store = saving_lib.H5IOStore(str(weights), mode="w")
             try:
-                store = saving_lib.H5IOStore(str(weights), mode="w")
-                try:
-                    for group, attrs, items in self.entries:
-                        store.make(group, metadata=attrs)
-                        for name, key in items:
-                            store[name] = self.arrays[key]
-                finally:
-                    store.close()
-                with zipfile.ZipFile(tmp, "w") as archive:
-                    archive.writestr(saving_lib._METADATA_FILENAME, self.metadata_json)
-                    archive.writestr(saving_lib._CONFIG_FILENAME, self.config_json)
-                    _add_stored(archive, weights, saving_lib._VARS_FNAME_H5)
-                    if self.rng:
-                        archive.writestr(RNG_MEMBER, save_tensors(self.rng))
+                for group, attrs, items in self.entries:
+                    store.make(group, metadata=attrs)
+                    for name, key in items:
+                        store[name] = self.arrays[key]
             finally:
-                weights.unlink(missing_ok=True)
-        return [path]
+                store.close()
+            with zipfile.ZipFile(tmp, "w") as archive:
+                archive.writestr(saving_lib._METADATA_FILENAME, self.metadata_json)
+                archive.writestr(saving_lib._CONFIG_FILENAME, self.config_json)
+                _add_stored(archive, weights, saving_lib._VARS_FNAME_H5)
+                if self.rng:
+                    archive.writestr(RNG_MEMBER, save_tensors(self.rng))
+        finally:
+            weights.unlink(missing_ok=True)
 
 
 def _add_stored(archive: Any, source: Path, name: str) -> None:
@@ -319,6 +343,55 @@ def _add_stored(archive: Any, source: Path, name: str) -> None:
     with open(source, "rb") as src, archive.open(info, "w", force_zip64=True) as dest:
         while chunk := src.read(16 << 20):
             dest.write(chunk)
+
+
+_SKIPSET_KINDS = ("Operation", "Layer", "Functional", "Sequential", "Metric", "Optimizer", "Loss")
+
+
+def _walk(model: Any) -> tuple[list, list[tuple[str, Any]]]:
+    """Keras's own state walk (``saving_lib._save_state``) recorded: the entries and, per slot,
+    the value Keras would write.
+
+    Keras 3.15's walk means to cache the attribute skip-sets it builds from reference objects
+    (a ``Layer()`` per call) but stores them under another key (``saving_attr_skipset_*``) than
+    it reads (``saving_attr_skiplist_*``), so every save builds them again: 30 of the walk's 36
+    ms a save for the 16-layer benchmark model, on the training thread. The sets are stored
+    under the key Keras reads (its global state is per thread, as are these calls)."""
+    from keras.src.backend.common import global_state
+    from keras.src.saving import saving_lib
+
+    for kind in _SKIPSET_KINDS:
+        key = f"saving_attr_skiplist_{kind}"
+        if global_state.get_global_attribute(key, None) is None:
+            global_state.set_global_attribute(key, saving_lib.get_attr_skipset(kind))
+    recorder = _RecordingStore()
+    with _optimizer_hands_variables(model):
+        saving_lib._save_state(model, weights_store=recorder, assets_store=None, inner_path="", visited_saveables=set())
+    return recorder.entries, list(recorder.sources.items())
+
+
+@contextlib.contextmanager
+def _optimizer_hands_variables(model: Any) -> Iterator[None]:
+    """During the walk, the optimizer hands the recorder its variables, where Keras's own
+    ``save_own_variables`` hands ``variable.numpy()`` copies (for Adam, two more copies of the
+    weights on the training thread before the snapshot's own copy). Same slots, same values; only
+    an optimizer that keeps Keras's base ``save_own_variables`` is shadowed, for the walk alone."""
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or getattr(type(optimizer), "save_own_variables", None) is not BaseOptimizer.save_own_variables:
+        yield
+        return
+
+    def save_own_variables(store: Any) -> None:
+        for i, variable in enumerate(optimizer.variables):
+            store[str(i)] = variable
+
+    object.__setattr__(optimizer, "save_own_variables", save_own_variables)  # no tracking of a function
+    try:
+        yield
+    finally:
+        object.__delattr__(optimizer, "save_own_variables")
 
 
 def _host_array(value: Any) -> np.ndarray:
@@ -340,7 +413,7 @@ def _recording_store_class() -> type:
         def __init__(self) -> None:  # no file: saving_lib only calls make and __setitem__
             self.mode = "w"
             self.entries: list[tuple[str, dict | None, list[tuple[str, str]]]] = []
-            self.arrays: dict[str, Any] = {}
+            self.sources: dict[str, Any] = {}
 
         def __bool__(self) -> bool:
             return True
@@ -351,8 +424,8 @@ def _recording_store_class() -> type:
 
         def __setitem__(self, key: str, value: Any) -> None:
             group, _attrs, items = self.entries[-1]
-            slot = f"{len(self.arrays)}:{group}/{key}"
-            self.arrays[slot] = _host_array(value)
+            slot = f"{len(self.sources)}:{group}/{key}"
+            self.sources[slot] = value  # read by the caller (a computed value is read once, here)
             items.append((key, slot))
 
         def close(self) -> None:

@@ -61,7 +61,9 @@ class SafetensorsFormat(Format):
     keeps_optimizer = True
 
     def write(self, state: ModelState, path: Path, *, model: Any = None) -> list[Path]:
-        with atomic_path(path) as tmp:
+        from modelkeep.storage.phases import phase
+
+        with atomic_path(path) as tmp, phase("safetensors write (O_DIRECT from the snapshot when it can)"):
             write_file(state, tmp)
         return [path]
 

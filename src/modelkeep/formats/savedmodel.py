@@ -28,6 +28,7 @@ from modelkeep.formats.safetensors import SafetensorsFormat
 from modelkeep.state import LAYERS, MODEL, OPTIMIZER, RNG, ModelState
 from modelkeep.storage import guard
 from modelkeep.storage.commit import atomic_path
+from modelkeep.storage.phases import phase
 
 HEADER_FILE = "modelkeep.json"
 OPTIMIZER_FILE = "modelkeep_optimizer.safetensors"
@@ -226,7 +227,8 @@ class SavedModelTemplate:
             named: dict[str, Any] = {key: state.variables[k] for key, k in self.keys}
             named[OBJECT_GRAPH_KEY] = np.array(self.object_graph, dtype=object)
             save_tensors(tmp / "variables" / "variables", named)
-            _write_keras_part(state, tmp, self.positions)
+            with phase("SavedModel Keras part (modelkeep.json, optimizer)"):
+                _write_keras_part(state, tmp, self.positions)
         return SavedModelFormat().files(path)
 
 

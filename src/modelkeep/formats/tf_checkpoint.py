@@ -123,9 +123,11 @@ def save_tensors(prefix: Path, named: dict[str, Any]) -> None:
     import tensorflow as tf
 
     from modelkeep.formats.tf_bundle import write_bundle_direct
+    from modelkeep.storage.phases import phase
 
-    if write_bundle_direct(Path(prefix), named):
-        return
+    with phase("TF bundle from the snapshot (O_DIRECT, CRC-32C)"):
+        if write_bundle_direct(Path(prefix), named):
+            return
 
     names = list(named)
     converted: dict[int, Any] = {}  # one tensor per array, however many keys name it
@@ -136,9 +138,8 @@ def save_tensors(prefix: Path, named: dict[str, Any]) -> None:
             converted[id(value)] = _as_tensor(value)
         tensors.append(converted[id(value)])
     try:
-        tf.raw_ops.SaveV2(
-            prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors
-        )
+        with phase("TF bundle with SaveV2 (page cache)"):
+            tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
     except tf.errors.OpError as exc:
         # TensorFlow reports a full disk or a denied write as an OpError; say it as an OSError
         import errno
