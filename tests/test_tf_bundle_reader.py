@@ -324,6 +324,20 @@ def test_missing_shards_and_escaping_files(tmp_path: Path) -> None:
         open_bundle(prefix)
 
 
+def test_an_entry_that_does_not_parse_is_an_error_not_an_abort(tmp_path: Path) -> None:
+    """TensorFlow's CheckpointReader aborts the process (``Check failed: entry.ParseFromString``) on
+    such an index; the guard parses every entry first and raises."""
+    header = message("BundleHeaderProto")
+    header.num_shards = 1
+    prefix = tmp_path / "abort"
+    Path(f"{prefix}.index").write_bytes(tf_bundle._table([(b"", header.SerializeToString()), (b"w", b"\x0f")]))
+    Path(f"{prefix}.data-00000-of-00001").write_bytes(b"\x00" * 8)
+    with pytest.raises(CorruptCheckpointError, match=r"abort\.index: the entry of tensor 'w' does not parse"):
+        guard.open_tf_checkpoint(prefix)
+    result = verify.verify_one(prefix)
+    assert not result.ok and "does not parse" in result.problem
+
+
 # ------------------------------------------------------------------ the protobufs and the state file
 def test_object_graphs_parse_as_tensorflows_own_message() -> None:
     from google.protobuf import text_format
@@ -397,3 +411,53 @@ def test_cli_on_a_run_directory_imports_no_tensorflow(run: Path) -> None:
     assert done.returncode == 1 and "imported: []" in done.stderr, done.stderr
     problem = json.loads(done.stdout)["results"][0]["problem"]
     assert "ckpt-02.data-00000-of-00001: tensor '" in problem and "fails its CRC-32C check" in problem, problem
+
+
+# ------------------------------------------------------------------ fuzzed: the same verdict as TensorFlow
+def _verdict(call, prefix: Path) -> str:
+    """'ok: <line>', 'error' (a ModelkeepError or TensorFlow's own), or 'none' (left to TensorFlow)."""
+    from modelkeep.errors import ModelkeepError
+
+    try:
+        out = call(prefix)
+    except (ModelkeepError, tf.errors.OpError):
+        return "error"
+    return "none" if out is None else f"ok: {out}"
+
+
+@pytest.mark.parametrize("examples", [40, pytest.param(400, marks=pytest.mark.slow)])
+def test_fuzzed_bundles_get_tensorflows_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, examples: int) -> None:
+    """A real checkpoint changed at random (raw bytes of its .index and .data, or the bytes of the
+    index's rows with every block CRC made to match): the light check raises only modelkeep's
+    errors, and where it says "intact" (or leaves the file to TensorFlow) TensorFlow's check, behind
+    the guard, says the same. (Unguarded, TensorFlow aborts the process on some of these inputs.)"""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    good = tmp_path / "good"
+    mk.save_weights(_small_model(), good)
+    files = {suffix: Path(f"{good}{suffix}").read_bytes() for suffix in (".index", ".data-00000-of-00001")}
+    rows = [(key, bytes(value)) for key, value in tf_bundle_reader.read_table(good, files[".index"])]
+    edits = st.lists(st.tuples(st.sampled_from([".index", ".data-00000-of-00001", "row"]), st.integers(0, 1 << 16),
+                               st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=4)  # fmt: skip
+
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(edits, st.integers(0, 3) | st.integers(0, 300))
+    def body(changes, cut):
+        blobs = {k: bytearray(v) for k, v in files.items()}
+        table = [(key, bytearray(value)) for key, value in rows]
+        for where, row, position, byte in changes:
+            target = table[row % len(table)][1] if where == "row" else blobs[where]
+            if target:
+                target[position % len(target)] = byte
+        if any(where == "row" for where, *_ in changes):
+            blobs[".index"] = bytearray(tf_bundle._table([(k, bytes(v)) for k, v in table]))
+        prefix = tmp_path / "fuzzed"
+        Path(f"{prefix}.index").write_bytes(bytes(blobs[".index"][: max(1, len(blobs[".index"]) - cut)]))
+        Path(f"{prefix}.data-00000-of-00001").write_bytes(bytes(blobs[".data-00000-of-00001"]))
+        light = _verdict(tf_bundle_reader.check, prefix)
+        theirs = _verdict(lambda p: tf_check(p, monkeypatch), prefix)
+        assert light in ("none", "error", theirs), (changes, light, theirs)
+        assert not light.startswith("ok") or light == theirs, changes
+
+    body()

@@ -314,7 +314,11 @@ def _checked_file(path: Path, directory: Path, source: Path, what: str) -> int:
 def open_bundle(prefix: Path | str) -> Bundle | None:
     """The bundle at ``prefix``, every entry checked against its files; None where TensorFlow
     should read it (a layout this reader does not know). Raises ``CheckpointNotFoundError`` for a
-    missing file, ``CorruptCheckpointError``/``UnsafeFileError`` for a damaged or hostile one."""
+    missing file, ``CorruptCheckpointError``/``UnsafeFileError`` for a damaged or hostile one.
+
+    Also the guard's check before TensorFlow opens a bundle (``storage.guard_h5``): TensorFlow's
+    ``CheckpointReader`` aborts the whole process (``Check failed: entry.ParseFromString``) on an
+    index entry that does not parse; here that is a ``CorruptCheckpointError``."""
     from modelkeep.storage import limits
 
     prefix = Path(prefix)
@@ -342,20 +346,22 @@ def open_bundle(prefix: Path | str) -> Bundle | None:
             from modelkeep.storage.guard import refuse
 
             raise refuse(prefix, "tf-tensors", f"its index lists {len(rows) - 1} tensors, over the cap of {caps.max_tf_tensors}")
-        entries: dict[str, Entry] = {}
-        previous = b""
-        for key, value in rows[1:]:
-            if key <= previous:
-                raise Unsupported("keys out of order or repeated")  # TensorFlow's lookups would disagree
-            previous = key
-            try:
-                name = key.decode()
-            except UnicodeDecodeError:
-                raise Unsupported("a key that is not UTF-8") from None
-            entries[name] = _entry(name, value, num_shards, sizes, index)
     except Unsupported:
         return None
-    return Bundle(prefix, entries, shards)
+    entries: dict[str, Entry] = {}
+    unsupported, previous = False, b""
+    for key, value in rows[1:]:  # every entry is checked, even after one this reader leaves to TensorFlow:
+        try:  # TensorFlow's reader aborts the process on an entry that does not parse
+            if key <= previous:
+                raise Unsupported("keys out of order or repeated")  # TensorFlow's lookups would disagree
+            name = key.decode(errors="replace")
+            entries[name] = _entry(name, value, num_shards, sizes, index)
+            if "\ufffd" in name:
+                raise Unsupported("a key that is not UTF-8")
+        except Unsupported:
+            unsupported = True
+        previous = max(previous, key)
+    return None if unsupported else Bundle(prefix, entries, shards)
 
 
 # ------------------------------------------------------------------ what the TF path reads from it
