@@ -257,21 +257,40 @@ def test_huge_varints_in_the_table(tmp_path: Path) -> None:
     header.num_shards = 1
     good = tf_bundle._block([(b"", header.SerializeToString())], 16)
     bad = b"\x00" + b"\xff" * 10 + b"\x01" + good[len(good) - 8 :]  # shared 0, then a never-ending varint
-    for block, found in ((bad, "varint of the data block"),):
-        out = bytearray(block) + b"\x00" + struct.pack("<I", tf_bundle.mask(crc32c.crc32c(block + b"\x00")))
-        index_block = tf_bundle._block([(b"\xff", tf_bundle._varint(0) + tf_bundle._varint(len(block)))], 1)
-        handle = tf_bundle._varint(len(out)) + tf_bundle._varint(len(index_block))
-        out += index_block + b"\x00" + struct.pack("<I", tf_bundle.mask(crc32c.crc32c(index_block + b"\x00")))
-        out += (handle + handle).ljust(40, b"\x00") + struct.pack("<Q", tf_bundle._MAGIC)
-        Path(f"{prefix}.index").write_bytes(bytes(out))
-        Path(f"{prefix}.data-00000-of-00001").write_bytes(b"")
-        with pytest.raises(CorruptCheckpointError, match=found):
-            open_bundle(prefix)
+    _raw_table(prefix, bad)
+    with pytest.raises(CorruptCheckpointError, match="varint of the data block"):
+        open_bundle(prefix)
     footer = bytearray(Path(f"{prefix}.index").read_bytes())
     footer[-48:-8] = (b"\xff" * 12).ljust(40, b"\x00")
     Path(f"{prefix}.index").write_bytes(bytes(footer))
     with pytest.raises(CorruptCheckpointError, match="varint of the table footer"):
         open_bundle(prefix)
+
+
+def _raw_table(prefix: Path, block: bytes) -> None:
+    """An index of one data block of raw bytes (its CRC-32C made to match), and an empty .data."""
+    out = bytearray(block) + b"\x00" + struct.pack("<I", tf_bundle.mask(crc32c.crc32c(block + b"\x00")))
+    index_block = tf_bundle._block([(b"\xff", tf_bundle._varint(0) + tf_bundle._varint(len(block)))], 1)
+    handle = tf_bundle._varint(len(out)) + tf_bundle._varint(len(index_block))
+    out += index_block + b"\x00" + struct.pack("<I", tf_bundle.mask(crc32c.crc32c(index_block + b"\x00")))
+    out += (handle + handle).ljust(40, b"\x00") + struct.pack("<Q", tf_bundle._MAGIC)
+    Path(f"{prefix}.index").write_bytes(bytes(out))
+    Path(f"{prefix}.data-00000-of-00001").write_bytes(b"")
+
+
+def test_keys_that_expand_and_dimensions_too_large(tmp_path: Path) -> None:
+    """Prefix compression lets a few KB of index name keys of GBs (each row repeats the last key and
+    adds a byte): refused at the cap. A shape whose elements overflow: named, nothing allocated."""
+    rows, length = bytearray(), 0
+    for _ in range(3000):
+        rows += tf_bundle._varint(length) + b"\x01\x00" + b"k"
+        length += 1
+    _raw_table(tmp_path / "keys", bytes(rows) + struct.pack("<II", 0, 1))
+    with pytest.raises(UnsafeFileError, match="tf-key-expansion"):
+        open_bundle(tmp_path / "keys")
+    write_bundle(tmp_path / "dims", {"w": (1, (0, 2**40, 2**40), b"")})
+    with pytest.raises(CorruptCheckpointError, match="more elements than any file holds"):
+        open_bundle(tmp_path / "dims")
 
 
 def test_a_flipped_byte_in_the_data_names_the_tensor(tmp_path: Path) -> None:

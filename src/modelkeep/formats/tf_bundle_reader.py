@@ -39,6 +39,7 @@ import numpy as np
 from modelkeep.errors import CheckpointNotFoundError, CorruptCheckpointError, FormatError
 from modelkeep.formats.tf_bundle import _MAGIC, mask
 from modelkeep.state import ModelState
+from modelkeep.storage import limits
 
 INDEX_SUFFIX = ".index"
 _FOOTER = 48  # two block handles padded to 40 bytes, then the 8-byte magic
@@ -116,8 +117,9 @@ def _read_block(data: bytes, offset: int, size: int, path: Path, what: str) -> m
     return memoryview(data)[offset : offset + size]
 
 
-def _block_rows(block: memoryview, path: Path, what: str) -> list[tuple[bytes, memoryview]]:
-    """The (key, value) rows of a block (prefix-compressed keys, restart array at the end)."""
+def _block_rows(block: memoryview, path: Path, what: str, budget: list[int] | None = None) -> list[tuple[bytes, memoryview]]:
+    """The (key, value) rows of a block (prefix-compressed keys, restart array at the end);
+    ``budget[0]``: the key bytes still allowed (each row's key is taken from it)."""
     if len(block) < 4:
         raise _corrupt(path, f"the {what} has {len(block)} bytes, too few for its restart count")
     restarts = struct.unpack_from("<I", block, len(block) - 4)[0]
@@ -131,6 +133,13 @@ def _block_rows(block: memoryview, path: Path, what: str) -> list[tuple[bytes, m
         length, pos = _varint(block, pos, end, path, what, 32)
         if shared > len(last) or own > end - pos or length > end - pos - own:
             raise _corrupt(path, f"a row of the {what} runs past the block's end")
+        if budget is not None:
+            budget[0] -= shared + own
+            if budget[0] < 0:
+                from modelkeep.storage.guard import refuse
+
+                raise refuse(path, "tf-key-expansion", "its prefix-compressed keys expand to more than "
+                             f"{limits.current().max_tf_key_expansion} times the index's size")
         key = last[:shared] + bytes(block[pos : pos + own])
         pos += own
         rows.append((key, block[pos : pos + length]))
@@ -149,9 +158,10 @@ def read_table(index: Path, data: bytes) -> list[tuple[bytes, memoryview]]:
     _, _, pos = _block_handle(data, footer, len(data) - 8, index, "table footer")  # the meta index: unused
     offset, size, _ = _block_handle(data, pos, len(data) - 8, index, "table footer")
     rows: list[tuple[bytes, memoryview]] = []
-    for _, handle in _block_rows(_read_block(data, offset, size, index, "index block"), index, "index block"):
+    budget = [limits.current().max_tf_key_expansion * len(data) + (1 << 20)]
+    for _, handle in _block_rows(_read_block(data, offset, size, index, "index block"), index, "index block", budget):
         block_offset, block_size, _ = _block_handle(handle, 0, len(handle), index, "index block")
-        rows.extend(_block_rows(_read_block(data, block_offset, block_size, index, "data block"), index, "data block"))
+        rows.extend(_block_rows(_read_block(data, block_offset, block_size, index, "data block"), index, "data block", budget))
     return rows
 
 
@@ -265,6 +275,8 @@ def _entry(key: str, value: memoryview, num_shards: int, sizes: list[int], index
     shape = tuple(int(d.size) for d in proto.shape.dim)
     if any(n < 0 for n in shape) or proto.offset < 0 or proto.size < 0:
         raise _corrupt(index, f"tensor {key!r} has a negative dimension, offset or size")
+    if math.prod(max(n, 1) for n in shape) >= 1 << 62:
+        raise _corrupt(index, f"tensor {key!r} has dimensions {list(shape)}, more elements than any file holds")
     if not 0 <= proto.shard_id < num_shards:
         raise _corrupt(index, f"tensor {key!r} is in shard {proto.shard_id} of a bundle of {num_shards}")
     have = sizes[proto.shard_id]
@@ -319,8 +331,6 @@ def open_bundle(prefix: Path | str) -> Bundle | None:
     Also the guard's check before TensorFlow opens a bundle (``storage.guard_h5``): TensorFlow's
     ``CheckpointReader`` aborts the whole process (``Check failed: entry.ParseFromString``) on an
     index entry that does not parse; here that is a ``CorruptCheckpointError``."""
-    from modelkeep.storage import limits
-
     prefix = Path(prefix)
     if prefix.is_dir():
         raise FormatError(f"load: {prefix} is a directory, not a TF checkpoint prefix.")
@@ -373,7 +383,7 @@ def read_state(prefix: Path | str) -> ModelState | None:
     """
     from modelkeep.formats import registry
     from modelkeep.formats.tf_checkpoint import HEADER_KEY, VALUE_SUFFIX, object_path
-    from modelkeep.storage.guard import load_json
+    from modelkeep.storage.guard import load_json, malformed
 
     prefix = Path(prefix)
     registry.TF_CHECKPOINT.require(prefix)
@@ -387,14 +397,15 @@ def read_state(prefix: Path | str) -> ModelState | None:
     raw = bundle.get_tensor(HEADER_KEY)
     if not isinstance(raw, bytes):
         return None
-    header = load_json(raw.decode(errors="strict"), source=prefix, what="modelkeep header tensor")
-    order = header.pop("order")
-    paths = header.pop("paths", None) or [object_path(k) for k in order]
-    variables = {}
-    for key, object_key in zip(order, paths):
-        value = bundle.get_tensor(object_key + VALUE_SUFFIX)
-        variables[key] = value.decode() if isinstance(value, bytes) else np.asarray(value)
-    return ModelState(variables, header.get("model_config"), header.get("compile_config"), header.get("metadata") or {})
+    with malformed(prefix, "read"):  # a header without 'order', a name that is no tensor: named errors
+        header = load_json(raw.decode(), source=prefix, what="modelkeep header tensor")
+        order = header.pop("order")
+        paths = header.pop("paths", None) or [object_path(k) for k in order]
+        variables = {}
+        for key, object_key in zip(order, paths):
+            value = bundle.get_tensor(object_key + VALUE_SUFFIX)
+            variables[key] = value.decode() if isinstance(value, bytes) else np.asarray(value)
+        return ModelState(variables, header.get("model_config"), header.get("compile_config"), header.get("metadata") or {})
 
 
 def check(prefix: Path | str) -> str | None:
@@ -413,7 +424,11 @@ def check(prefix: Path | str) -> str | None:
     bundle = open_bundle(prefix)
     if bundle is None:
         return None
-    values = {key: bundle.get_tensor(key) for key in sorted(bundle.entries)}
+    values = {}
+    for key in sorted(bundle.entries):  # every tensor read and checked; only the two parsed below kept
+        value = bundle.get_tensor(key)
+        if key in (HEADER_KEY, OBJECT_GRAPH_KEY):
+            values[key] = value
     if HEADER_KEY in values:
         raw = values[HEADER_KEY]
         header = load_json(raw.decode() if isinstance(raw, bytes) else str(raw), source=prefix, what="modelkeep header tensor")
@@ -426,7 +441,7 @@ def check(prefix: Path | str) -> str | None:
             parse("TrackableObjectGraph", values[OBJECT_GRAPH_KEY])
         except DecodeError as exc:
             raise CorruptCheckpointError(f"the object graph tensor does not parse ({exc}): corrupt") from exc
-    return f"TF checkpoint: {len(values)} tensors read, each matches its crc32c"
+    return f"TF checkpoint: {len(bundle.entries)} tensors read, each matches its crc32c"
 
 
 __all__ = ["DTYPES", "Bundle", "Entry", "check", "open_bundle", "read_state", "read_table"]
