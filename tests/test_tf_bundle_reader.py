@@ -173,8 +173,8 @@ def test_bundles_written_by_modelkeep_itself(tmp_path: Path, monkeypatch: pytest
 
 
 def test_layouts_it_does_not_know_go_to_tensorflow(tmp_path: Path) -> None:
-    """Sliced (partitioned) variables, a big-endian or newer bundle, a resource dtype, a
-    compressed block: None, and ``inspect`` says what the TensorFlow path says."""
+    """Sliced (partitioned) variables, a big-endian or newer bundle, a resource dtype, a block
+    compressed other than with snappy: None, and ``inspect`` says what the TensorFlow path says."""
     sliced = tmp_path / "sliced"
     tf.raw_ops.SaveV2(prefix=str(sliced), tensor_names=["x"], shape_and_slices=["4 0,2"], tensors=[tf.constant([1.0, 2.0])])
     assert open_bundle(sliced) is None
@@ -187,14 +187,14 @@ def test_layouts_it_does_not_know_go_to_tensorflow(tmp_path: Path) -> None:
     for name, edits in cases.items():
         write_bundle(tmp_path / name, plain, **edits)
         assert open_bundle(tmp_path / name) is None, name
-    write_bundle(tmp_path / "snappy", plain)
-    index = tmp_path / "snappy.index"
-    data = bytearray(index.read_bytes())  # the first data block's trailer: type 1 (snappy), its CRC made to match
+    write_bundle(tmp_path / "zstd", plain)
+    index = tmp_path / "zstd.index"
+    data = bytearray(index.read_bytes())  # the first data block's trailer: type 7 (not snappy), its CRC made to match
     offset, size = _first_data_block(index, bytes(data))
-    data[offset + size] = 1
+    data[offset + size] = 7
     struct.pack_into("<I", data, offset + size + 1, tf_bundle.mask(crc32c.crc32c(bytes(data[offset : offset + size + 1]))))
     index.write_bytes(bytes(data))
-    assert open_bundle(tmp_path / "snappy") is None
+    assert open_bundle(tmp_path / "zstd") is None
     with pytest.raises(Exception) as tf_way:  # noqa: PT011 - the TF path's own error, whatever it is
         describe(sliced)
     with pytest.raises(type(tf_way.value)):
@@ -208,6 +208,82 @@ def _first_data_block(index: Path, data: bytes) -> tuple[int, int]:
     rows = reader._block_rows(memoryview(data)[offset : offset + size], index, "index block")
     first, first_size, _ = reader._block_handle(rows[0][1], 0, len(rows[0][1]), index, "index block")
     return first, first_size
+
+
+def _snappy(raw: bytes) -> bytes:
+    """A raw snappy encoding made here (greedy matches: 1- and 2-byte-offset copies, literals)."""
+    out, pos, literal = bytearray(tf_bundle._varint(len(raw))), 0, bytearray()
+
+    def flush() -> None:
+        while literal:
+            chunk = literal[:200]
+            del literal[:200]
+            out.extend(bytes([(len(chunk) - 1) << 2]) if len(chunk) <= 60 else bytes([60 << 2, len(chunk) - 1]))
+            out.extend(chunk)
+
+    while pos < len(raw):
+        best = (0, 0)
+        for start in range(max(0, pos - 2000), pos):
+            n = 0
+            while n < 64 and pos + n < len(raw) and raw[start + n] == raw[pos + n]:
+                n += 1  # may run into what it copies: overlapping copies are snappy's
+            best = max(best, (n, pos - start))
+        length, back = best
+        if length < 4:
+            literal.append(raw[pos])
+            pos += 1
+            continue
+        flush()
+        if length <= 11 and back < 2048:
+            out += bytes([((back >> 8) << 5) | ((length - 4) << 2) | 1, back & 0xFF])
+        else:
+            out += bytes([((length - 1) << 2) | 2]) + struct.pack("<H", back)
+        pos += length
+    flush()
+    return bytes(out)
+
+
+def _snappy_table(rows: list[tuple[bytes, bytes]], block: bytes | None = None) -> bytes:
+    """TensorFlow 1.x's index layout: one snappy-compressed data block (``block``: its compressed
+    bytes as given), an uncompressed index block."""
+    block = _snappy(tf_bundle._block(rows, 16)) if block is None else block
+    out = bytearray(block) + b"\x01" + struct.pack("<I", tf_bundle.mask(crc32c.crc32c(block + b"\x01")))
+    index_block = tf_bundle._block([(rows[-1][0], tf_bundle._varint(0) + tf_bundle._varint(len(block)))], 1)
+    handle = tf_bundle._varint(len(out)) + tf_bundle._varint(len(index_block))
+    out += index_block + b"\x00" + struct.pack("<I", tf_bundle.mask(crc32c.crc32c(index_block + b"\x00")))
+    return bytes(out + (handle + handle).ljust(40, b"\x00") + struct.pack("<Q", tf_bundle._MAGIC))
+
+
+def test_snappy_compressed_indexes_of_tensorflow_1(tmp_path: Path) -> None:
+    """TF 1.x compressed its index blocks with snappy: decompressed here, read as TensorFlow reads
+    them; a snappy block that lies (size, back-reference, literal) is a named error."""
+    prefix = tmp_path / "tf1"
+    write_bundle(prefix, {f"layer_{i}/kernel": _numeric(np.full(3, i, np.float32), 1) for i in range(40)})
+    rows = [(key, bytes(value)) for key, value in tf_bundle_reader.read_table(prefix, Path(f"{prefix}.index").read_bytes())]
+    packed = _snappy_table(rows)
+    assert len(packed) < len(Path(f"{prefix}.index").read_bytes())  # the copies did compress it
+    Path(f"{prefix}.index").write_bytes(packed)
+    same_as_tensorflow(prefix)
+    block = tf_bundle._block(rows[:2], 16)
+    for name, lie, found in (
+        ("size", tf_bundle._varint(10**6) + _snappy(block)[3:], "declares 1000000 bytes"),
+        ("back", tf_bundle._varint(len(block)) + b"\x00a" + b"\x05\x09", "reaches outside what is decompressed"),
+        ("literal", tf_bundle._varint(len(block)) + bytes([59 << 2]) + b"abc", "literal of the snappy data block runs past"),
+    ):
+        Path(f"{tmp_path / name}.index").write_bytes(_snappy_table(rows[:2], lie))
+        Path(f"{tmp_path / name}.data-00000-of-00001").write_bytes(b"")
+        with pytest.raises(CorruptCheckpointError, match=found):
+            open_bundle(tmp_path / name)
+
+
+def test_real_tf_checkpoints_of_shared_files() -> None:
+    """Every TF checkpoint among the real files of ``../shared`` (TF 1.x and 2.x, Keras and TF Serving's)."""
+    shared = Path(__file__).resolve().parents[2] / "shared"
+    prefixes = sorted(p.with_suffix("") for p in shared.rglob("*.index")) if shared.is_dir() else []
+    if not prefixes:
+        pytest.skip(f"{shared} holds no TF checkpoint (the real files are not on this machine)")
+    for prefix in prefixes:
+        same_as_tensorflow(prefix)
 
 
 # ------------------------------------------------------------------ hostile and damaged bundles

@@ -5,7 +5,7 @@ importing TensorFlow to read it. This module reads the tensor bundle itself, as 
 ``BundleReader`` does (``tensorflow/core/util/tensor_bundle``):
 
 * ``.index`` is a LevelDB table (footer, index block, data blocks, each block's masked CRC-32C
-  checked); key ``""`` holds a ``BundleHeaderProto``, every other key a ``BundleEntryProto``
+  checked, snappy-compressed blocks of TensorFlow 1.x decompressed); key ``""`` holds a ``BundleHeaderProto``, every other key a ``BundleEntryProto``
   (parsed by ``storage.tf_protos``: the protobuf runtime, TensorFlow's field numbers);
 * a tensor's bytes lie in shard ``entry.shard_id`` at ``[offset, offset + size)``; the masked
   CRC-32C of the bytes (for a string tensor: of its lengths, their checksum and the bytes) must
@@ -14,7 +14,7 @@ importing TensorFlow to read it. This module reads the tensor bundle itself, as 
 Untrusted input: every block handle, offset and size is checked against its file before
 anything is read, a read never goes past a file's end, and each array is allocated only after
 its size was checked against the bytes the file holds. Damage is a ``CorruptCheckpointError``
-naming the file (and the tensor); a layout this reader does not know (compressed blocks,
+naming the file (and the tensor); a layout this reader does not know (another compression,
 sliced/partitioned variables, big-endian bundles, a newer bundle version, dtypes such as
 ``resource``/``variant``/quantized) gives ``None``: then TensorFlow reads the file.
 
@@ -44,7 +44,7 @@ from modelkeep.storage import limits
 INDEX_SUFFIX = ".index"
 _FOOTER = 48  # two block handles padded to 40 bytes, then the 8-byte magic
 _TRAILER = 5  # a block's compression type byte and masked CRC-32C
-_NO_COMPRESSION = 0
+_NO_COMPRESSION, _SNAPPY = 0, 1
 _STRING = 7
 _BUNDLE_VERSION = 1  # kTensorBundleVersion: what TensorFlow 2.x writes and reads
 _LITTLE = 0
@@ -112,9 +112,51 @@ def _read_block(data: bytes, offset: int, size: int, path: Path, what: str) -> m
     stored = struct.unpack_from("<I", data, offset + size + 1)[0]
     if mask(_crc32c(memoryview(data)[offset : offset + size + 1])) != stored:
         raise _corrupt(path, f"the {what} fails its CRC-32C check")
+    if kind == _SNAPPY:  # TensorFlow 1.x wrote its index blocks snappy-compressed
+        return memoryview(_unsnappy(memoryview(data)[offset : offset + size], path, what))
     if kind != _NO_COMPRESSION:
         raise Unsupported(f"{what} compressed (type {kind})")
     return memoryview(data)[offset : offset + size]
+
+
+def _unsnappy(src: memoryview, path: Path, what: str) -> bytes:
+    """A raw snappy block decompressed: literals and back-references, every length and offset
+    checked; the declared size is capped by what ``len(src)`` bytes can expand to (64 per 3)."""
+    size, pos = _varint(src, 0, len(src), path, f"snappy {what}", 32)
+    if size > 22 * len(src):
+        raise _corrupt(path, f"the snappy {what} declares {size} bytes from {len(src)}")
+    out = bytearray()
+    while pos < len(src):
+        tag, pos = src[pos], pos + 1
+        kind, high = tag & 3, tag >> 2
+        if kind == 0:  # literal: its length - 1 in the tag, or in the next 1-4 bytes
+            if high >= 60:
+                extra = high - 59
+                if pos + extra > len(src):
+                    raise _corrupt(path, f"the snappy {what} ends inside a literal's length")
+                high, pos = int.from_bytes(src[pos : pos + extra], "little"), pos + extra
+            length = high + 1
+            if length > len(src) - pos or len(out) + length > size:
+                raise _corrupt(path, f"a literal of the snappy {what} runs past its end")
+            out += src[pos : pos + length]
+            pos += length
+            continue
+        width = {1: 1, 2: 2, 3: 4}[kind]
+        if pos + width > len(src):
+            raise _corrupt(path, f"the snappy {what} ends inside a copy")
+        if kind == 1:
+            length, back = 4 + (high & 7), ((high >> 3) << 8) | src[pos]
+        else:
+            length, back = high + 1, int.from_bytes(src[pos : pos + width], "little")
+        pos += width
+        if not 0 < back <= len(out) or len(out) + length > size:
+            raise _corrupt(path, f"a copy of the snappy {what} reaches outside what is decompressed")
+        start = len(out) - back
+        for i in range(length):  # copies may overlap what they write
+            out.append(out[start + i])
+    if len(out) != size:
+        raise _corrupt(path, f"the snappy {what} decompresses to {len(out)} bytes, not the {size} it declares")
+    return bytes(out)
 
 
 def _block_rows(block: memoryview, path: Path, what: str, budget: list[int] | None = None) -> list[tuple[bytes, memoryview]]:
