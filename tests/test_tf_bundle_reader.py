@@ -123,6 +123,22 @@ def test_modelkeep_and_tfkeras_checkpoints_read_as_tensorflow_reads_them(run: Pa
         assert diff_light(a, b).as_dict() == diff_paths(a, b).as_dict()
 
 
+def test_other_models_in_tf_checkpoints(tmp_path: Path) -> None:
+    """A Conv/BatchNorm Sequential (summary from the config) and a Functional model (summary through
+    Keras, as the TF path does), and a TF checkpoint compared with a .keras file."""
+    from test_inspect_light import _conv, _trained
+
+    conv = _trained(_conv, keras.optimizers.SGD(momentum=0.9))
+    inputs = keras.Input((4,), name="features")
+    functional = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Dense(3)(inputs)))
+    for model, name in ((conv, "conv"), (functional, "functional")):
+        mk.save_weights(model, tmp_path / name)
+        same_as_tensorflow(tmp_path / name)
+        assert describe_light(tmp_path / name) == describe(tmp_path / name), name
+    mk.save_model(conv, tmp_path / "conv.keras")
+    assert diff_light(tmp_path / "conv", tmp_path / "conv.keras").as_dict() == diff_paths(tmp_path / "conv", tmp_path / "conv.keras").as_dict()
+
+
 def test_every_dtype_tensorflow_writes_and_scalars(tmp_path: Path) -> None:
     """Numbers of every plain dtype (bfloat16 too), scalars, empty tensors, strings of any bytes."""
     rng = np.random.default_rng(1)
