@@ -55,11 +55,10 @@ class ObjectGraph:
 
     @classmethod
     def of(cls, reader: Any, path: Path) -> ObjectGraph:
-        from tensorflow.core.protobuf import trackable_object_graph_pb2 as pb
+        from modelkeep.storage.tf_protos import parse  # TensorFlow's message, without importing TensorFlow
 
-        graph = pb.TrackableObjectGraph()
         try:
-            graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+            graph = parse("TrackableObjectGraph", reader.get_tensor(OBJECT_GRAPH_KEY))
         except Exception as exc:  # noqa: BLE001 - any failure means the same to the user
             raise CorruptCheckpointError(
                 f"load: the TF checkpoint {path} has no readable object graph ({exc}). It was not "

@@ -159,18 +159,36 @@ def state_file_target(directory: Path, named: str, *, source: Any) -> Path:
 
 def read_state_file(directory: Path) -> Any:
     """TensorFlow's ``CheckpointState`` of ``directory`` (or None), after the file was checked:
-    a regular file within ``max_state_file_bytes`` (a listed ``/dev/zero`` would never end)."""
-    import tensorflow as tf
+    a regular file within ``max_state_file_bytes`` (a listed ``/dev/zero`` would never end).
+
+    Read as ``tf.train.get_checkpoint_state`` reads it, without importing TensorFlow: the text
+    format parsed into the same message (``storage.tf_protos``), None when it does not parse,
+    relative names joined with ``directory``; an empty ``model_checkpoint_path`` is an error.
+    """
+    from google.protobuf import text_format
+
+    from modelkeep.storage.tf_protos import message
 
     state_file = directory / "checkpoint"
     if not os.path.lexists(state_file):
         return None
-    regular_file(state_file, max_bytes=limits.current().max_state_file_bytes, what="checkpoint state file")
+    caps = limits.current().max_state_file_bytes
     with malformed(state_file, "read the checkpoint state file"):
+        text = read_regular(state_file, max_bytes=caps, what="checkpoint state file").decode()
+        state = message("CheckpointState")
         try:
-            return tf.train.get_checkpoint_state(str(directory))
-        except tf.errors.OpError as exc:
-            raise CorruptCheckpointError(f"{state_file}: cannot be parsed ({str(exc).strip()[:200]}).") from exc
+            text_format.Merge(text, state)
+        except text_format.ParseError:
+            return None  # what TensorFlow returns (after logging a warning)
+        if not state.model_checkpoint_path:
+            raise ValueError(f"Invalid checkpoint state loaded from {directory}")
+        base = str(directory)
+        if not os.path.isabs(state.model_checkpoint_path):
+            state.model_checkpoint_path = os.path.join(base, state.model_checkpoint_path)
+        for i, name in enumerate(state.all_model_checkpoint_paths):
+            if not os.path.isabs(name):
+                state.all_model_checkpoint_paths[i] = os.path.join(base, name)
+        return state
 
 
 # ----------------------------------------------------------------------------------- JSON

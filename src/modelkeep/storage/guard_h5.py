@@ -219,6 +219,10 @@ def open_tf_checkpoint(prefix: Path | str, *, source: Any = None) -> Any:
                           "Replace the symlink with the file itself.")
         regular_file(path, source=source, what="checkpoint file")
     data_bytes = sum(p.stat().st_size for p in data_files)
+    if index.exists() and data_files:
+        from modelkeep.formats.tf_bundle_reader import open_bundle
+
+        open_bundle(prefix)  # every index block and entry parsed first: TensorFlow aborts the process on some
     try:
         reader = tf.train.load_checkpoint(str(prefix))
         shapes = reader.get_variable_to_shape_map()

@@ -57,6 +57,9 @@ class Limits:
     h5_filters: frozenset[int] = frozenset({1, 2, 3, 4, 32000})
     #: tensors in one TF checkpoint
     max_tf_tensors: int = 1_000_000
+    #: the keys of a TF checkpoint's ``.index`` (prefix-compressed) together: at most this many
+    #: times the index's size (plus 1 MiB); more is a key-expansion bomb
+    max_tf_key_expansion: int = 16
     #: entries walked in a SavedModel or checkpoint directory
     max_tree_entries: int = 100_000
 

@@ -12,9 +12,12 @@ read with ``zipfile``, ``h5py`` and ``safetensors`` alone:
   Sequential model's layers record their input shapes (``build_config``), so each layer's
   output shape is the next one's input shape, and the last one's follows from its class.
 
-Anything else (another model class, a layer or optimizer not listed, a TF checkpoint or
-SavedModel) goes the usual way, through Keras, with the same result. The tests compare the
-two on the same files.
+A TF checkpoint (``P.index`` + ``P.data-*``) is read by ``formats.tf_bundle_reader`` (no
+TensorFlow), with the same summary rules for the model config modelkeep stores in it.
+
+Anything else (another model class, a layer or optimizer not listed, a SavedModel, a bundle
+layout only TensorFlow reads) goes the usual way, through Keras, with the same result. The
+tests compare the two on the same files.
 
 Example::
 
@@ -67,7 +70,7 @@ OPTIMIZER_SLOTS = {
     "AdamW": lambda c: ["momentum", "velocity"] + (["velocity_hat"] if c.get("amsgrad") else []),
     "SGD": lambda c: ["momentum"] if c.get("momentum") else [],
 }
-LIGHT_SUFFIXES = (".keras", ".h5", ".hdf5", ".safetensors")
+LIGHT_SUFFIXES = (".keras", ".h5", ".hdf5", ".safetensors")  # and TF checkpoint prefixes
 
 
 def describe_light(path: Path | str, *, signatures: bool = True) -> dict[str, Any]:
@@ -76,11 +79,15 @@ def describe_light(path: Path | str, *, signatures: bool = True) -> dict[str, An
 
     path = registry.strip_tf_suffix(Path(path))
     fmt = None if path.is_dir() else registry.detect(path)  # raises for a path that does not exist
-    if fmt not in (registry.KERAS_ZIP, registry.HDF5, registry.SAFETENSORS) or not path.is_file():
-        return inspect.describe(path, signatures=signatures)  # directories, TF checkpoints
+    if fmt is registry.TF_CHECKPOINT:
+        files = [f for f in fmt.files(path) if f.exists()]
+    elif fmt in (registry.KERAS_ZIP, registry.HDF5, registry.SAFETENSORS) and path.is_file():
+        files = [path]
+    else:
+        return inspect.describe(path, signatures=signatures)  # directories, SavedModels
     try:
-        state = _read_keras_zip(path) if fmt is registry.KERAS_ZIP else fmt.read(path)
-    except Exception:  # noqa: BLE001 - whatever Keras says about this file is the answer
+        state = _read_light_state(path, fmt)
+    except Exception:  # noqa: BLE001 - whatever Keras or TensorFlow says about this file is the answer
         state = None
     if state is None:
         return inspect.describe(path, signatures=signatures)
@@ -88,7 +95,7 @@ def describe_light(path: Path | str, *, signatures: bool = True) -> dict[str, An
     info: dict[str, Any] = {
         "path": str(path),
         "format": fmt.name,
-        "files": [{"name": path.name, "size": path.stat().st_size}],
+        "files": [{"name": f.name, "size": f.stat().st_size} for f in files],
         "model": summary if summary is not None else inspect.model_summary(state.model_config),
         "variables": inspect.variable_table(state),
         "optimizer": inspect.optimizer_summary(state),
@@ -97,8 +104,18 @@ def describe_light(path: Path | str, *, signatures: bool = True) -> dict[str, An
         "signatures": None,
         "note": None,
     }
-    info["total_size"] = info["files"][0]["size"]
+    info["total_size"] = sum(f["size"] for f in info["files"])
     return info
+
+
+def _read_light_state(path: Path, fmt: Any) -> ModelState | None:
+    if fmt is registry.KERAS_ZIP:
+        return _read_keras_zip(path)
+    if fmt is registry.TF_CHECKPOINT:
+        from modelkeep.formats import tf_bundle_reader
+
+        return tf_bundle_reader.read_state(path)  # None: a layout only TensorFlow reads
+    return fmt.read(path)
 
 
 def read_light(path: Path | str) -> tuple[str, ModelState] | None:
@@ -106,6 +123,11 @@ def read_light(path: Path | str) -> tuple[str, ModelState] | None:
     without Keras; None where that needs Keras (then use ``read_state``)."""
     path = registry.strip_tf_suffix(Path(path))
     fmt = None if path.is_dir() else registry.detect(path)
+    if fmt is registry.TF_CHECKPOINT:
+        from modelkeep.formats import tf_bundle_reader
+
+        state = tf_bundle_reader.read_state(path)
+        return None if state is None else (fmt.name, state)
     if fmt not in (registry.KERAS_ZIP, registry.HDF5, registry.SAFETENSORS) or not path.is_file():
         return None
     if fmt is registry.KERAS_ZIP:

@@ -7,7 +7,8 @@ Two kinds of check, both run when both are possible:
 * **the format's own checks**, so a file without a manifest is still checked:
 
   ===================  ==========================================================
-  TF checkpoint        every tensor read; TensorFlow checks each one's crc32c
+  TF checkpoint        every tensor read, each one's crc32c checked (without
+                       TensorFlow where the bundle layout allows)
   SavedModel           the fingerprint (``saved_model.pb`` and ``variables.index``
                        hashes) recomputed; every variable read (crc32c);
                        modelkeep's JSON and optimizer file parsed
@@ -191,7 +192,13 @@ def _first_line(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------ per-format checks
 def check_tf_checkpoint(prefix: Path) -> str:
-    """Read every tensor of a TF checkpoint; TensorFlow checks each one's crc32c."""
+    """Read every tensor of a TF checkpoint and check each one's crc32c: without TensorFlow
+    (``formats.tf_bundle_reader``) where the bundle's layout allows, else with TensorFlow."""
+    from modelkeep.formats import tf_bundle_reader
+
+    light = tf_bundle_reader.check(prefix)
+    if light is not None:
+        return light
     import tensorflow as tf
 
     registry.TF_CHECKPOINT.require(prefix)
