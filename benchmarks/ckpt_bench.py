@@ -215,9 +215,11 @@ def fit_runs(model: Any, work: Path, epochs: int, steps: int, orbax: bool, only:
             base.append(fit([]))
             (before_wall, before_cpu), (after_wall, after_cpu) = base[-2], base[-1]
             base_wall, base_cpu = (before_wall + after_wall) / 2, (before_cpu + after_cpu) / 2
-            row["stall_s"] = max(0.0, row["fit_s"] + row["drain_s"] - base_wall) / epochs
-            # the stall of a save after the first: the first save's one-time cost taken out
-            row["steady_stall_s"] = max(0.0, row["fit_s"] + row["drain_s"] - base_wall - row["once_s"]) / epochs
+            # fit_s already holds the final drain (Keras calls on_train_end inside fit): counted once
+            row["stall_s"] = max(0.0, row["fit_s"] - base_wall) / epochs
+            # what each save costs in a long run: the first save's one-time cost and the drain at
+            # the end of the fit (paid once a run, not once a checkpoint) taken out
+            row["steady_stall_s"] = max(0.0, row["fit_s"] - base_wall - row["once_s"] - row["drain_s"]) / epochs
             row["extra_cpu_s"] = max(0.0, row["cpu_s"] - base_cpu) / epochs
             row["noise_s"] = abs(before_wall - after_wall) / epochs  # how far the two fits without disagree
             runs[name].append(row)
@@ -320,13 +322,13 @@ def print_report(results: dict[str, Any]) -> None:
         print(f"\n=== {size['state_bytes'] / MIB:.0f} MiB state: one in-memory copy {copy_s:.3f} s, raw write+fsync "
               f"{size['raw_write_fsync_s']:.3f} s; {size['epochs']} checkpoints x {size['steps_per_epoch']} steps; fit "
               f"without checkpoints {', '.join(f'{b:.2f}' for b in size['fits']['baseline_fit_s'])} s")  # fmt: skip
-        head = (f"{'contender':44s} {'stall/ckpt':>10s} {'/copy':>6s} {'noise':>6s} {'steady':>7s} {'/copy':>6s} {'once':>6s} "
-                f"{'blocked':>7s} {'/copy':>6s} {'xcpu':>6s} {'/copy':>6s} {'writer':>6s}")  # fmt: skip
+        head = (f"{'contender':44s} {'stall/ckpt':>10s} {'/copy':>6s} {'noise':>6s} {'drain':>6s} {'steady':>7s} {'/copy':>6s} "
+                f"{'once':>6s} {'blocked':>7s} {'/copy':>6s} {'xcpu':>6s} {'/copy':>6s} {'writer':>6s}")  # fmt: skip
         print(head)
         for name, row in size["fits"]["rows"].items():
             writer = "" if row["writer_cpu_s"] is None else f"{row['writer_cpu_s']:6.3f}"
             print(f"{name[:44]:44s} {row['stall_s']:10.3f} {row['stall_s'] / copy_s:6.1f} {row['noise_s'] / copy_s:6.1f} "
-                  f"{row['steady_stall_s']:7.3f} {row['steady_stall_s'] / copy_s:6.1f} {row['once_s']:6.2f} {row['blocked_s']:7.3f} "
+                  f"{row['drain_s']:6.3f} {row['steady_stall_s']:7.3f} {row['steady_stall_s'] / copy_s:6.1f} {row['once_s']:6.2f} {row['blocked_s']:7.3f} "
                   f"{row['blocked_s'] / copy_s:6.1f} {row['extra_cpu_s']:6.3f} {row['extra_cpu_s'] / copy_s:6.1f} {writer}")  # fmt: skip
         print("where modelkeep's saves went (after the first save; training thread: waited for the save before + "
               "snapshot; writer thread: phase wall/CPU s):")  # fmt: skip
@@ -342,9 +344,11 @@ def print_report(results: dict[str, Any]) -> None:
         for name, seconds in size["numpy_state_saves"].items():
             print(f"  {name:52s} {seconds:7.3f}  {seconds / size['raw_write_fsync_s']:5.2f}x")
     print("\nstall/ckpt: (fit with - the mean of the fits without just before and just after it) / checkpoints, the "
-          "last save's drain included (median over --rounds); noise: how far those two fits without disagree, per "
-          "checkpoint, over one copy (a stall below it is not measurable on this run); steady: the same "
-          "without the first save's one-time extra (once: a SavedModel's trace, once a run); blocked: time in the "
+          "last save's drain included once (median over --rounds); noise: how far those two fits without disagree, per "
+          "checkpoint, over one copy (a stall below it is not measurable on this run); drain: seconds the fit's end "
+          "waited for the last save (on_train_end); steady: what each checkpoint costs in a long run, the stall "
+          "without the first save's one-time extra (once: a SavedModel's trace, once a run) and without the final "
+          "drain (once a fit); blocked: time in the "
           "callback's on_epoch_end, saves after the first; xcpu: process CPU per checkpoint above the fit without "
           "(less sensitive to other jobs than wall time); writer: CPU of modelkeep's writer thread per save (its CRC "
           "thread not counted). /copy: over one in-memory copy of the state.")
