@@ -265,26 +265,33 @@ def numpy_state_saves(model: Any, work: Path, orbax: bool) -> dict[str, Any]:
     arrays = {f"v{i}": v.numpy() for i, v in enumerate(model.weights)}
     out: dict[str, Any] = {}
 
-    def timed(fn: Callable[[], Any]) -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
+    def timed(fn: Callable[[int], Any]) -> float:
+        """Median of three saves (the first of each also pays one-time set-up: imports, allocations)."""
+        times = []
+        for i in range(3):
+            start = time.perf_counter()
+            fn(i)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
 
     if orbax:
         import orbax.checkpoint as ocp
 
         checkpointer = ocp.StandardCheckpointer()  # async: save() returns once the copy is taken
-        started = time.perf_counter()
-        checkpointer.save((work / "orbax-np").absolute(), arrays)
-        returned = time.perf_counter() - started
-        checkpointer.wait_until_finished()
-        out["orbax StandardCheckpointer (async), returns"] = returned
-        out["orbax StandardCheckpointer (async), written"] = time.perf_counter() - started
+        returned, written = [], []
+        for i in range(3):
+            started = time.perf_counter()
+            checkpointer.save((work / f"orbax-np-{i}").absolute(), arrays)
+            returned.append(time.perf_counter() - started)
+            checkpointer.wait_until_finished()
+            written.append(time.perf_counter() - started)
+        out["orbax StandardCheckpointer (async), returns"] = statistics.median(returned)
+        out["orbax StandardCheckpointer (async), written"] = statistics.median(written)
         checkpointer.close()
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(work / "tfm-np"), max_to_keep=1)
-    out["tf.train.CheckpointManager.save"] = timed(manager.save)
-    out["Keras save_weights (.weights.h5)"] = timed(lambda: model.save_weights(work / "k.weights.h5"))
-    out["modelkeep save_weights (.safetensors)"] = timed(lambda: mk.save_weights(model, work / "m.safetensors"))
+    out["tf.train.CheckpointManager.save"] = timed(lambda i: manager.save())
+    out["Keras save_weights (.weights.h5)"] = timed(lambda i: model.save_weights(work / "k.weights.h5"))
+    out["modelkeep save_weights (.safetensors)"] = timed(lambda i: mk.save_weights(model, work / "m.safetensors"))
     return out
 
 
@@ -340,7 +347,7 @@ def print_report(results: dict[str, Any]) -> None:
                   f"(/copy {parts['snapshot_s'] / copy_s:.1f}; first save's snapshot {parts['first_snapshot_s']:.3f} s)")  # fmt: skip
             for phase_name, (wall, cpu) in parts["phases"].items():
                 print(f"      {phase_name:60s} {wall:6.3f} {cpu:6.3f}")
-        print("same state, no fit (seconds; / raw write+fsync):")
+        print("same state, no fit (median of 3 saves, seconds; / raw write+fsync):")
         for name, seconds in size["numpy_state_saves"].items():
             print(f"  {name:52s} {seconds:7.3f}  {seconds / size['raw_write_fsync_s']:5.2f}x")
     print("\nstall/ckpt: (fit with - the mean of the fits without just before and just after it) / checkpoints, the "
