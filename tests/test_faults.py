@@ -245,12 +245,12 @@ def _report(results: list) -> None:
 
 
 def test_sigkill_fast_subset(tmp_path: Path) -> None:
-    """5 kills of ours (a 20M-parameter model saving every 2 batches), 1 of Keras's for scale.
+    """5 kills of ours (a 20M-parameter model saving every 2 batches).
 
-    The Keras figure is printed, not asserted (``make test-slow`` runs 12 per Keras case)."""
+    Keras's own callbacks under the same kills are the slow run's (``make test-slow``: 12 per
+    Keras case, printed beside ours); here they only cost time, since nothing asserts on them."""
     ours = [run_harness(s, tmp_path / f"ours{i}", kills=n, seed=11 + i, max_delay=4.0) for i, (s, n) in enumerate(FAST)]
-    theirs = [run_harness(KERAS[0], tmp_path / "keras", kills=1, seed=5, max_delay=4.0)]
-    _report(ours + theirs)
+    _report(ours)
     assert sum(r.kills for r in ours) == 5
     assert sum(r.lost for r in ours) == 0
     assert sum(r.corrupt_loaded for r in ours) == 0

@@ -19,6 +19,8 @@ import weakref
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelkeep.serving import batching
 from modelkeep.serving.protocol import parse_predict_json
@@ -204,3 +206,82 @@ def test_one_output_answers_format_as_the_general_writer(shape):
     assert predict_json({"y": values}, row_form=False) == '{"outputs":' + want + "}"
     if values.size >= 3:
         assert "NaN" in want and "Infinity" in want and "-Infinity" in want
+
+
+# ------------------------------------------------------------------ numbers straight into NumPy
+def _direct(raw: bytes, predictor, allow_non_finite=False):
+    from modelkeep.serving import json_numbers
+
+    if not json_numbers.available():
+        pytest.skip("pysimdjson is not installed (the serve extra brings it)")
+    return json_numbers.read_numeric_body(raw, predictor, allow_non_finite=allow_non_finite)
+
+
+def _same(direct, fast) -> None:
+    assert direct is not None and fast is not None
+    assert direct[0] is fast[0] and direct[2] == fast[2] and direct[1].keys() == fast[1].keys()
+    for key in direct[1]:
+        assert direct[1][key].dtype == fast[1][key].dtype and direct[1][key].shape == fast[1][key].shape
+        assert direct[1][key].tobytes() == fast[1][key].tobytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.lists(st.one_of(st.floats(width=64, allow_nan=False, allow_infinity=False),
+                                     st.integers(-(2**63), 2**63 - 1)), min_size=3, max_size=3), min_size=1, max_size=6),
+    writer=st.sampled_from(["json", "compact", "spaced"]),
+    key=st.sampled_from(["instances", "inputs"]),
+)
+def test_direct_numbers_are_numeric_requests_arrays(rows, writer, key, predictor):
+    """Any finite doubles or 64-bit integers, however the JSON is spaced: the bytes of the
+    arrays ``numeric_request`` makes from the parsed lists, or both take the general way."""
+    body = {key: rows}
+    raw = {"json": json.dumps(body), "compact": json.dumps(body, separators=(",", ":")),
+           "spaced": json.dumps(body, indent=2).replace(",", " ,\t")}[writer].encode()
+    fast = numeric_request(_parse_json(raw), predictor)
+    direct = _direct(raw, predictor)
+    if fast is None:  # beyond float32 (not finite): both refuse; the general path words it
+        assert direct is None
+    else:
+        _same(direct, fast)
+
+
+def test_direct_numbers_of_images(tmp_path):
+    """The CNN shape the serving benchmark sends: 4 axes, 32 rows, the same bytes."""
+    import keras
+
+    from modelkeep.serving.predictor import Predictor
+
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3), keras.layers.Flatten()])
+    predictor = Predictor.from_model(model)
+    x = np.random.default_rng(1).random((32, 8, 8, 3)).astype(np.float32)
+    raw = json.dumps({"instances": x.tolist()}).encode()
+    direct = _direct(raw, predictor)
+    _same(direct, numeric_request(_parse_json(raw), predictor))
+    assert np.array_equal(direct[1][next(iter(direct[1]))], x)
+    ragged = json.dumps({"instances": [x[0].tolist(), x[1, :7].tolist()]}).encode()
+    assert _direct(ragged, predictor) is None
+
+
+def test_direct_numbers_believe_no_size_the_bytes_cannot_hold():
+    """First elements that claim more values than the body has bytes for (here 5000 x 5000 x 4
+    from a 140 KB body): refused before a skeleton of that size is made."""
+    import tracemalloc
+
+    import keras
+
+    from modelkeep.serving.predictor import Predictor
+
+    wide = Predictor.from_model(keras.Sequential([keras.Input((None, 4)), keras.layers.Dense(1)]))
+    first = b"[" + b",".join([b"[1,1,1,1]"] * 5000) + b"]"
+    raw = b'{"instances": [' + first + b"," + b",".join([b"[[1,1,1,1]]"] * 4999) + b"]}"
+    tracemalloc.start()
+    try:
+        assert _direct(raw, wide) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * len(raw), peak
+    regular = b'{"instances": [' + b",".join([first] * 3) + b"]}"
+    (array,) = _direct(regular, wide)[1].values()
+    assert array.shape == (3, 5000, 4)

@@ -265,3 +265,54 @@ def test_fast_path_only_on_the_uvicorn_release_it_was_tested_on(monkeypatch):
     assert server.http_protocol() is FastHttpToolsProtocol
     monkeypatch.setattr(uvicorn, "__version__", "0.99.0")
     assert server.http_protocol() == "httptools"
+
+
+NUMBER_BODIES = [
+    *BODIES,
+    b'{"instances":[[0.5,-1.25,3.0]]}',
+    b'\n{ "instances" : [ [ 1e-3 , 2E+2 , -0 ] ,\n\t[ 1.5e1, 9007199254740993, -0.0 ] ] }\r\n',
+    b'{"instances": [[1, 2, 3], [4, 5]]}',  # ragged
+    b'{"instances": [[1, 2, [3]]]}',
+    b'{"instances": [[1, 2, 3]], "instances": [[4, 5, 6]]}',  # a key twice
+    b'{"instances1": [[1, 2, 3]]}',  # a digit and a blank vanish from the skeleton: the key is read back
+    b'{"in stances": [[1, 2, 3]]}',
+    b'{"\\u0069nstances": [[1, 2, 3]]}',
+    b'\xef\xbb\xbf{"instances": [[1, 2, 3]]}',  # a byte-order mark
+    b'{"instances": [[1, 2, null]]}',
+    b'{"instances": [[1, 2, "3"]]}',
+    b'{"instances": [[01, 2, 3]]}',
+    b'{"instances": [[1, 2, 3]]} x',
+    b'{"instances": [[1e400, 2, 3]]}',
+    b'{"instances": [[184467440737095516150, 2, 3]]}',
+    b'{"instances": []}',
+    b'{"instances": [[]]}',
+    b'{"inputs": {"x": [[1, 2, 3]]}}',
+]
+
+
+def test_numbers_read_straight_into_numpy_answer_as_the_general_path(model_file, monkeypatch):
+    """``json_numbers`` (simdjson into one buffer) changes the cost only: every answer, error
+    text and count is the one the general path gives for the same bytes."""
+    from modelkeep.serving import json_numbers, rest
+
+    if not json_numbers.available():
+        pytest.skip("pysimdjson is not installed (the serve extra brings it)")
+    taken = []
+    read = json_numbers.read_numeric_body
+    monkeypatch.setattr(rest, "read_numeric_body", lambda *a, **k: taken.append(read(*a, **k)) or taken[-1])
+
+    async def answers(direct: bool) -> list:
+        monkeypatch.setattr(rest, "NUMBERS_DIRECT_BYTES", 0 if direct else 1 << 62)
+        server = await _server(model_file)
+        out = []
+        for path in PATHS:
+            for body in NUMBER_BODIES:
+                (answer,) = await exchange(server, request(path, body))
+                out.append(answer)
+        return out, dict(server.ctx.metrics.requests.values)
+
+    direct, direct_counts = asyncio.run(answers(True))
+    general, general_counts = asyncio.run(answers(False))
+    assert direct == general and direct_counts == general_counts
+    # taken (not None) for the 5 bodies of finite numbers, on the 2 paths that resolve; refused for the rest
+    assert sum(t is not None for t in taken) == 5 * 2

@@ -242,23 +242,35 @@ def numeric_request(
     value = body["instances"] if row_form else body.get("inputs")
     if type(value) is not list or not value or type(value[0]) is dict:
         return None
-    target = _numeric_target(predictor)
+    target = numeric_target(predictor)
     if target is None:
         return None
-    signature, key, dtype, shape = target
     try:
         raw = np.asarray(value)
     except (ValueError, TypeError, OverflowError, RecursionError):
         return None
-    kind = raw.dtype.kind
-    if kind not in "fi" or raw.ndim != len(shape) or raw.shape[0] == 0:
+    if raw.dtype.kind not in "fi" or not fits_numeric_target(raw.shape, target):
         return None
-    for got, want in zip(raw.shape[1:], shape[1:]):
-        if want is not None and got != want:
-            return None
     if has_bool is not False and ((raw == 0) | (raw == 1)).any() and _holds_bool(value):
         return None  # the general path refuses a bool by name
-    if kind == "i":
+    return finish_numeric(raw, target, row_form, allow_non_finite=allow_non_finite)
+
+
+def fits_numeric_target(shape: tuple[int, ...], target: tuple[Any, str, np.dtype, tuple]) -> bool:
+    """Whether an array of ``shape`` has the rank and fixed sizes of ``numeric_target``'s input, rows > 0."""
+    want = target[3]
+    if len(shape) != len(want) or shape[0] == 0:
+        return False
+    return all(w is None or g == w for g, w in zip(shape[1:], want[1:]))
+
+
+def finish_numeric(
+    raw: np.ndarray, target: tuple[Any, str, np.dtype, tuple], row_form: bool, *, allow_non_finite: bool = False
+) -> tuple[Any, dict[str, np.ndarray], bool] | None:
+    """``numeric_request``'s answer for ``raw`` (int or float values of the input's shape), or None
+    when a value is not finite (and that is not allowed): the general path words that error."""
+    signature, key, dtype, _ = target
+    if raw.dtype.kind == "i":
         raw = raw.astype(np.float64)  # as the general path: int -> float64 -> the input's dtype
     array = raw.astype(dtype, copy=False)
     # A sum is finite only when every value is (NaN and infinities carry through it): one
@@ -268,7 +280,7 @@ def numeric_request(
     return signature, {key: array}, row_form
 
 
-def _numeric_target(predictor: Any) -> tuple[Any, str, np.dtype, tuple] | None:
+def numeric_target(predictor: Any) -> tuple[Any, str, np.dtype, tuple] | None:
     """(signature, input key, dtype, shape) when ``numeric_request`` may serve this predictor, else None.
 
     Worked out once per predictor (its signatures never change) and kept on it."""
