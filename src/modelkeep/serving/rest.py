@@ -170,7 +170,7 @@ def _name_of(path: str) -> str:
 OFF_LOOP_BYTES = int(os.environ.get("MODELKEEP_PARSE_OFF_LOOP_BYTES", str(1 << 62)))
 #: Bodies from this size try ``json_numbers`` first (numbers straight into NumPy); below it,
 #: orjson and ``numeric_request`` cost less than a second parse of a refused body would.
-NUMBERS_DIRECT_BYTES = 16 * 1024
+NUMBERS_DIRECT_BYTES = int(os.environ.get("MODELKEEP_NUMBERS_DIRECT_BYTES", str(16 * 1024)))
 _PARSER: Any = None
 _NO_GC_BYTES = 64 * 1024
 
