@@ -267,6 +267,27 @@ def test_a_snapshot_is_written_with_o_direct_and_reads_back_exactly(tmp_path: Pa
         assert np.array_equal(theirs[key], value)
 
 
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_backup_never_reads_its_state_file_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool) -> None:
+    """The CRC-32 computed from memory while the file was written under its temporary name
+    is still known after the rename to ``state.safetensors``: the manifest takes it without
+    reading the file (a read of the file here fails the save), and it is the file's true CRC."""
+    state = _snapshot(monkeypatch)[0] if direct else mixed_state()
+
+    def no_read(path):  # noqa: ANN001, ANN202
+        raise AssertionError(f"{path} was read back for its CRC-32")
+
+    monkeypatch.setattr(checksums, "file_crc32", no_read)
+    info = store.save_state(tmp_path, state, step=3)
+    monkeypatch.undo()
+    raw = (info.path / store.STORE_STATE).read_bytes()
+    manifest = json.loads((info.path / store.STORE_MANIFEST).read_text())
+    assert manifest["files"][store.STORE_STATE] == {"size": len(raw), "crc32": zlib.crc32(raw)}
+    target = tmp_path / "w.safetensors"
+    SafetensorsFormat().write(state, target)  # its own atomic rename: remembered under the final name
+    assert checksums.is_remembered(target) and checksums.known_crc32(target) == zlib.crc32(target.read_bytes())
+
+
 def test_direct_write_refused_falls_back_to_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file system that refuses O_DIRECT (EINVAL, as tmpfs does) gets the ordinary writes."""
     import errno

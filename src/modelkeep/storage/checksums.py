@@ -217,6 +217,15 @@ def remember_crc32(path: str | os.PathLike, crc: int) -> None:
         _KNOWN[os.path.abspath(path)] = (_identity(os.stat(path)), crc)
 
 
+def carry_remembered(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """After ``os.replace(src, dst)``: a CRC-32 remembered for ``src`` now belongs to ``dst``
+    (a rename keeps the inode, size and mtime the identity check compares)."""
+    with _KNOWN_LOCK:
+        entry = _KNOWN.pop(os.path.abspath(src), None)
+        if entry is not None:
+            _KNOWN[os.path.abspath(dst)] = entry
+
+
 def is_remembered(path: str | os.PathLike) -> bool:
     """True when ``known_crc32(path)`` would answer from memory (a CRC-32 recorded at write)."""
     with _KNOWN_LOCK:

@@ -113,7 +113,16 @@ def commit(tmp: Path, final: Path) -> None:
     else:
         fsync_path(tmp)
         os.replace(tmp, final)
+        _carry_crc(tmp, final)
     fsync_path(final.parent)
+
+
+def _carry_crc(tmp: Path, final: Path) -> None:
+    # a CRC-32 computed from memory while ``tmp`` was written stays known under its final
+    # name, or the manifest written next reads the whole file back (checksums imports this module)
+    from modelkeep.storage.checksums import carry_remembered
+
+    carry_remembered(tmp, final)
 
 
 def commit_group(pairs: Sequence[tuple[Path, Path]]) -> None:
@@ -126,6 +135,7 @@ def commit_group(pairs: Sequence[tuple[Path, Path]]) -> None:
         fsync_path(tmp)
     for tmp, final in pairs:
         os.replace(tmp, final)
+        _carry_crc(tmp, final)
     fsync_path(pairs[-1][1].parent)
 
 
