@@ -94,7 +94,7 @@ def test_mirrored_strategy_keras_fit_with_backup_and_restore(tmp_path):
 
 
 # --------------------------------------------------------------------------- MultiWorkerMirroredStrategy
-@pytest.mark.parametrize("workers, data", [(2, "arrays"), (3, "tfdata")])
+@pytest.mark.parametrize("workers, data", [pytest.param(2, "arrays", marks=pytest.mark.slow), (3, "tfdata")])
 def test_multi_worker_mk_fit_trains_and_only_the_chief_writes(tmp_path, workers, data, mirrored_base, capsys):
     started = time.monotonic()
     run = _ok(cluster.run("mwms", data, tmp_path, ports=cluster.free_ports(workers), args=("--checkpoint",)))

@@ -231,8 +231,8 @@ def test_load_weights_with_no_good_checkpoint_says_so(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ (e) SIGKILL at random instants
 FAST = [
-    (OURS[0], 2),  # .keras under a fixed name: overwritten by every save
-    (OURS[2], 2),  # TF prefix with rotation (max_to_keep=2) and the `checkpoint` state file
+    (OURS[0], 1),  # .keras under a fixed name: overwritten by every save
+    (OURS[2], 1),  # TF prefix with rotation (max_to_keep=2) and the `checkpoint` state file
     (OURS[1], 1),  # .weights.h5 under a fixed name
 ]
 
@@ -245,13 +245,13 @@ def _report(results: list) -> None:
 
 
 def test_sigkill_fast_subset(tmp_path: Path) -> None:
-    """5 kills of ours (a 20M-parameter model saving every 2 batches).
+    """3 kills of ours, one per kind of file (a 20M-parameter model saving every 2 batches).
 
     Keras's own callbacks under the same kills are the slow run's (``make test-slow``: 12 per
     Keras case, printed beside ours); here they only cost time, since nothing asserts on them."""
     ours = [run_harness(s, tmp_path / f"ours{i}", kills=n, seed=11 + i, max_delay=4.0) for i, (s, n) in enumerate(FAST)]
     _report(ours)
-    assert sum(r.kills for r in ours) == 5
+    assert sum(r.kills for r in ours) == 3
     assert sum(r.lost for r in ours) == 0
     assert sum(r.corrupt_loaded for r in ours) == 0
     assert sum(r.partial for r in ours) == 0
