@@ -434,3 +434,56 @@ def test_file_crc32_with_direct_reads_matches(tmp_path: Path, monkeypatch: pytes
     worker.join()
     assert calls == [str(path)] and found["direct"] == zlib.crc32(data)
     assert checksums.file_crc32(path) == zlib.crc32(data) and len(calls) == 1  # this thread: cached reads
+
+
+# ------------------------------------------------------------------------- no read-back after a save
+@pytest.mark.parametrize(
+    ("template", "weights_only"),
+    [("w-{epoch}", True), ("w-{epoch}.safetensors", True), ("m-{epoch}.keras", False), ("m-{epoch}", False)],
+    ids=["tf-checkpoint", "safetensors", "keras", "savedmodel"],
+)
+def test_an_async_checkpoint_is_never_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, template: str, weights_only: bool
+) -> None:
+    """Every large file of an async checkpoint is checksummed from the memory it was written
+    from: committing it, and the retention listing after it, read none of them back. The
+    manifest holds each file's true CRC-32, and a byte changed later is still found."""
+    import keras
+
+    import modelkeep as mk
+
+    monkeypatch.setattr(fast, "DIRECT_MIN", 1)
+    real_crc = checksums.file_crc32
+    read_back: list[str] = []
+
+    def recording(path):  # noqa: ANN001, ANN202
+        if os.path.getsize(path) >= 64 << 10:  # small files (a SavedModel's graph) are read for theirs
+            read_back.append(str(path))
+        return real_crc(path)
+
+    monkeypatch.setattr(checksums, "file_crc32", recording)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((16, 64), np.float32), np.ones((16, 1), np.float32)
+    callback = mk.ModelCheckpoint(str(tmp_path / template), save_weights_only=weights_only, max_to_keep=2)
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[callback])
+    assert read_back == []
+    monkeypatch.undo()
+    infos = store.list_checkpoints(tmp_path, verify=False)
+    assert len(infos) == 2
+    for info in infos:
+        manifest = json.loads(store.manifest_path(info.path).read_text())
+        for name, entry in manifest["files"].items():
+            assert entry["crc32"] == zlib.crc32((tmp_path / name).read_bytes()), name
+    newest = max(infos, key=lambda i: i.epoch)
+    largest = max((tmp_path / n for n in json.loads(store.manifest_path(newest.path).read_text())["files"]),
+                  key=lambda p: p.stat().st_size)  # fmt: skip
+    time.sleep(0.1)
+    with open(largest, "r+b") as handle:  # same size, same inode: only the bytes change
+        handle.seek(largest.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    status = {i.epoch: i.status for i in store.list_checkpoints(tmp_path)}
+    assert status[newest.epoch] == store.CORRUPT

@@ -39,7 +39,6 @@ from modelkeep.storage import guard
 from modelkeep.storage.checksums import (
     MANIFEST_VERSION,
     describe_files,
-    is_remembered,
     read_manifest,
     verify_manifest,
     write_manifest,
@@ -118,6 +117,7 @@ def save_state(directory: Path | str, state: ModelState, *, step: int, metadata:
         SafetensorsFormat().write(ModelState(state.variables, state.model_config, state.compile_config, meta), tmp / STORE_STATE)
         with phase("manifest crc-32 (files not checksummed while written)"):
             write_manifest(tmp / STORE_MANIFEST, [tmp / STORE_STATE], {**_summary(meta), "format": "modelkeep backup"})
+    _remember_written(target / STORE_MANIFEST)
     return info_for(target, verify=False)
 
 
@@ -169,6 +169,17 @@ def _remember_verified(manifest: Path) -> None:
         if len(_VERIFIED) > 1024:
             _VERIFIED.clear()
         _VERIFIED[os.path.abspath(manifest)] = (time.time_ns(), ident)
+
+
+def _remember_written(manifest: Path) -> None:
+    """A manifest this process just committed, its checksums taken from the bytes it wrote:
+    trusted while the files keep the identities they have now (as ``known_crc32`` trusts a
+    CRC-32 remembered from a write), without the mtime slack a read-back record waits for."""
+    ident = _identities(manifest)
+    if ident is not None:
+        if len(_VERIFIED) > 1024:
+            _VERIFIED.clear()
+        _VERIFIED[os.path.abspath(manifest)] = (max(i[3] for i in ident) + _MTIME_SLACK_NS, ident)
 
 
 def _still_verified(manifest: Path) -> bool:
@@ -390,9 +401,8 @@ def commit_checkpoint(tmp: Path, final: Path, fmt: Format, metadata: dict[str, A
     """
     tmp_files = fmt.files(tmp)
     pairs = [(f, Path(str(f).replace(str(tmp), str(final), 1))) for f in tmp_files]
-    # a CRC-32 read from the file itself needs no second read after the renames (same inodes,
-    # same bytes); one computed from memory while writing is checked against the file below
-    from_memory = any(is_remembered(f) for f in tmp_files)
+    # the checksums come from the bytes as written (from memory, or read from the file), the
+    # renames keep the inodes and bytes: nothing is read back after the commit
     with phase("manifest crc-32 (files not checksummed while written)"):
         described = describe_files(tmp.parent, tmp_files)
     files = {
@@ -415,12 +425,13 @@ def commit_checkpoint(tmp: Path, final: Path, fmt: Format, metadata: dict[str, A
             fsync_path(final.parent)
         os.replace(pending, manifest_path(final))
         fsync_path(final.parent)
-    with phase("verify (read back, O_DIRECT)" if from_memory else "check manifest"):
-        info = info_for(final, verify=from_memory)
+    with phase("check manifest"):
+        info = info_for(final, verify=False)
+        _remember_written(manifest_path(final))
     if info.status != OK:
         raise CorruptCheckpointError(
-            f"save: {final} was written but does not verify ({info.problem}). The disk may be "
-            "failing; older checkpoints were kept."
+            f"save: {final} was written but its manifest does not read back ({info.problem}). "
+            "The disk may be failing; older checkpoints were kept."
         )
     return info
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from modelkeep.formats import safetensors as _safetensors
 from modelkeep.formats.safetensors import DIRECT_ALIGN, _pwrite_all
+from modelkeep.storage.checksums import BackgroundCrc32, remember_crc32
 
 DATA_SUFFIX = ".data-00000-of-00001"
 INDEX_SUFFIX = ".index"
@@ -119,12 +121,16 @@ def write_bundle_direct(prefix: Path, named: dict[str, Any]) -> bool:
             crcs[id(value)] = _crc32c(memoryview(value.reshape(-1).view(np.uint8)))
         offset = head_size + (value.__array_interface__["data"][0] - start)  # keys of one array share its bytes
         entries[key] = (value.dtype, value.shape, offset, value.nbytes, crcs[id(value)])
-    regions = 1 if numeric else 0
+    regions = 1 if numeric else 0  # the snapshot's span, written once
     data_path, index_path = Path(str(prefix) + DATA_SUFFIX), Path(str(prefix) + INDEX_SUFFIX)
     try:
         fd = os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError:
         return False
+    # the file's CRC-32 for the manifest, from the memory the disk reads (the head's zero
+    # padding included), beside the writes: the file is never read back for it
+    head_bytes = bytes(head).ljust(head_size, b"\0") if regions else bytes(head)
+    data_crc = BackgroundCrc32([head_bytes, view[:length]] if regions else [head_bytes], threads=1)
     try:
         if head_size:
             import mmap
@@ -135,20 +141,24 @@ def write_bundle_direct(prefix: Path, named: dict[str, Any]) -> bool:
                 _pwrite_all(fd, memoryview(aligned), 0)
             finally:
                 aligned.close()
-        for copy in range(regions):
-            _pwrite_all(fd, view, head_size + copy * len(view))
-        os.ftruncate(fd, head_size + max(0, regions - 1) * len(view) + length if regions else len(head))
+        if regions:
+            _pwrite_all(fd, view, head_size)
+        os.ftruncate(fd, head_size + length if regions else len(head))
         os.fsync(fd)
     except OSError:
         os.close(fd)
         data_path.unlink(missing_ok=True)
         raise
+    finally:
+        crc = data_crc.result()
     os.close(fd)
+    remember_crc32(data_path, crc)
     index = build_index(entries)
     with open(index_path, "wb") as handle:
         handle.write(index)
         handle.flush()
         os.fsync(handle.fileno())
+    remember_crc32(index_path, zlib.crc32(index))
     return True
 
 

@@ -218,12 +218,13 @@ def remember_crc32(path: str | os.PathLike, crc: int) -> None:
 
 
 def carry_remembered(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """After ``os.replace(src, dst)``: a CRC-32 remembered for ``src`` now belongs to ``dst``
-    (a rename keeps the inode, size and mtime the identity check compares)."""
+    """After ``os.replace(src, dst)``: a CRC-32 remembered for ``src`` (or, for a directory,
+    for any file under it) now belongs to the same file under ``dst`` (a rename keeps the
+    inode, size and mtime the identity check compares)."""
+    old, new = os.path.abspath(src), os.path.abspath(dst)
     with _KNOWN_LOCK:
-        entry = _KNOWN.pop(os.path.abspath(src), None)
-        if entry is not None:
-            _KNOWN[os.path.abspath(dst)] = entry
+        for key in [k for k in _KNOWN if k == old or k.startswith(old + os.sep)]:
+            _KNOWN[new + key[len(old):]] = _KNOWN.pop(key)
 
 
 def is_remembered(path: str | os.PathLike) -> bool:

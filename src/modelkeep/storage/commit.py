@@ -110,6 +110,7 @@ def commit(tmp: Path, final: Path) -> None:
     if tmp.is_dir():
         fsync_tree(tmp)
         _replace_dir(tmp, final)
+        _carry_crc(tmp, final)
     else:
         fsync_path(tmp)
         os.replace(tmp, final)
