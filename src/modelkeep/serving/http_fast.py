@@ -121,14 +121,23 @@ class FastHttpToolsProtocol(HttpToolsProtocol):
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
+    def _default_head(self) -> bytes:
+        """uvicorn's default header lines (server, date), joined once each time uvicorn renews
+        them (its ``on_tick`` assigns a new list when the date changes); kept on its state."""
+        state = self.server_state
+        headers = state.default_headers
+        cached = getattr(state, "_modelkeep_head", None)
+        if cached is None or cached[0] is not headers:
+            cached = (headers, b"".join(name + b": " + value + b"\r\n" for name, value in headers))
+            state._modelkeep_head = cached  # type: ignore[attr-defined]
+        return cached[1]
+
     async def _answer(self, cycle: _FastCycle, spec: Any, path: str, raw: bytes) -> None:
         response = await self.api.predict_answer(spec, raw, path)
         if cycle.disconnected or self.transport.is_closing():
             cycle.response_complete = True
             return
-        parts = [STATUS_LINE[response.status_code]]
-        for name, value in self.server_state.default_headers:
-            parts += (name, b": ", value, b"\r\n")
+        parts = [STATUS_LINE[response.status_code], self._default_head()]
         for name, value in response.headers:
             parts += (name, b": ", value, b"\r\n")
         if not cycle.keep_alive:

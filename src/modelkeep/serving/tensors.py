@@ -275,7 +275,7 @@ def finish_numeric(
     array = raw.astype(dtype, copy=False)
     # A sum is finite only when every value is (NaN and infinities carry through it): one
     # reduction, and the exact test only when the sum is not finite (it may just overflow).
-    if not allow_non_finite and not math.isfinite(array.sum()) and not np.isfinite(array).all():
+    if not allow_non_finite and not math.isfinite(np.add.reduce(array, None)) and not np.isfinite(array).all():
         return None
     return signature, {key: array}, row_form
 
